@@ -1,0 +1,36 @@
+// inboxd/config.hpp: the settings of one server, plain data with defaults.
+//
+// The defaults are what `inboxd` runs with when given no option: loopback,
+// Postfix's message size limit, and RFC 5321's recipient minimum well covered.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace inboxd {
+
+// What to do with a line that ends in a bare LF, or holds a bare CR, with the
+// meaning Postfix 3.9 gives smtpd_forbid_bare_newline.
+enum class bare_newline_policy {
+  normalize,  // a bare LF ends a line as CRLF would; a bare CR is kept as text
+  reject,     // such a command or message is refused with 550 5.5.2
+};
+
+// The limits and names one SMTP session works with.
+struct session_config {
+  std::string hostname = "localhost";
+  std::size_t max_message_size = 10'240'000;  // Postfix's message_size_limit
+  std::size_t max_recipients = 1000;          // RFC 5321 4.5.3.1.8 asks for >= 100
+  bare_newline_policy bare_newline = bare_newline_policy::normalize;
+};
+
+struct server_config {
+  std::vector<std::string> listen = {"127.0.0.1:2525"};  // "ADDR:PORT", "[v6]:PORT"
+  session_config session;
+  // How long SIGTERM waits for transactions in flight before closing them.
+  std::chrono::milliseconds drain_timeout{30'000};
+};
+
+}  // namespace inboxd

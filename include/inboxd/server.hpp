@@ -1,0 +1,53 @@
+// inboxd/server.hpp: an SMTP receiver driven by the embedder's libuv loop.
+//
+// The server listens on the configured addresses, runs one SMTP session per
+// connection on the loop, and hands each message to the sink. It never
+// blocks the loop. The loop, the sink and the logger's context must outlive
+// the server; destroy the server only after shutdown() has called back (or
+// before start()).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inboxd/config.hpp"
+#include "inboxd/log.hpp"
+#include "inboxd/sink.hpp"
+
+typedef struct uv_loop_s uv_loop_t;
+
+namespace inboxd {
+
+class server {
+ public:
+  server(uv_loop_t* loop, server_config config, sink& sink, logger log = stderr_logger());
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  // Binds every listen address and starts accepting. On failure returns
+  // false with a one-line reason in error, and nothing is left listening.
+  [[nodiscard]] bool start(std::string& error);
+
+  // The addresses really bound, as "127.0.0.1:2525" or "[::1]:2525" (port 0
+  // in the config becomes the port the kernel chose).
+  [[nodiscard]] std::vector<std::string> bound_addresses() const;
+
+  // Stops accepting; sessions get 421 4.3.2 at their next command boundary,
+  // messages in progress finish and commit, for drain_timeout at most. When
+  // every handle is closed, done(ctx) is called on the loop.
+  void shutdown(void (*done)(void* ctx), void* ctx);
+
+  // Closes every connection at once (a second SIGTERM).
+  void abort();
+
+  [[nodiscard]] std::size_t connection_count() const noexcept;
+
+  struct state;
+
+ private:
+  std::unique_ptr<state> state_;
+};
+
+}  // namespace inboxd

@@ -1,0 +1,82 @@
+// inboxd/sink.hpp: the contract between the SMTP session and a mailbox store.
+//
+// A sink is what an embedder implements to receive mail. For each message the
+// session calls sink::begin() with the envelope, then delivery::write() with the
+// body in order, then exactly one of delivery::commit() or delivery::abort().
+//
+// Ownership: a delivery belongs to its sink. After commit() the sink calls
+// delivery_listener::committed() exactly once, on the loop thread, and may free
+// the delivery right after that call returns. After abort() the sink calls no
+// listener method any more; it frees the delivery when its own work is done.
+// abort() may also follow commit() (the client went away): the message may or
+// may not be stored, and no callback follows.
+//
+// This header includes no libuv or mbedTLS type: the sans-I/O session uses it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace inboxd {
+
+// The envelope of one message. Every view is borrowed for the duration of
+// sink::begin() only: a sink copies what it needs.
+struct envelope {
+  std::string_view queue_id;
+  std::string_view client_address;  // "127.0.0.1" or "::1"
+  std::string_view helo;            // as the client sent it in HELO/EHLO
+  std::string_view reverse_path;    // without angle brackets; empty for <>
+  std::span<const std::string> recipients;  // without angle brackets
+  bool esmtp = false;
+  bool body_8bit = false;  // BODY=8BITMIME was given
+};
+
+// The outcome for one recipient, in recipient order.
+enum class store_result : std::uint8_t {
+  stored,          // durable: fsynced and in place
+  temporary_fail,  // 451 4.3.0: the sender retries
+  no_space,        // 452 4.3.1: disk or quota full
+  permanent_fail,  // 554 5.3.0: do not retry
+};
+
+// Implemented by the session; called by the sink on the loop thread.
+class delivery_listener {
+ public:
+  // The sink can take body bytes again after write() returned false.
+  virtual void writable() noexcept = 0;
+  // The message is durable (or failed). The span is borrowed for the call.
+  virtual void committed(std::span<const store_result> per_recipient) noexcept = 0;
+
+ protected:
+  ~delivery_listener() = default;
+};
+
+class delivery {
+ public:
+  // Appends message bytes: the trace header first, then the body, with LF
+  // line ends and dot-unstuffing already done. The bytes are borrowed for the
+  // call only. Returns false when the caller should pause until
+  // listener.writable(); the bytes of this call are taken either way.
+  virtual bool write(std::string_view bytes) = 0;
+  // Makes the message durable for every recipient, then calls committed().
+  // The callback may run before commit() returns.
+  virtual void commit() = 0;
+  // Drops the message; see the contract at the top of this file.
+  virtual void abort() noexcept = 0;
+
+ protected:
+  ~delivery() = default;
+};
+
+class sink {
+ public:
+  virtual ~sink() = default;
+  // Starts one message. Never returns null: a sink that cannot store reports
+  // that through committed().
+  virtual delivery* begin(const envelope& env, delivery_listener& listener) = 0;
+};
+
+}  // namespace inboxd

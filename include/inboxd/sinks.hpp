@@ -1,0 +1,40 @@
+// inboxd/sinks.hpp: the sinks that come with inboxd.
+//
+// Each completes on the loop it was made with; file work runs on libuv's
+// thread pool, never on the loop thread (DESIGN.md principle 2).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "inboxd/sink.hpp"
+
+typedef struct uv_loop_s uv_loop_t;
+
+namespace inboxd {
+
+// Counts and discards: the reference for throughput.
+class null_sink final : public sink {
+ public:
+  delivery* begin(const envelope& env, delivery_listener& listener) override;
+  [[nodiscard]] std::uint64_t messages() const noexcept { return messages_; }
+  [[nodiscard]] std::uint64_t bytes() const noexcept { return bytes_; }
+
+ private:
+  friend class null_delivery;
+  std::uint64_t messages_ = 0;
+  std::uint64_t bytes_ = 0;
+};
+
+struct maildir_options {
+  std::string path;      // the Maildir; tmp/, new/ and cur/ are made if missing
+  std::string hostname;  // for unique file names
+};
+
+// Opens (and creates) the Maildir. Returns null and sets error on failure.
+// This blocks, so call it at start-up, not from the loop.
+std::unique_ptr<sink> open_maildir_sink(uv_loop_t* loop, const maildir_options& options,
+                                        std::string& error);
+
+}  // namespace inboxd

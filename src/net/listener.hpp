@@ -1,0 +1,36 @@
+// net/listener.hpp: one listening TCP socket of a server.
+//
+// Pinned: it embeds its uv_tcp_t with handle.data == this, and is freed only
+// in its uv_close callback.
+#pragma once
+
+#include <uv.h>
+
+#include <string>
+
+#include "net/server_state.hpp"
+
+namespace inboxd::net {
+
+// Parses "127.0.0.1:25", "[::1]:25" or ":25" (all IPv4 addresses).
+[[nodiscard]] bool parse_address(std::string_view text, sockaddr_storage& out);
+// Formats a socket address as "127.0.0.1:25" or "[::1]:25".
+[[nodiscard]] std::string format_address(const sockaddr* sa, bool with_port = true);
+
+class listener {
+ public:
+  // Binds and listens; on failure returns null with the reason in error.
+  static listener* open(server::state& srv, std::string_view address, std::string& error);
+  void close();
+  [[nodiscard]] std::string bound_address() const;
+
+ private:
+  explicit listener(server::state& srv) : srv_(srv) {}
+  static void connection_cb(uv_stream_t* server, int status) noexcept;
+  static void close_cb(uv_handle_t* handle) noexcept;
+
+  server::state& srv_;
+  uv_tcp_t tcp_{};
+};
+
+}  // namespace inboxd::net

@@ -1,0 +1,81 @@
+#include <unistd.h>
+
+#include <ctime>
+#include <utility>
+
+#include "net/connection.hpp"
+#include "net/listener.hpp"
+#include "net/server_state.hpp"
+
+namespace inboxd {
+
+server::state::state(uv_loop_t* l, server_config cfg, inboxd::sink& s, logger lg)
+    : loop(l), config(std::move(cfg)), sink(s), log(lg),
+      ids(static_cast<std::uint64_t>(std::time(nullptr)), static_cast<std::uint32_t>(::getpid())) {}
+
+void server::state::maybe_done() {
+  if (!shutting_down || !listeners.empty() || connections) return;
+  if (drain_timer_open) {
+    drain_timer_open = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer), [](uv_handle_t* h) {
+      static_cast<server::state*>(h->data)->maybe_done();
+    });
+    return;
+  }
+  if (auto cb = std::exchange(done, nullptr)) cb(done_ctx);
+}
+
+server::server(uv_loop_t* loop, server_config config, inboxd::sink& sink, logger log)
+    : state_(std::make_unique<state>(loop, std::move(config), sink, log)) {}
+
+server::~server() = default;
+
+bool server::start(std::string& error) {
+  for (const auto& address : state_->config.listen) {
+    auto* l = net::listener::open(*state_, address, error);
+    if (!l) {
+      for (auto* open : std::vector(state_->listeners)) open->close();
+      return false;
+    }
+    state_->logf(log_level::info, "listening on {}", l->bound_address());
+  }
+  return true;
+}
+
+std::vector<std::string> server::bound_addresses() const {
+  std::vector<std::string> out;
+  for (auto* l : state_->listeners) out.push_back(l->bound_address());
+  return out;
+}
+
+std::size_t server::connection_count() const noexcept { return state_->connection_count; }
+
+void server::shutdown(void (*done)(void*), void* ctx) {
+  state& s = *state_;
+  if (s.shutting_down) return;
+  s.shutting_down = true;
+  s.done = done;
+  s.done_ctx = ctx;
+  s.logf(log_level::info, "shutting down: {} connection(s) open", s.connection_count);
+  for (auto* l : std::vector(s.listeners)) l->close();
+  // shutdown() may close a connection, but only in uv_close: the list holds.
+  for (auto* c = s.connections; c; c = c->next) c->shutdown();
+  uv_timer_init(s.loop, &s.drain_timer);
+  s.drain_timer.data = &s;
+  s.drain_timer_open = true;
+  uv_timer_start(
+      &s.drain_timer,
+      [](uv_timer_t* t) {
+        auto* st = static_cast<state*>(t->data);
+        st->logf(log_level::warning, "drain timeout: closing {} connection(s)", st->connection_count);
+        for (auto* c = st->connections; c; c = c->next) c->close();
+      },
+      static_cast<std::uint64_t>(s.config.drain_timeout.count()), 0);
+  s.maybe_done();
+}
+
+void server::abort() {
+  for (auto* c = state_->connections; c; c = c->next) c->close();
+}
+
+}  // namespace inboxd

@@ -1,0 +1,73 @@
+// proto/command.hpp: tokenises one SMTP command line into views.
+//
+// Framing is the line reader's job and policy the session's; this file only
+// says what a line means. Every view returned points into the line it was
+// given and is borrowed for as long as that line is.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace inboxd::proto {
+
+enum class verb : std::uint8_t { helo, ehlo, mail, rcpt, data, rset, noop, quit, vrfy, help, unknown };
+
+struct command {
+  verb v;
+  std::string_view arg;  // the text after the verb and its space, trimmed
+};
+
+// Splits a line into its verb (case-insensitive) and argument.
+[[nodiscard]] command parse_command(std::string_view line) noexcept;
+
+// What parse_path found, from "FROM:<path> params" or "TO:<path> params".
+struct path_arg {
+  std::string_view mailbox;  // without brackets or source route; empty for <>
+  std::string_view params;   // the ESMTP parameters after the path, may be empty
+};
+
+enum class path_error : std::uint8_t { none, no_keyword, bad_path };
+
+// Parses the argument of MAIL ("FROM:") or RCPT ("TO:") per RFC 5321 4.1.2:
+// Path = "<" [ A-d-l ":" ] Mailbox ">", with "<>" allowed for MAIL and
+// "<Postmaster>" (any case) for RCPT (RFC 5321 4.1.1.3). One space between
+// the colon and the path is tolerated, as real clients send it.
+struct path_parse {
+  path_error error;
+  path_arg value;
+};
+[[nodiscard]] path_parse parse_mail_from(std::string_view arg) noexcept;
+[[nodiscard]] path_parse parse_rcpt_to(std::string_view arg) noexcept;
+
+// RFC 5321 4.1.2 Mailbox = Local-part "@" ( Domain / address-literal ),
+// within the lengths of RFC 5321 4.5.3.1.
+[[nodiscard]] bool is_mailbox(std::string_view s) noexcept;
+[[nodiscard]] bool is_domain(std::string_view s) noexcept;
+[[nodiscard]] bool is_address_literal(std::string_view s) noexcept;
+
+// One ESMTP parameter: esmtp-keyword ["=" esmtp-value] (RFC 5321 4.1.2).
+struct esmtp_param {
+  std::string_view keyword;
+  std::string_view value;
+  bool has_value = false;
+};
+
+// Walks the space-separated parameters after a path.
+class param_reader {
+ public:
+  explicit param_reader(std::string_view params) noexcept : rest_(params) {}
+  // Returns the next parameter, or nullopt at the end or on a syntax error
+  // (then error() is true).
+  [[nodiscard]] std::optional<esmtp_param> next() noexcept;
+  [[nodiscard]] bool error() const noexcept { return error_; }
+
+ private:
+  std::string_view rest_;
+  bool error_ = false;
+};
+
+// Case-insensitive ASCII comparison.
+[[nodiscard]] bool iequals(std::string_view a, std::string_view b) noexcept;
+
+}  // namespace inboxd::proto

@@ -1,0 +1,72 @@
+#include "proto/reply.hpp"
+
+#include <array>
+#include <fmt/format.h>
+
+namespace inboxd::proto {
+namespace {
+
+using enum reply_id;
+
+struct row {
+  reply_id id;
+  reply_entry entry;
+};
+
+// Order follows enum reply_id; a static_assert below checks it.
+constexpr std::array rows{
+    row{ok, {250, "2.0.0", "Ok"}},
+    row{mail_ok, {250, "2.1.0", "Ok"}},
+    row{rcpt_ok, {250, "2.1.5", "Ok"}},
+    row{queued, {250, "2.0.0", "Ok: queued as "}},
+    row{start_data, {354, "", "End data with <CR><LF>.<CR><LF>"}},
+    row{bye, {221, "2.0.0", "Bye"}},
+    row{help, {214, "2.0.0", "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"}},
+    row{cannot_vrfy, {252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"}},
+    row{shutting_down, {421, "4.3.2", "Service shutting down, closing transmission channel"}},
+    row{store_failed, {451, "4.3.0", "Error: could not store the message, try again later"}},
+    row{no_space, {452, "4.3.1", "Insufficient system storage"}},
+    row{too_many_rcpts, {452, "4.5.3", "Error: too many recipients"}},
+    row{store_rejected, {554, "5.3.0", "Error: the message cannot be stored"}},
+    row{unknown_command, {500, "5.5.2", "Error: command not recognized"}},
+    row{line_too_long, {500, "5.5.2", "Error: line too long"}},
+    row{bad_syntax, {501, "5.5.4", "Syntax: "}},
+    row{bad_sender, {501, "5.1.7", "Bad sender address syntax"}},
+    row{bad_recipient, {501, "5.1.3", "Bad recipient address syntax"}},
+    row{bad_sequence, {503, "5.5.1", "Error: bad sequence of commands"}},
+    row{need_helo, {503, "5.5.1", "Error: send HELO/EHLO first"}},
+    row{nested_mail, {503, "5.5.1", "Error: nested MAIL command"}},
+    row{need_mail, {503, "5.5.1", "Error: need MAIL command"}},
+    row{need_rcpt, {503, "5.5.1", "Error: need RCPT command"}},
+    row{no_valid_rcpts, {554, "5.5.1", "Error: no valid recipients"}},
+    row{bad_param, {555, "5.5.4", "Unsupported option: "}},
+    row{size_declared, {552, "5.3.4", "Message size exceeds fixed limit"}},
+    row{size_exceeded, {552, "5.3.4", "Message size exceeds fixed limit"}},
+    row{bare_lf, {550, "5.5.2", "Error: bare <LF> received"}},
+    row{bare_cr, {550, "5.5.2", "Error: bare <CR> received"}},
+    row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT or 8BITMIME"}},
+};
+
+constexpr bool in_enum_order() {
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (static_cast<std::size_t>(rows[i].id) != i) return false;
+  return true;
+}
+static_assert(in_enum_order(), "reply rows must follow the order of enum reply_id");
+
+}  // namespace
+
+const reply_entry& reply_of(reply_id id) noexcept {
+  return rows[static_cast<std::size_t>(id)].entry;
+}
+
+void append_reply(std::string& out, reply_id id, std::string_view detail) {
+  const reply_entry& e = reply_of(id);
+  auto it = std::back_inserter(out);
+  if (e.enhanced.empty())
+    fmt::format_to(it, FMT_STRING("{} {}{}\r\n"), e.code, e.text, detail);
+  else
+    fmt::format_to(it, FMT_STRING("{} {} {}{}\r\n"), e.code, e.enhanced, e.text, detail);
+}
+
+}  // namespace inboxd::proto

@@ -1,0 +1,317 @@
+#include "proto/session.hpp"
+
+#include <charconv>
+#include <ctime>
+#include <fmt/format.h>
+
+namespace inboxd::proto {
+
+queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid)
+    : prefix_(fmt::format(FMT_STRING("{:08X}{:04X}"), start_time & 0xffffffffU, pid & 0xffffU)) {}
+
+std::string queue_id_source::next() {
+  return fmt::format(FMT_STRING("{}{:06X}"), prefix_, ++counter_ & 0xffffffU);
+}
+
+std::string rfc5322_date(std::int64_t unix_time) {
+  static constexpr std::string_view days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  std::time_t t = static_cast<std::time_t>(unix_time);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  return fmt::format(FMT_STRING("{}, {} {} {} {:02}:{:02}:{:02} +0000"), days[tm.tm_wday],
+                     tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec);
+}
+
+session::session(const session_config& cfg, sink& sink, session_events& events,
+                 queue_id_source& ids, std::string client_address)
+    : cfg_(cfg), sink_(sink), events_(events), ids_(ids),
+      client_address_(std::move(client_address)) {}
+
+session::~session() { disconnect(); }
+
+void session::start() {
+  out_ += fmt::format(FMT_STRING("220 {} ESMTP inboxd\r\n"), cfg_.hostname);
+}
+
+void session::reply(reply_id id, std::string_view detail) { append_reply(out_, id, detail); }
+
+// A refusal is a reply and a log line that says why (DESIGN.md principle 5).
+void session::refuse(reply_id id, std::string_view detail) {
+  reply(id, detail);
+  const reply_entry& e = reply_of(id);
+  events_.session_log(log_level::info, fmt::format(FMT_STRING("refused: {} {} {}{}"), e.code,
+                                                   e.enhanced, e.text, detail));
+}
+
+void session::close_with(reply_id id) {
+  reply(id);
+  closing_ = true;
+}
+
+std::size_t session::feed(std::span<char> input) {
+  in_feed_ = true;
+  std::size_t pos = 0;
+  while (pos < input.size() && !closing_ && !waiting()) {
+    if (mode_ == mode::data) {
+      pos += feed_data(input.subspan(pos));
+      continue;
+    }
+    auto r = reader_.next({input.data() + pos, input.size() - pos});
+    pos += r.consumed;
+    switch (r.st) {
+      case line_reader::status::need_more:
+        if (r.consumed == 0) goto out;  // A partial line: wait for its end.
+        break;
+      case line_reader::status::too_long:
+        refuse(reply_id::line_too_long);
+        break;
+      case line_reader::status::line:
+        handle_line(r.line, r.bare_lf);
+        break;
+    }
+  }
+out:
+  in_feed_ = false;
+  return pos;
+}
+
+void session::handle_line(std::string_view line, bool bare_lf) {
+  if (cfg_.bare_newline == bare_newline_policy::reject) {
+    if (bare_lf) return refuse(reply_id::bare_lf);
+    if (line.find('\r') != line.npos) return refuse(reply_id::bare_cr);
+  }
+  command cmd = parse_command(line);
+  if (draining_ && !tx_ && cmd.v != verb::quit) return close_with(reply_id::shutting_down);
+  switch (cmd.v) {
+    case verb::helo: return do_helo(cmd.arg, false);
+    case verb::ehlo: return do_helo(cmd.arg, true);
+    case verb::mail: return do_mail(cmd.arg);
+    case verb::rcpt: return do_rcpt(cmd.arg);
+    case verb::data: return do_data(cmd.arg, bare_lf);
+    case verb::rset: return do_rset(cmd.arg);
+    case verb::noop: return reply(reply_id::ok);
+    case verb::quit: return do_quit(cmd.arg);
+    case verb::vrfy:
+      if (cmd.arg.empty()) return refuse(reply_id::bad_syntax, "VRFY address");
+      return reply(reply_id::cannot_vrfy);
+    case verb::help: return reply(reply_id::help);
+    case verb::unknown: return refuse(reply_id::unknown_command);
+  }
+}
+
+void session::do_helo(std::string_view arg, bool esmtp) {
+  std::string_view name = arg.substr(0, arg.find(' '));
+  if (name.empty()) return refuse(reply_id::bad_syntax, esmtp ? "EHLO hostname" : "HELO hostname");
+  // RFC 5321 4.1.4: HELO/EHLO also clears any transaction.
+  tx_.reset();
+  // The name goes into the Received header: keep it to printable ASCII.
+  helo_.assign(name.substr(0, 255));
+  for (char& c : helo_)
+    if (c < 33 || c > 126) c = '?';
+  esmtp_ = esmtp;
+  if (!esmtp) {
+    out_ += fmt::format(FMT_STRING("250 {}\r\n"), cfg_.hostname);
+    return;
+  }
+  fmt::format_to(std::back_inserter(out_),
+                 FMT_STRING("250-{}\r\n"
+                            "250-PIPELINING\r\n"
+                            "250-SIZE {}\r\n"
+                            "250-8BITMIME\r\n"
+                            "250 ENHANCEDSTATUSCODES\r\n"),
+                 cfg_.hostname, cfg_.max_message_size);
+}
+
+void session::do_mail(std::string_view arg) {
+  // RFC 5321 4.1.4: MAIL needs a HELO or EHLO first.
+  if (helo_.empty()) return refuse(reply_id::need_helo);
+  if (tx_) return refuse(reply_id::nested_mail);
+  path_parse p = parse_mail_from(arg);
+  if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "MAIL FROM:<address>");
+  if (p.error == path_error::bad_path) return refuse(reply_id::bad_sender);
+  transaction tx;
+  param_reader params(p.value.params);
+  while (auto param = params.next()) {
+    // RFC 5321 4.1.1.11: parameters only after EHLO.
+    if (!esmtp_) return refuse(reply_id::bad_param, param->keyword);
+    if (iequals(param->keyword, "SIZE")) {
+      // RFC 1870 6: SIZE=<n>; a declared size over the limit is 552 5.3.4.
+      std::size_t size = 0;
+      auto [end, ec] = std::from_chars(param->value.data(), param->value.data() + param->value.size(), size);
+      if (!param->has_value || ec == std::errc::invalid_argument ||
+          end != param->value.data() + param->value.size())
+        return refuse(reply_id::bad_syntax, "SIZE=<number>");
+      if (ec == std::errc::result_out_of_range || size > cfg_.max_message_size)
+        return refuse(reply_id::size_declared);
+    } else if (iequals(param->keyword, "BODY")) {
+      // RFC 6152: BODY=7BIT or BODY=8BITMIME.
+      if (iequals(param->value, "8BITMIME"))
+        tx.body_8bit = true;
+      else if (!iequals(param->value, "7BIT"))
+        return refuse(reply_id::bad_body_type);
+    } else {
+      return refuse(reply_id::bad_param, param->keyword);
+    }
+  }
+  if (params.error()) return refuse(reply_id::bad_syntax, "MAIL FROM:<address> [parameters]");
+  tx.reverse_path.assign(p.value.mailbox);
+  tx.queue_id = ids_.next();
+  tx_.emplace(std::move(tx));
+  reply(reply_id::mail_ok);
+}
+
+void session::do_rcpt(std::string_view arg) {
+  if (!tx_) return refuse(reply_id::need_mail);
+  path_parse p = parse_rcpt_to(arg);
+  if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
+  if (p.error == path_error::bad_path) return refuse(reply_id::bad_recipient);
+  param_reader params(p.value.params);
+  if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
+  if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
+  if (tx_->recipients.size() >= cfg_.max_recipients) return refuse(reply_id::too_many_rcpts);
+  tx_->recipients.emplace_back(p.value.mailbox);
+  reply(reply_id::rcpt_ok);
+}
+
+void session::do_data(std::string_view arg, bool bare_lf) {
+  if (!tx_) return refuse(reply_id::need_mail);
+  // RFC 2920 3.1: with pipelining, DATA without a valid recipient is 554.
+  if (tx_->recipients.empty()) return refuse(reply_id::no_valid_rcpts);
+  if (!arg.empty()) return refuse(reply_id::bad_syntax, "DATA");
+  reply(reply_id::start_data);
+  mode_ = mode::data;
+  decoder_.reset(!bare_lf);
+  envelope env{
+      .queue_id = tx_->queue_id,
+      .client_address = client_address_,
+      .helo = helo_,
+      .reverse_path = tx_->reverse_path,
+      .recipients = tx_->recipients,
+      .esmtp = esmtp_,
+      .body_8bit = tx_->body_8bit,
+  };
+  tx_->sink_delivery = sink_.begin(env, *this);
+  // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
+  if (!tx_->sink_delivery->write(received_header())) paused_ = true;
+}
+
+void session::do_rset(std::string_view arg) {
+  if (!arg.empty()) return refuse(reply_id::bad_syntax, "RSET");
+  tx_.reset();  // Never inside DATA, so no delivery is open.
+  reply(reply_id::ok);
+}
+
+void session::do_quit(std::string_view arg) {
+  if (!arg.empty()) return refuse(reply_id::bad_syntax, "QUIT");
+  close_with(reply_id::bye);
+}
+
+std::size_t session::feed_data(std::span<char> input) {
+  auto r = decoder_.decode(input);
+  write_body(r.carry);
+  write_body(r.out);
+  if (r.done) end_of_data();
+  return r.consumed;
+}
+
+void session::write_body(std::string_view bytes) {
+  if (bytes.empty()) return;
+  transaction& tx = *tx_;
+  tx.size += bytes.size();
+  if (tx.too_big) return;
+  if (tx.size > cfg_.max_message_size) {
+    // Read the rest and discard it; the reply comes at the end of data.
+    tx.too_big = true;
+    tx.sink_delivery->abort();
+    tx.sink_delivery = nullptr;
+    return;
+  }
+  if (!tx.sink_delivery->write(bytes)) paused_ = true;
+}
+
+void session::end_of_data() {
+  mode_ = mode::command;
+  reader_.reset();
+  transaction& tx = *tx_;
+  if (tx.too_big) return finish_transaction(reply_id::size_exceeded, {}, "rejected");
+  bool strict = cfg_.bare_newline == bare_newline_policy::reject;
+  if (strict && (decoder_.saw_bare_lf() || decoder_.saw_bare_cr())) {
+    tx.sink_delivery->abort();
+    tx.sink_delivery = nullptr;
+    return finish_transaction(decoder_.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr, {},
+                              "rejected");
+  }
+  // A 250 only once every copy is durable: wait for committed().
+  committing_ = true;
+  tx.sink_delivery->commit();
+}
+
+void session::committed(std::span<const store_result> per_recipient) noexcept {
+  committing_ = false;
+  tx_->sink_delivery = nullptr;
+  // One failed recipient fails the message, so the sender retries it whole.
+  reply_id id = reply_id::queued;
+  for (store_result r : per_recipient) {
+    if (r == store_result::permanent_fail) id = reply_id::store_rejected;
+    if (r == store_result::no_space && id == reply_id::queued) id = reply_id::no_space;
+    if (r == store_result::temporary_fail && id != reply_id::store_rejected) id = reply_id::store_failed;
+  }
+  if (id == reply_id::queued)
+    finish_transaction(id, tx_->queue_id, "sent");
+  else
+    finish_transaction(id, {}, id == reply_id::store_rejected ? "bounced" : "deferred");
+  if (!in_feed_) events_.session_ready();
+}
+
+void session::writable() noexcept {
+  paused_ = false;
+  if (!in_feed_) events_.session_ready();
+}
+
+void session::finish_transaction(reply_id id, std::string_view detail, std::string_view status) {
+  const transaction& tx = *tx_;
+  const reply_entry& e = reply_of(id);
+  std::string to;
+  for (const auto& r : tx.recipients) fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",", r);
+  events_.session_log(log_level::info,
+                      fmt::format(FMT_STRING("id={} from=<{}> to={} size={} status={} ({} {} {}{})"),
+                                  tx.queue_id, tx.reverse_path, to, tx.size, status, e.code,
+                                  e.enhanced, e.text, detail));
+  reply(id, detail);
+  tx_.reset();
+  if (draining_) close_with(reply_id::shutting_down);
+}
+
+std::string session::received_header() const {
+  const transaction& tx = *tx_;
+  bool v6 = client_address_.find(':') != std::string::npos;
+  std::string h = fmt::format(FMT_STRING("Received: from {} ([{}{}])\n\tby {} (inboxd) with {} id {}"),
+                              helo_, v6 ? "IPv6:" : "", client_address_, cfg_.hostname,
+                              esmtp_ ? "ESMTP" : "SMTP", tx.queue_id);
+  std::string date = rfc5322_date(std::time(nullptr));
+  if (tx.recipients.size() == 1)
+    fmt::format_to(std::back_inserter(h), FMT_STRING("\n\tfor <{}>; {}\n"), tx.recipients[0], date);
+  else
+    fmt::format_to(std::back_inserter(h), FMT_STRING(";\n\t{}\n"), date);
+  return h;
+}
+
+void session::shutdown() {
+  if (closing_) return;
+  draining_ = true;
+  if (idle() && mode_ == mode::command) close_with(reply_id::shutting_down);
+}
+
+void session::disconnect() noexcept {
+  if (tx_ && tx_->sink_delivery) {
+    tx_->sink_delivery->abort();
+    tx_->sink_delivery = nullptr;
+  }
+  committing_ = paused_ = false;
+  closing_ = true;
+}
+
+}  // namespace inboxd::proto

@@ -1,0 +1,146 @@
+// proto/session.hpp: the RFC 5321 server state machine, sans I/O.
+//
+// The connection feeds the session the bytes it has read; the session runs
+// every complete command in them (RFC 2920 PIPELINING), appends every reply to
+// output(), and streams message bodies to the sink. The connection then writes
+// output() once. feed() stops early only where the session must wait: for the
+// sink to take more body bytes or to commit a message, and after QUIT.
+// When the wait ends, events.session_ready() asks the connection to feed again.
+//
+// Session and transaction are apart (OpenSMTPD's smtp_tx): MAIL creates a
+// transaction, RSET or the end of data drops it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "inboxd/config.hpp"
+#include "inboxd/log.hpp"
+#include "inboxd/sink.hpp"
+#include "proto/command.hpp"
+#include "proto/data_decoder.hpp"
+#include "proto/line_reader.hpp"
+#include "proto/reply.hpp"
+
+namespace inboxd::proto {
+
+// Implemented by the connection.
+class session_events {
+ public:
+  // The session stopped waiting: write output() and feed the buffered input.
+  virtual void session_ready() noexcept = 0;
+  virtual void session_log(log_level level, std::string_view line) noexcept = 0;
+
+ protected:
+  ~session_events() = default;
+};
+
+// Unique queue ids: a prefix from the process start time and pid, then a
+// counter. Owned by the server, shared by its sessions.
+class queue_id_source {
+ public:
+  queue_id_source(std::uint64_t start_time, std::uint32_t pid);
+  [[nodiscard]] std::string next();
+
+ private:
+  std::string prefix_;
+  std::uint64_t counter_ = 0;
+};
+
+// The date of a trace header, RFC 5322 3.3, in UTC.
+[[nodiscard]] std::string rfc5322_date(std::int64_t unix_time);
+
+class session final : delivery_listener {
+ public:
+  // cfg, sink, events and ids must outlive the session.
+  session(const session_config& cfg, sink& sink, session_events& events, queue_id_source& ids,
+          std::string client_address);
+  ~session();
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
+
+  // The client's IP address, for the trace header and the log.
+  void set_client_address(std::string address) { client_address_ = std::move(address); }
+
+  // Appends the 220 greeting.
+  void start();
+
+  // Runs every complete command in input and returns how many bytes were
+  // used; the rest (a partial line) must be passed again, with more bytes
+  // after it. Body bytes are unstuffed in place, so input is modified.
+  std::size_t feed(std::span<char> input);
+
+  // Replies not yet sent. The connection takes them (clear or swap).
+  std::string& output() noexcept { return out_; }
+
+  // Waiting for the sink: do not feed until session_ready().
+  [[nodiscard]] bool waiting() const noexcept { return paused_ || committing_; }
+  // Send the output, then close.
+  [[nodiscard]] bool closing() const noexcept { return closing_; }
+  // No transaction open and not waiting: safe to close on shutdown.
+  [[nodiscard]] bool idle() const noexcept { return !tx_ && !waiting(); }
+
+  // Server shutdown: 421 now when idle, else at the end of the transaction.
+  void shutdown();
+  // The client is gone: drop any message in progress.
+  void disconnect() noexcept;
+
+ private:
+  struct transaction {
+    std::string queue_id;
+    std::string reverse_path;
+    std::vector<std::string> recipients;
+    bool body_8bit = false;
+    delivery* sink_delivery = nullptr;
+    std::size_t size = 0;  // decoded body bytes
+    bool too_big = false;
+  };
+  enum class mode : std::uint8_t { command, data };
+
+  void handle_line(std::string_view line, bool bare_lf);
+  std::size_t feed_data(std::span<char> input);
+  void end_of_data();
+  void write_body(std::string_view bytes);
+
+  void do_helo(std::string_view arg, bool esmtp);
+  void do_mail(std::string_view arg);
+  void do_rcpt(std::string_view arg);
+  void do_data(std::string_view arg, bool bare_lf);
+  void do_rset(std::string_view arg);
+  void do_quit(std::string_view arg);
+
+  void reply(reply_id id, std::string_view detail = {});
+  void refuse(reply_id id, std::string_view detail = {});
+  void finish_transaction(reply_id id, std::string_view detail, std::string_view status);
+  void close_with(reply_id id);
+  std::string received_header() const;
+
+  // delivery_listener
+  void writable() noexcept override;
+  void committed(std::span<const store_result> per_recipient) noexcept override;
+
+  const session_config& cfg_;
+  sink& sink_;
+  session_events& events_;
+  queue_id_source& ids_;
+  std::string client_address_;
+  std::string helo_;  // copied once; empty until HELO/EHLO
+  bool esmtp_ = false;
+  std::optional<transaction> tx_;
+  mode mode_ = mode::command;
+  line_reader reader_;
+  data_decoder decoder_;
+  std::string out_;
+  bool in_feed_ = false;
+  bool paused_ = false;      // the sink asked us to stop writing
+  bool committing_ = false;  // waiting for committed()
+  bool closing_ = false;
+  bool draining_ = false;
+};
+
+}  // namespace inboxd::proto

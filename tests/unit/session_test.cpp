@@ -1,0 +1,5 @@
+#include <doctest/doctest.h>
+
+#include "proto/session.hpp"
+
+TEST_CASE("session compiles") { CHECK(true); }
