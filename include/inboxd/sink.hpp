@@ -26,9 +26,9 @@ namespace inboxd {
 // sink::begin() only: a sink copies what it needs.
 struct envelope {
   std::string_view queue_id;
-  std::string_view client_address;  // "127.0.0.1" or "::1"
-  std::string_view helo;            // as the client sent it in HELO/EHLO
-  std::string_view reverse_path;    // without angle brackets; empty for <>
+  std::string_view client_address;          // "127.0.0.1" or "::1"
+  std::string_view helo;                    // as the client sent it in HELO/EHLO
+  std::string_view reverse_path;            // without angle brackets; empty for <>
   std::span<const std::string> recipients;  // without angle brackets
   bool esmtp = false;
   bool body_8bit = false;  // BODY=8BITMIME was given

@@ -2,14 +2,14 @@
 //
 // Parses the command line, opens the sink, runs the server on the default
 // libuv loop, and drains on SIGTERM/SIGINT (a second signal closes at once).
-#include <uv.h>
 #include <unistd.h>
+#include <uv.h>
 
+#include <fmt/format.h>
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <fmt/format.h>
 
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
@@ -41,9 +41,11 @@ int parse(int argc, char** argv, options& opt) {
   app.add_option("--sink", opt.sink, "where mail goes: maildir or null")
       ->check(CLI::IsMember({"maildir", "null"}));
   app.add_option("--hostname", opt.server.session.hostname, "our name in replies and Received");
-  app.add_option("--max-message-size", opt.server.session.max_message_size, "in bytes (default 10240000)")
+  app.add_option("--max-message-size", opt.server.session.max_message_size,
+                 "in bytes (default 10240000)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-recipients", opt.server.session.max_recipients, "per message (default 1000)")
+  app.add_option("--max-recipients", opt.server.session.max_recipients,
+                 "per message (default 1000)")
       ->check(CLI::PositiveNumber);
   app.add_option("--bare-newline", opt.bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
@@ -107,7 +109,8 @@ int main(int argc, char** argv) {
     sink = std::make_unique<inboxd::null_sink>();
   } else {
     std::string error;
-    sink = inboxd::open_maildir_sink(loop, {.path = opt.maildir, .hostname = opt.server.session.hostname}, error);
+    sink = inboxd::open_maildir_sink(
+        loop, {.path = opt.maildir, .hostname = opt.server.session.hostname}, error);
     if (!sink) {
       fmt::print(stderr, "inboxd: {}\n", error);
       return 2;

@@ -7,7 +7,9 @@
 namespace inboxd::net {
 
 connection::connection(server::state& srv, std::string peer)
-    : srv_(srv), id_(++srv.next_connection_id), peer_(std::move(peer)),
+    : srv_(srv),
+      id_(++srv.next_connection_id),
+      peer_(std::move(peer)),
       session_(srv.config.session, srv.sink, *this, srv.ids, std::string{}) {}
 
 void connection::accept(server::state& srv, uv_stream_t* listening) {
@@ -37,8 +39,10 @@ void connection::accept(server::state& srv, uv_stream_t* listening) {
   // Replies are small and pipelined batches go out in one write: no Nagle delay.
   uv_tcp_nodelay(&c->tcp_, 1);
   srv.logf(log_level::info, "conn={} connect from {}", c->id_, c->peer_);
-  if (srv.shutting_down) c->session_.shutdown();
-  else c->session_.start();
+  if (srv.shutting_down)
+    c->session_.shutdown();
+  else
+    c->session_.start();
   c->run();
 }
 
@@ -118,7 +122,9 @@ void connection::close() {
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);
 }
 
-void connection::session_ready() noexcept { run(); }
+void connection::session_ready() noexcept {
+  run();
+}
 
 void connection::session_log(log_level level, std::string_view line) noexcept {
   srv_.logf(level, "conn={} {}", id_, line);
@@ -163,8 +169,10 @@ void connection::close_cb(uv_handle_t* handle) noexcept {
   server::state& srv = self->srv_;
   bool linked = self->prev || self->next || srv.connections == self;
   if (linked) {
-    if (self->prev) self->prev->next = self->next;
-    else srv.connections = self->next;
+    if (self->prev)
+      self->prev->next = self->next;
+    else
+      srv.connections = self->next;
     if (self->next) self->next->prev = self->prev;
     --srv.connection_count;
     srv.logf(log_level::info, "conn={} disconnect from {}", self->id_, self->peer_);

@@ -37,7 +37,8 @@ std::string format_address(const sockaddr* sa, bool with_port) {
     port = ntohs(in4->sin_port);
   }
   if (!with_port) return ip;
-  return v6 ? fmt::format(FMT_STRING("[{}]:{}"), ip, port) : fmt::format(FMT_STRING("{}:{}"), ip, port);
+  return v6 ? fmt::format(FMT_STRING("[{}]:{}"), ip, port)
+            : fmt::format(FMT_STRING("{}:{}"), ip, port);
 }
 
 listener* listener::open(server::state& srv, std::string_view address, std::string& error) {

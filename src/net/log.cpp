@@ -1,9 +1,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <cstdio>
 #include <ctime>
-#include <fmt/format.h>
 
 #include "inboxd/log.hpp"
 
@@ -27,6 +27,8 @@ void write_stderr(void*, log_level level, std::string_view line) {
 
 }  // namespace
 
-logger stderr_logger() { return {write_stderr, nullptr}; }
+logger stderr_logger() {
+  return {write_stderr, nullptr};
+}
 
 }  // namespace inboxd

@@ -10,16 +10,18 @@
 namespace inboxd {
 
 server::state::state(uv_loop_t* l, server_config cfg, inboxd::sink& s, logger lg)
-    : loop(l), config(std::move(cfg)), sink(s), log(lg),
+    : loop(l),
+      config(std::move(cfg)),
+      sink(s),
+      log(lg),
       ids(static_cast<std::uint64_t>(std::time(nullptr)), static_cast<std::uint32_t>(::getpid())) {}
 
 void server::state::maybe_done() {
   if (!shutting_down || !listeners.empty() || connections) return;
   if (drain_timer_open) {
     drain_timer_open = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer), [](uv_handle_t* h) {
-      static_cast<server::state*>(h->data)->maybe_done();
-    });
+    uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer),
+             [](uv_handle_t* h) { static_cast<server::state*>(h->data)->maybe_done(); });
     return;
   }
   if (auto cb = std::exchange(done, nullptr)) cb(done_ctx);
@@ -48,7 +50,9 @@ std::vector<std::string> server::bound_addresses() const {
   return out;
 }
 
-std::size_t server::connection_count() const noexcept { return state_->connection_count; }
+std::size_t server::connection_count() const noexcept {
+  return state_->connection_count;
+}
 
 void server::shutdown(void (*done)(void*), void* ctx) {
   state& s = *state_;
@@ -67,7 +71,8 @@ void server::shutdown(void (*done)(void*), void* ctx) {
       &s.drain_timer,
       [](uv_timer_t* t) {
         auto* st = static_cast<state*>(t->data);
-        st->logf(log_level::warning, "drain timeout: closing {} connection(s)", st->connection_count);
+        st->logf(log_level::warning, "drain timeout: closing {} connection(s)",
+                 st->connection_count);
         for (auto* c = st->connections; c; c = c->next) c->close();
       },
       static_cast<std::uint64_t>(s.config.drain_timeout.count()), 0);

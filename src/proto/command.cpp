@@ -7,20 +7,40 @@
 namespace inboxd::proto {
 namespace {
 
-constexpr bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-constexpr bool is_digit(char c) { return c >= '0' && c <= '9'; }
-constexpr char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
+constexpr bool is_alpha(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+constexpr bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+constexpr char lower(char c) {
+  return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+}
 
 // RFC 5322 3.2.3 atext.
 constexpr bool is_atext(char c) {
   if (is_alpha(c) || is_digit(c)) return true;
   switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '/': case '=': case '?': case '^': case '_': case '`': case '{':
-    case '|': case '}': case '~':
-      return true;
-    default:
-      return false;
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '/':
+    case '=':
+    case '?':
+    case '^':
+    case '_':
+    case '`':
+    case '{':
+    case '|':
+    case '}':
+    case '~': return true;
+    default: return false;
   }
 }
 
@@ -185,7 +205,8 @@ bool is_address_literal(std::string_view s) noexcept {
     buf[text.size()] = '\0';
     return inet_pton(family, buf.data(), addr) == 1;
   };
-  if (body.size() > 5 && iequals(body.substr(0, 5), "IPv6:")) return parse(AF_INET6, body.substr(5));
+  if (body.size() > 5 && iequals(body.substr(0, 5), "IPv6:"))
+    return parse(AF_INET6, body.substr(5));
   if (!body.empty() && is_digit(body.front())) return parse(AF_INET, body);
   // General-address-literal = Standardized-tag ":" 1*dcontent.
   auto colon = body.find(':');

@@ -11,7 +11,19 @@
 
 namespace inboxd::proto {
 
-enum class verb : std::uint8_t { helo, ehlo, mail, rcpt, data, rset, noop, quit, vrfy, help, unknown };
+enum class verb : std::uint8_t {
+  helo,
+  ehlo,
+  mail,
+  rcpt,
+  data,
+  rset,
+  noop,
+  quit,
+  vrfy,
+  help,
+  unknown
+};
 
 struct command {
   verb v;

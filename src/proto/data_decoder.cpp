@@ -38,8 +38,7 @@ data_decoder::result data_decoder::decode(std::span<char> input) noexcept {
           continue;
         }
         break;
-      case state::text:
-        break;
+      case state::text: break;
       case state::cr:
         if (c == '\n') {
           *out++ = '\n';

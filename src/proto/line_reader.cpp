@@ -11,7 +11,8 @@ line_reader::result line_reader::next(std::string_view input) noexcept {
     // The over-long line was already answered; drop it up to its end.
     if (!lf) return {status::need_more, input.size(), {}};
     skipping_ = false;
-    return {status::need_more, static_cast<std::size_t>(static_cast<const char*>(lf) - base) + 1, {}};
+    return {
+        status::need_more, static_cast<std::size_t>(static_cast<const char*>(lf) - base) + 1, {}};
   }
   if (!lf) {
     if (input.size() <= max_line_) {

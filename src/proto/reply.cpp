@@ -1,7 +1,7 @@
 #include "proto/reply.hpp"
 
-#include <array>
 #include <fmt/format.h>
+#include <array>
 
 namespace inboxd::proto {
 namespace {
@@ -21,8 +21,11 @@ constexpr std::array rows{
     row{queued, {250, "2.0.0", "Ok: queued as "}},
     row{start_data, {354, "", "End data with <CR><LF>.<CR><LF>"}},
     row{bye, {221, "2.0.0", "Bye"}},
-    row{help, {214, "2.0.0", "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"}},
-    row{cannot_vrfy, {252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"}},
+    row{help,
+        {214, "2.0.0",
+         "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"}},
+    row{cannot_vrfy,
+        {252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"}},
     row{shutting_down, {421, "4.3.2", "Service shutting down, closing transmission channel"}},
     row{store_failed, {451, "4.3.0", "Error: could not store the message, try again later"}},
     row{no_space, {452, "4.3.1", "Insufficient system storage"}},

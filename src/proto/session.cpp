@@ -1,8 +1,8 @@
 #include "proto/session.hpp"
 
+#include <fmt/format.h>
 #include <charconv>
 #include <ctime>
-#include <fmt/format.h>
 
 namespace inboxd::proto {
 
@@ -27,16 +27,23 @@ std::string rfc5322_date(std::int64_t unix_time) {
 
 session::session(const session_config& cfg, sink& sink, session_events& events,
                  queue_id_source& ids, std::string client_address)
-    : cfg_(cfg), sink_(sink), events_(events), ids_(ids),
+    : cfg_(cfg),
+      sink_(sink),
+      events_(events),
+      ids_(ids),
       client_address_(std::move(client_address)) {}
 
-session::~session() { disconnect(); }
+session::~session() {
+  disconnect();
+}
 
 void session::start() {
   out_ += fmt::format(FMT_STRING("220 {} ESMTP inboxd\r\n"), cfg_.hostname);
 }
 
-void session::reply(reply_id id, std::string_view detail) { append_reply(out_, id, detail); }
+void session::reply(reply_id id, std::string_view detail) {
+  append_reply(out_, id, detail);
+}
 
 // A refusal is a reply and a log line that says why (DESIGN.md principle 5).
 void session::refuse(reply_id id, std::string_view detail) {
@@ -65,12 +72,8 @@ std::size_t session::feed(std::span<char> input) {
       case line_reader::status::need_more:
         if (r.consumed == 0) goto out;  // A partial line: wait for its end.
         break;
-      case line_reader::status::too_long:
-        refuse(reply_id::line_too_long);
-        break;
-      case line_reader::status::line:
-        handle_line(r.line, r.bare_lf);
-        break;
+      case line_reader::status::too_long: refuse(reply_id::line_too_long); break;
+      case line_reader::status::line: handle_line(r.line, r.bare_lf); break;
     }
   }
 out:
@@ -140,7 +143,8 @@ void session::do_mail(std::string_view arg) {
     if (iequals(param->keyword, "SIZE")) {
       // RFC 1870 6: SIZE=<n>; a declared size over the limit is 552 5.3.4.
       std::size_t size = 0;
-      auto [end, ec] = std::from_chars(param->value.data(), param->value.data() + param->value.size(), size);
+      auto [end, ec] =
+          std::from_chars(param->value.data(), param->value.data() + param->value.size(), size);
       if (!param->has_value || ec == std::errc::invalid_argument ||
           end != param->value.data() + param->value.size())
         return refuse(reply_id::bad_syntax, "SIZE=<number>");
@@ -257,7 +261,8 @@ void session::committed(std::span<const store_result> per_recipient) noexcept {
   for (store_result r : per_recipient) {
     if (r == store_result::permanent_fail) id = reply_id::store_rejected;
     if (r == store_result::no_space && id == reply_id::queued) id = reply_id::no_space;
-    if (r == store_result::temporary_fail && id != reply_id::store_rejected) id = reply_id::store_failed;
+    if (r == store_result::temporary_fail && id != reply_id::store_rejected)
+      id = reply_id::store_failed;
   }
   if (id == reply_id::queued)
     finish_transaction(id, tx_->queue_id, "sent");
@@ -275,11 +280,12 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   const transaction& tx = *tx_;
   const reply_entry& e = reply_of(id);
   std::string to;
-  for (const auto& r : tx.recipients) fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",", r);
-  events_.session_log(log_level::info,
-                      fmt::format(FMT_STRING("id={} from=<{}> to={} size={} status={} ({} {} {}{})"),
-                                  tx.queue_id, tx.reverse_path, to, tx.size, status, e.code,
-                                  e.enhanced, e.text, detail));
+  for (const auto& r : tx.recipients)
+    fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",", r);
+  events_.session_log(
+      log_level::info,
+      fmt::format(FMT_STRING("id={} from=<{}> to={} size={} status={} ({} {} {}{})"), tx.queue_id,
+                  tx.reverse_path, to, tx.size, status, e.code, e.enhanced, e.text, detail));
   reply(id, detail);
   tx_.reset();
   if (draining_) close_with(reply_id::shutting_down);
@@ -288,9 +294,9 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
 std::string session::received_header() const {
   const transaction& tx = *tx_;
   bool v6 = client_address_.find(':') != std::string::npos;
-  std::string h = fmt::format(FMT_STRING("Received: from {} ([{}{}])\n\tby {} (inboxd) with {} id {}"),
-                              helo_, v6 ? "IPv6:" : "", client_address_, cfg_.hostname,
-                              esmtp_ ? "ESMTP" : "SMTP", tx.queue_id);
+  std::string h = fmt::format(
+      FMT_STRING("Received: from {} ([{}{}])\n\tby {} (inboxd) with {} id {}"), helo_,
+      v6 ? "IPv6:" : "", client_address_, cfg_.hostname, esmtp_ ? "ESMTP" : "SMTP", tx.queue_id);
   std::string date = rfc5322_date(std::time(nullptr));
   if (tx.recipients.size() == 1)
     fmt::format_to(std::back_inserter(h), FMT_STRING("\n\tfor <{}>; {}\n"), tx.recipients[0], date);

@@ -16,9 +16,9 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <fmt/format.h>
 #include <cerrno>
 #include <cstring>
-#include <fmt/format.h>
 #include <vector>
 
 #include "inboxd/sinks.hpp"
@@ -144,8 +144,10 @@ class maildir_delivery final : public delivery {
     for (std::size_t off = 0; !error_ && off < writing_.size();) {
       ssize_t n = ::write(fd_, writing_.data() + off, writing_.size() - off);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) error_ = errno;
-      else off += static_cast<std::size_t>(n);
+      if (n < 0)
+        error_ = errno;
+      else
+        off += static_cast<std::size_t>(n);
     }
     if (!error_) size_ += writing_.size();
     writing_.clear();
@@ -168,9 +170,9 @@ class maildir_delivery final : public delivery {
     busy_ = false;
     if (job_ == job::finish || job_ == job::discard) {
       if (listener_ && job_ == job::finish) {
-        store_result r = !error_ ? store_result::stored
+        store_result r = !error_                                  ? store_result::stored
                          : (error_ == ENOSPC || error_ == EDQUOT) ? store_result::no_space
-                                                                    : store_result::temporary_fail;
+                                                                  : store_result::temporary_fail;
         std::vector<store_result> results(recipients_, r);
         listener_->committed(results);
       }
@@ -186,7 +188,9 @@ class maildir_delivery final : public delivery {
     }
   }
 
-  static void work_cb(uv_work_t* req) noexcept { static_cast<maildir_delivery*>(req->data)->work(); }
+  static void work_cb(uv_work_t* req) noexcept {
+    static_cast<maildir_delivery*>(req->data)->work();
+  }
   static void after_work_cb(uv_work_t* req, int) noexcept {
     static_cast<maildir_delivery*>(req->data)->after_work();
   }
