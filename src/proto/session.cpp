@@ -169,6 +169,7 @@ void session::do_mail(std::string_view arg) {
 
 void session::do_rcpt(std::string_view arg) {
   if (!tx_) return refuse(reply_id::need_mail);
+  tx_->rcpt_seen = true;
   path_parse p = parse_rcpt_to(arg);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_recipient);
@@ -182,7 +183,9 @@ void session::do_rcpt(std::string_view arg) {
 
 void session::do_data(std::string_view arg, bool bare_lf) {
   if (!tx_) return refuse(reply_id::need_mail);
-  // RFC 2920 3.1: with pipelining, DATA without a valid recipient is 554.
+  // RFC 5321 3.3 allows 503 or 554; as Postfix: 503 when no RCPT came at
+  // all, 554 when every RCPT was refused (RFC 2920 3.1, pipelined clients).
+  if (!tx_->rcpt_seen) return refuse(reply_id::need_rcpt);
   if (tx_->recipients.empty()) return refuse(reply_id::no_valid_rcpts);
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "DATA");
   reply(reply_id::start_data);

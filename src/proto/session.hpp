@@ -95,6 +95,7 @@ class session final : delivery_listener {
     std::string queue_id;
     std::string reverse_path;
     std::vector<std::string> recipients;
+    bool rcpt_seen = false;  // any RCPT, accepted or not
     bool body_8bit = false;
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // decoded body bytes

@@ -1,0 +1,317 @@
+"""Shared helpers for the inboxd integration tests (standard library only).
+
+Server: runs the binary on a free loopback port in a fresh temp directory.
+Client: a raw-socket SMTP client that reads complete (multi-line) replies.
+InboxdTestCase: a unittest base class that starts one server per test.
+Every wait is bounded in time.
+"""
+import datetime
+import email.utils
+import mailbox
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+BIN = os.environ.get("INBOXD_BIN", "/work/main/build/inboxd")
+HOSTNAME = "mx.inboxd.test"      # passed as --hostname
+HELO = "client.test"             # what our clients say in EHLO/HELO
+TIMEOUT = 5.0                    # seconds, for any single wait on the server
+CRLF = b"\r\n"
+
+LISTEN_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as ([!-~]+)$")
+# Return-Path line, then the folded Received header, then the body.
+STORED_RE = re.compile(
+    rb"Return-Path: (?P<return_path><[^\n]*>)\n"
+    rb"Received: from (?P<helo>\S+) \(\[127\.0\.0\.1\]\)\n"
+    rb"\tby (?P<host>\S+) \(inboxd\) with (?P<proto>E?SMTP) id (?P<id>\S+?)"
+    rb"(?:\n\tfor (?P<for><[^\n]*>|[^\s;]+))?;(?: |\n\t)(?P<date>[^\n]+)\n",
+)
+
+
+def run_cli(*args, timeout=TIMEOUT):
+    """Run the binary to completion (for --help, bad flags...)."""
+    return subprocess.run([BIN, *args], capture_output=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+class Server:
+    """One inboxd process listening on 127.0.0.1:<free port>."""
+
+    def __init__(self, *args, sink="maildir"):
+        if not os.access(BIN, os.X_OK):
+            raise RuntimeError(f"inboxd binary not found at {BIN} (set INBOXD_BIN)")
+        self.dir = tempfile.mkdtemp(prefix="inboxd-it-")
+        self.maildir = os.path.join(self.dir, "maildir")
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        cmd = [BIN, "--listen", "127.0.0.1:0", "--maildir", self.maildir,
+               "--sink", sink, "--hostname", HOSTNAME, *args]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        self.stopped = False
+        self.port = self._wait_port()
+
+    def _wait_port(self):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            m = LISTEN_RE.search(self.log())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        self.kill()
+        raise RuntimeError(f"inboxd did not report 'listening on' (rc={self.proc.returncode}); "
+                           f"log:\n{self.log()}")
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=TIMEOUT):
+        """Wait until a log line matches the regex; return the match or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log(), re.M)
+            if m or time.monotonic() > deadline:
+                return m
+            time.sleep(0.02)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=TIMEOUT):
+        """SIGTERM, then SIGKILL after `timeout` s. Returns the exit code."""
+        self.stopped = True
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return None   # did not exit on SIGTERM
+        return self.proc.returncode
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+
+    def cleanup(self):
+        self.kill()
+        if not os.environ.get("INBOXD_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---- Maildir ----
+    def mailbox(self):
+        return mailbox.Maildir(self.maildir, factory=None, create=False)
+
+    def files(self, sub):
+        """{name: bytes} of the regular files in maildir/<sub>/ (empty if missing)."""
+        path = os.path.join(self.maildir, sub)
+        if not os.path.isdir(path):
+            return {}
+        out = {}
+        for name in os.listdir(path):
+            with open(os.path.join(path, name), "rb") as f:
+                out[name] = f.read()
+        return out
+
+
+class Reply:
+    def __init__(self, lines):
+        self.lines = lines                      # full text lines, without CRLF
+        self.code = int(lines[-1][:3])
+        self.last = lines[-1]
+
+    def __repr__(self):
+        return "Reply(%r)" % "\\r\\n".join(self.lines)
+
+
+class Client:
+    """Raw SMTP client over a socket. Replies must be CRLF-terminated lines."""
+
+    def __init__(self, port, timeout=TIMEOUT):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def send_bytewise(self, data):
+        for i in range(len(data)):
+            self.sock.sendall(data[i:i + 1])
+
+    def _line(self, deadline):
+        while CRLF not in self.buf:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete reply line; got {self.buf!r}")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"server closed the connection; pending {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(CRLF, 1)
+        text = line.decode("utf-8", "replace")
+        if not re.match(r"^[2-5]\d\d([ -]|$)", text) or "\n" in text or "\r" in text:
+            raise AssertionError(f"malformed reply line {line!r}")
+        return text
+
+    def reply(self):
+        """Read one complete reply (all lines of a multi-line reply)."""
+        deadline = time.monotonic() + self.timeout
+        lines = [self._line(deadline)]
+        while lines[-1][3:4] == "-":
+            lines.append(self._line(deadline))
+            if lines[-1][:3] != lines[0][:3]:
+                raise AssertionError(f"code changed inside multi-line reply {lines!r}")
+        return Reply(lines)
+
+    def replies(self, n):
+        return [self.reply() for _ in range(n)]
+
+    def cmd(self, line):
+        self.send(line.encode() + CRLF)
+        return self.reply()
+
+    def at_eof(self, timeout=1.0):
+        """True if the server closes the connection within `timeout` s with no more data."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.buf == b"" and self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+        finally:
+            self.sock.settimeout(self.timeout)
+
+    def quiet(self, timeout=0.3):
+        """True if the server sends nothing (and does not close) within `timeout` s."""
+        if self.buf:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            self.buf = self.sock.recv(65536)
+            return False
+        except socket.timeout:
+            return True
+        finally:
+            self.sock.settimeout(self.timeout)
+
+    def close(self):
+        self.sock.close()
+
+
+def stuff(body):
+    """Dot-stuff a CRLF body for the wire (RFC 5321 4.5.2)."""
+    return re.sub(rb"(?m)^\.", b"..", body)
+
+
+def parse_stored(data):
+    """Split a stored message into its trace fields and the body; None if malformed."""
+    m = STORED_RE.match(data)
+    if not m:
+        return None
+    d = {k: (v.decode("utf-8", "replace") if v is not None else None)
+         for k, v in m.groupdict().items()}
+    d["body"] = data[m.end():]
+    return d
+
+
+class InboxdTestCase(unittest.TestCase):
+    """Starts a fresh server per test with `server_args`; checks it did not crash."""
+    server_args = ()
+    sink = "maildir"
+
+    def setUp(self):
+        self.server = Server(*self.server_args, sink=self.sink)
+        self.addCleanup(self.server.cleanup)
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            c.close()
+        if not self.server.stopped and not self.server.alive():
+            self.fail(f"server died during the test (rc={self.server.proc.returncode}); "
+                      f"log:\n{self.server.log()}")
+
+    # ---- replies ----
+    def assertReply(self, reply, prefix, msg=None):
+        """The final reply line is `prefix` or starts with `prefix` + ' '."""
+        ok = reply.last == prefix or reply.last.startswith(prefix + " ")
+        if not ok:
+            self.fail(msg or f"expected {prefix!r}..., got {reply!r}")
+
+    def connect(self, port=None):
+        c = Client(port or self.server.port)
+        self.clients.append(c)
+        self.assertEqual(c.reply().lines, [f"220 {HOSTNAME} ESMTP inboxd"])
+        return c
+
+    def ehlo(self, c=None):
+        c = c or self.connect()
+        r = c.cmd("EHLO " + HELO)
+        self.assertReply(r, "250")
+        return c
+
+    def deliver(self, c, sender, rcpts, data):
+        """MAIL/RCPT/DATA/<data>/. on an open session; `data` is wire bytes ending
+        in CRLF. Asserts every reply and returns the queue id."""
+        self.assertReply(c.cmd(f"MAIL FROM:<{sender}>"), "250 2.1.0")
+        for r in rcpts:
+            self.assertReply(c.cmd(f"RCPT TO:<{r}>"), "250 2.1.5")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(data + b".\r\n")
+        return self.assertQueued(c.reply())
+
+    def assertQueued(self, reply):
+        m = QUEUED_RE.match(reply.last)
+        self.assertTrue(m and len(reply.lines) == 1, f"expected '250 2.0.0 Ok: queued as ID', got {reply!r}")
+        return m.group(1)
+
+    # ---- Maildir ----
+    def stored(self):
+        """Messages in new/ (sorted by name), after checking the Maildir invariants:
+        names end in ',S=<file size>', nothing left in tmp/, nothing in cur/."""
+        new = self.server.files("new")
+        for name, data in new.items():
+            self.assertMaildirName(name, data)
+        self.assertEqual(self.server.files("tmp"), {}, "files left in tmp/")
+        self.assertEqual(self.server.files("cur"), {}, "files in cur/")
+        return [new[k] for k in sorted(new)]
+
+    def assertMaildirName(self, name, data):
+        """time.unique.host (no '/' or ':'), then ',S=<file size>'."""
+        self.assertRegex(name, rf"^\d+\.[^./:]+\.[^/:]+,S={len(data)}$", "bad Maildir file name")
+
+    def assertStored(self, data, sender, body, rcpt=None, queue_id=None, proto="ESMTP"):
+        """`data` is Return-Path + Received + `body` (wire body with CRLF->LF)."""
+        p = parse_stored(data)
+        self.assertIsNotNone(p, f"stored message lacks the Return-Path/Received prefix:\n{data[:400]!r}")
+        self.assertEqual(p["return_path"], f"<{sender}>")
+        self.assertEqual((p["helo"], p["host"], p["proto"]), (HELO, HOSTNAME, proto))
+        if queue_id is not None:
+            self.assertEqual(p["id"], queue_id)
+        if rcpt is None:
+            self.assertIsNone(p["for"], "'for' clause with several recipients")
+        else:
+            self.assertIn(p["for"], (f"<{rcpt}>", rcpt))
+        date = email.utils.parsedate_to_datetime(p["date"])
+        self.assertIsNotNone(date.tzinfo, f"date without zone: {p['date']!r}")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.assertLess(abs((now - date).total_seconds()), 300, f"date off: {p['date']!r}")
+        self.assertEqual(p["body"], body.replace(CRLF, b"\n"))
+        return p
+
+
+def main():
+    unittest.main(verbosity=2)

@@ -1,0 +1,97 @@
+"""Crash test: kill -9 the server under load; no acknowledged message is lost
+and no partial message is ever visible in new/."""
+import base64
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+
+import harness
+from harness import CRLF, HELO, Client, InboxdTestCase
+
+THREADS = 20
+RUN_SECONDS = 1.5
+
+
+def make_message(mid, rng):
+    """Headers with a unique id and the sha256 of the body; 1 in 5 is a few hundred KB."""
+    size = rng.randrange(200_000, 400_000) if rng.random() < 0.2 else rng.randrange(100, 4000)
+    b64 = base64.b64encode(os.urandom(size * 3 // 4))
+    lines = [b64[i:i + 76] for i in range(0, len(b64), 76)]
+    body = CRLF.join(lines[:1] + [b".dot-stuffed line " + mid.encode()] + lines[1:]) + CRLF
+    sha = hashlib.sha256(body).hexdigest()
+    head = (f"Message-ID: <{mid}@crash.test>\r\nX-Test-Id: {mid}\r\n"
+            f"X-Body-SHA256: {sha}\r\nSubject: crash test\r\n\r\n").encode()
+    return head + body
+
+
+class CrashTest(InboxdTestCase):
+    def sender(self, tid, stop, attempted, acked):
+        """Send messages on one connection until stopped or the server is gone."""
+        rng = random.Random(tid)
+        c = None
+        try:
+            c = Client(self.server.port)
+            c.reply()
+            c.cmd("EHLO " + HELO)
+            n = 0
+            while not stop.is_set():
+                mid = f"t{tid}.m{n}"
+                n += 1
+                msg = attempted[mid] = make_message(mid, rng)
+                replies = [c.cmd("MAIL FROM:<load@example.com>").code,
+                           c.cmd(f"RCPT TO:<{mid}@example.org>").code, c.cmd("DATA").code]
+                if replies != [250, 250, 354]:
+                    break
+                c.send(harness.stuff(msg) + b".\r\n")
+                m = harness.QUEUED_RE.match(c.reply().last)
+                if m:
+                    acked[mid] = m.group(1)
+        except (OSError, ValueError):   # the server was killed: ECONNRESET, EOF, timeout
+            pass
+        finally:
+            if c:
+                c.close()
+
+    def test_kill_9_under_load(self):
+        stop, attempted, acked = threading.Event(), {}, {}
+        threads = [threading.Thread(target=self.sender, args=(t, stop, attempted, acked))
+                   for t in range(THREADS)]
+        for t in threads:
+            t.start()
+        time.sleep(RUN_SECONDS)
+        self.server.stopped = True
+        self.server.kill()                                   # SIGKILL
+        stop.set()
+        deadline = time.monotonic() + 2 * harness.TIMEOUT
+        for t in threads:
+            t.join(max(0, deadline - time.monotonic()))
+        self.assertFalse(any(t.is_alive() for t in threads), "client threads hung")
+        self.assertGreaterEqual(len(acked), THREADS, f"too few messages acknowledged: {len(acked)}")
+
+        seen = {}
+        for name, data in self.server.files("new").items():
+            with self.subTest(file=name):
+                self.assertMaildirName(name, data)
+                p = harness.parse_stored(data)
+                self.assertIsNotNone(p, f"no trace headers: {data[:200]!r}")
+                m = re.search(rb"^X-Test-Id: (\S+)\n", p["body"], re.M)
+                self.assertIsNotNone(m, "no X-Test-Id header")
+                mid = m.group(1).decode()
+                self.assertNotIn(mid, seen, "message stored twice")
+                seen[mid] = p["id"]
+                head, _, body = p["body"].partition(b"\n\n")
+                sha = re.search(rb"^X-Body-SHA256: (\w+)$", head, re.M).group(1).decode()
+                self.assertEqual(hashlib.sha256(body.replace(b"\n", CRLF)).hexdigest(), sha,
+                                 "checksum mismatch (partial or corrupt file)")
+                self.assertEqual(p["body"], attempted[mid].replace(CRLF, b"\n"))
+        lost = sorted(set(acked) - set(seen))
+        self.assertEqual(lost, [], f"{len(lost)} of {len(acked)} acknowledged messages missing")
+        for mid, qid in acked.items():
+            self.assertEqual(seen[mid], qid, f"{mid}: Received id differs from the 250 reply")
+
+
+if __name__ == "__main__":
+    harness.main()
