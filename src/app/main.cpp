@@ -35,6 +35,13 @@ int parse(int argc, char** argv, options& opt) {
   CLI::App app{"inboxd: a lightweight inbound SMTP server", "inboxd"};
   opt.server.session.hostname = default_hostname();
   std::vector<std::string> listen;
+  CLI::Validator at_least_one(
+      [](std::string& s) -> std::string {
+        bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+        bool zero = s.find_first_not_of('0') == std::string::npos;
+        return digits && !zero ? "" : "want a whole number of at least 1";
+      },
+      "N");
   app.add_option("--listen", listen, "ADDR:PORT to listen on, repeatable (default 127.0.0.1:2525)")
       ->type_name("ADDR:PORT");
   app.add_option("--maildir", opt.maildir, "Maildir to store into (default var/maildir)");
@@ -43,10 +50,10 @@ int parse(int argc, char** argv, options& opt) {
   app.add_option("--hostname", opt.server.session.hostname, "our name in replies and Received");
   app.add_option("--max-message-size", opt.server.session.max_message_size,
                  "in bytes (default 10240000)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least_one);
   app.add_option("--max-recipients", opt.server.session.max_recipients,
                  "per message (default 1000)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least_one);
   app.add_option("--bare-newline", opt.bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION);

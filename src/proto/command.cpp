@@ -89,7 +89,9 @@ bool is_quoted_string(std::string_view s) {
 
 // Where the local part ends: the '@' that is not inside a quoted string.
 std::size_t local_part_end(std::string_view s) {
-  if (s.empty() || s.front() != '"') return s.rfind('@');
+  // atext has no '@': the first one ends an unquoted local part (a general
+  // address literal after it may hold more).
+  if (s.empty() || s.front() != '"') return s.find('@');
   for (std::size_t i = 1; i < s.size(); ++i) {
     if (s[i] == '\\') {
       ++i;
@@ -211,8 +213,10 @@ bool is_address_literal(std::string_view s) noexcept {
   // General-address-literal = Standardized-tag ":" 1*dcontent.
   auto colon = body.find(':');
   if (colon == 0 || colon == body.npos || colon + 1 == body.size()) return false;
+  // Standardized-tag = Ldh-str: ends in a letter or digit.
   for (char c : body.substr(0, colon))
     if (!is_alpha(c) && !is_digit(c) && c != '-') return false;
+  if (body[colon - 1] == '-') return false;
   for (char c : body.substr(colon + 1)) {
     auto u = static_cast<unsigned char>(c);
     if (u < 33 || u > 126 || c == '[' || c == '\\' || c == ']') return false;

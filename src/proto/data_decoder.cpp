@@ -10,18 +10,13 @@ void data_decoder::reset(bool after_crlf) noexcept {
 data_decoder::result data_decoder::decode(std::span<char> input) noexcept {
   char* const out_begin = input.data();
   char* out = out_begin;
-  std::string_view carry;
   state s = state_;
   std::size_t i = 0;
-  // A held-back CR turned out to be a bare CR: it is text. When it was held
-  // back at the end of the last call, its output slot lies before this
-  // buffer, so it leaves as `carry`; otherwise it fits where it was read.
+  // A held-back CR turned out to be a bare CR: it is text. Its slot is free,
+  // since nothing was written when it was read.
   auto put_bare_cr = [&] {
     bare_cr_ = true;
-    if (i == 0)
-      carry = "\r";
-    else
-      *out++ = '\r';
+    *out++ = '\r';
   };
   for (; i < input.size(); ++i) {
     char c = input[i];
@@ -59,7 +54,7 @@ data_decoder::result data_decoder::decode(std::span<char> input) noexcept {
       case state::dot_cr:
         if (c == '\n') {
           state_ = state::bol;
-          return {carry, {out_begin, static_cast<std::size_t>(out - out_begin)}, i + 1, true};
+          return {{out_begin, static_cast<std::size_t>(out - out_begin)}, i + 1, true};
         }
         put_bare_cr();  // The dot before it was stuffing.
         if (c == '\r') {
@@ -81,8 +76,23 @@ data_decoder::result data_decoder::decode(std::span<char> input) noexcept {
       s = state::text;
     }
   }
+  // A CR, or a "." or "." CR at the start of a line, at the very end cannot be decided
+  // yet: leave it unconsumed, to be passed again with the bytes after it.
+  // Nothing was written for it, so it is still intact in the input.
+  // No state that holds input back survives the call, so both bytes of a
+  // held "." CR are always in this input.
+  if (s == state::cr) {
+    --i;
+    s = state::text;
+  } else if (s == state::dot) {
+    --i;
+    s = state::bol;
+  } else if (s == state::dot_cr) {
+    i -= 2;
+    s = state::bol;
+  }
   state_ = s;
-  return {carry, {out_begin, static_cast<std::size_t>(out - out_begin)}, i, false};
+  return {{out_begin, static_cast<std::size_t>(out - out_begin)}, i, false};
 }
 
 }  // namespace inboxd::proto

@@ -7,9 +7,10 @@
 // smuggled behind them. A bare LF ends a line; a bare CR is kept as text; each
 // is counted so that a strict policy can refuse the message.
 //
-// decode() writes its output over its own input (output never outruns input),
-// except for a CR held back from the end of the previous call, which comes
-// back as `carry` ("\r") to be written before the in-place bytes.
+// decode() writes its output over its own input (output never outruns
+// input). Bytes at the end that cannot be decided yet, a CR, or a "." or
+// "." CR at the start of a line, are left unconsumed: the caller passes them again,
+// followed by the next bytes.
 #pragma once
 
 #include <cstddef>
@@ -21,10 +22,9 @@ namespace inboxd::proto {
 class data_decoder {
  public:
   struct result {
-    std::string_view carry;  // static text to emit before `out`, or empty
-    std::string_view out;    // decoded bytes, at the front of the input span
-    std::size_t consumed;    // input bytes used up, including the final <CRLF>.<CRLF>
-    bool done;               // the end of data was seen
+    std::string_view out;  // decoded bytes, at the front of the input span
+    std::size_t consumed;  // input bytes used up, including the final <CRLF>.<CRLF>
+    bool done;             // the end of data was seen
   };
 
   // after_crlf: the DATA command line ended with CRLF (not a bare LF), so a
@@ -41,9 +41,10 @@ class data_decoder {
     bol,       // start of a line after CRLF
     bol_bare,  // start of a line after a bare LF
     text,      // inside a line
-    cr,        // inside a line, a CR held back
-    dot,       // "." at the start of a line after CRLF
-    dot_cr,    // "." CR at the start of a line after CRLF
+    // These three hold input back and never outlive a decode() call.
+    cr,      // inside a line, a CR held back
+    dot,     // "." at the start of a line after CRLF
+    dot_cr,  // "." CR at the start of a line after CRLF
   };
   state state_ = state::bol;
   bool bare_lf_ = false;

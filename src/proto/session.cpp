@@ -1,6 +1,7 @@
 #include "proto/session.hpp"
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <charconv>
 #include <ctime>
 
@@ -63,7 +64,10 @@ std::size_t session::feed(std::span<char> input) {
   std::size_t pos = 0;
   while (pos < input.size() && !closing_ && !waiting()) {
     if (mode_ == mode::data) {
-      pos += feed_data(input.subspan(pos));
+      std::size_t used = feed_data(input.subspan(pos));
+      pos += used;
+      // The decoder left a CR it cannot decide yet: wait for what follows.
+      if (mode_ == mode::data && pos < input.size() && used == 0) break;
       continue;
     }
     auto r = reader_.next({input.data() + pos, input.size() - pos});
@@ -218,7 +222,6 @@ void session::do_quit(std::string_view arg) {
 
 std::size_t session::feed_data(std::span<char> input) {
   auto r = decoder_.decode(input);
-  write_body(r.carry);
   write_body(r.out);
   if (r.done) end_of_data();
   return r.consumed;
@@ -227,27 +230,37 @@ std::size_t session::feed_data(std::span<char> input) {
 void session::write_body(std::string_view bytes) {
   if (bytes.empty()) return;
   transaction& tx = *tx_;
-  tx.size += bytes.size();
+  // RFC 1870 counts the message as sent, each line end as CRLF.
+  tx.size += bytes.size() + static_cast<std::size_t>(std::count(bytes.begin(), bytes.end(), '\n'));
   if (tx.too_big) return;
   if (tx.size > cfg_.max_message_size) {
     // Read the rest and discard it; the reply comes at the end of data.
     tx.too_big = true;
-    tx.sink_delivery->abort();
-    tx.sink_delivery = nullptr;
+    drop_delivery();
     return;
   }
   if (!tx.sink_delivery->write(bytes)) paused_ = true;
 }
 
+void session::drop_delivery() noexcept {
+  if (tx_ && tx_->sink_delivery) {
+    tx_->sink_delivery->abort();
+    tx_->sink_delivery = nullptr;
+  }
+  // An aborted delivery never calls writable(): stop waiting for it.
+  paused_ = false;
+}
+
 void session::end_of_data() {
   mode_ = mode::command;
   reader_.reset();
+  // Whatever the sink still holds, it takes with commit(): no more writable().
+  paused_ = false;
   transaction& tx = *tx_;
   if (tx.too_big) return finish_transaction(reply_id::size_exceeded, {}, "rejected");
   bool strict = cfg_.bare_newline == bare_newline_policy::reject;
   if (strict && (decoder_.saw_bare_lf() || decoder_.saw_bare_cr())) {
-    tx.sink_delivery->abort();
-    tx.sink_delivery = nullptr;
+    drop_delivery();
     return finish_transaction(decoder_.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr, {},
                               "rejected");
   }
@@ -315,11 +328,8 @@ void session::shutdown() {
 }
 
 void session::disconnect() noexcept {
-  if (tx_ && tx_->sink_delivery) {
-    tx_->sink_delivery->abort();
-    tx_->sink_delivery = nullptr;
-  }
-  committing_ = paused_ = false;
+  drop_delivery();
+  committing_ = false;
   closing_ = true;
 }
 

@@ -98,7 +98,7 @@ class session final : delivery_listener {
     bool rcpt_seen = false;  // any RCPT, accepted or not
     bool body_8bit = false;
     delivery* sink_delivery = nullptr;
-    std::size_t size = 0;  // decoded body bytes
+    std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
   };
   enum class mode : std::uint8_t { command, data };
@@ -107,6 +107,7 @@ class session final : delivery_listener {
   std::size_t feed_data(std::span<char> input);
   void end_of_data();
   void write_body(std::string_view bytes);
+  void drop_delivery() noexcept;
 
   void do_helo(std::string_view arg, bool esmtp);
   void do_mail(std::string_view arg);
