@@ -28,7 +28,7 @@ class memory_sink final : public inboxd::sink {
   class memory_delivery final : public inboxd::delivery {
    public:
     memory_delivery(memory_sink& s, inboxd::delivery_listener& l, std::size_t n)
-        : sink_(s), listener_(l), results_(n, inboxd::store_result::stored) {}
+        : sink_(s), listener_(l), results_(n) {}
     bool write(std::string_view bytes) override {
       text_.append(bytes);
       return true;
@@ -44,7 +44,7 @@ class memory_sink final : public inboxd::sink {
     ~memory_delivery() = default;
     memory_sink& sink_;
     inboxd::delivery_listener& listener_;
-    std::vector<inboxd::store_result> results_;
+    std::vector<inboxd::store_outcome> results_;
     std::string text_;
   };
 };
@@ -97,7 +97,7 @@ void on_connect(uv_connect_t* req, int status) {
 int main() {
   uv_loop_t loop;
   uv_loop_init(&loop);
-  memory_sink sink;
+  auto sink = std::make_shared<memory_sink>();
   inboxd::server_config cfg;
   cfg.listen = {"127.0.0.1:0"};
   cfg.session.hostname = "embed.test";
@@ -122,17 +122,17 @@ int main() {
   uv_run(&loop, UV_RUN_DEFAULT);
   int closed = uv_loop_close(&loop);
 
-  bool ok = closed == 0 && sink.messages.size() == 1 &&
+  bool ok = closed == 0 && sink->messages.size() == 1 &&
             c.replies.find("250 2.0.0 Ok: queued as ") != std::string::npos &&
             c.replies.find("221 2.0.0 Bye") != std::string::npos;
   if (ok) {
-    const std::string& m = sink.messages[0];
+    const std::string& m = sink->messages[0];
     std::string body = "Subject: hello\n\nfrom the same loop\n.dot-stuffed\n";
     ok = m.rfind("Received: from embedder.example ([127.0.0.1])", 0) == 0 &&
          m.size() > body.size() && m.compare(m.size() - body.size(), body.size(), body) == 0;
   }
   std::printf("embed: %s (loop_close=%d, messages=%zu)\n", ok ? "ok" : "FAILED", closed,
-              sink.messages.size());
+              sink->messages.size());
   if (!ok) std::fprintf(stderr, "replies:\n%s\n", c.replies.c_str());
   return ok ? 0 : 1;
 }

@@ -6,8 +6,11 @@
 
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "inboxd/policy.hpp"
 
 namespace inboxd {
 
@@ -29,6 +32,9 @@ struct session_config {
 struct server_config {
   std::vector<std::string> listen = {"127.0.0.1:2525"};  // "ADDR:PORT", "[v6]:PORT"
   session_config session;
+  recipient_rules recipients;  // the default accepts every recipient
+  // An embedder's own policy; when set, `recipients` is not used.
+  std::shared_ptr<const recipient_policy> policy;
   // How long SIGTERM waits for transactions in flight before closing them.
   std::chrono::milliseconds drain_timeout{30'000};
 };

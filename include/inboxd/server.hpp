@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "inboxd/config.hpp"
@@ -21,7 +22,9 @@ namespace inboxd {
 
 class server {
  public:
-  server(uv_loop_t* loop, server_config config, sink& sink, logger log = stderr_logger());
+  // The server keeps the sink alive while transactions use it.
+  server(uv_loop_t* loop, server_config config, std::shared_ptr<sink> sink,
+         logger log = stderr_logger());
   ~server();
   server(const server&) = delete;
   server& operator=(const server&) = delete;
@@ -38,6 +41,11 @@ class server {
   // messages in progress finish and commit, for drain_timeout at most. When
   // every handle is closed, done(ctx) is called on the loop.
   void shutdown(void (*done)(void* ctx), void* ctx);
+
+  // Takes up new limits, policy and sink for transactions that start from now
+  // on; transactions in flight finish under the old ones, no connection is
+  // dropped. The listen addresses stay as they are.
+  void reconfigure(const server_config& config, std::shared_ptr<sink> sink);
 
   // Closes every connection at once (a second SIGTERM).
   void abort();

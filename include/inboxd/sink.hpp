@@ -9,7 +9,9 @@
 // the delivery right after that call returns. After abort() the sink calls no
 // listener method any more; it frees the delivery when its own work is done.
 // abort() may also follow commit() (the client went away): the message may or
-// may not be stored, and no callback follows.
+// may not be stored, and no callback follows. The sink itself may be
+// destroyed (after a reload) while aborted deliveries still finish their
+// work, so a delivery must not use its sink after abort().
 //
 // This header includes no libuv or mbedTLS type: the sans-I/O session uses it.
 #pragma once
@@ -22,24 +24,38 @@
 
 namespace inboxd {
 
+// One local mailbox a message goes to. An RCPT address resolves to one or
+// more of them through the recipient policy (aliases).
+struct recipient {
+  std::string address;  // the RCPT forward-path as given, without brackets
+  std::string user;     // the local mailbox name ({user} in path templates)
+  std::string domain;   // lower case; {domain} in path templates
+};
+
 // The envelope of one message. Every view is borrowed for the duration of
 // sink::begin() only: a sink copies what it needs.
 struct envelope {
   std::string_view queue_id;
-  std::string_view client_address;          // "127.0.0.1" or "::1"
-  std::string_view helo;                    // as the client sent it in HELO/EHLO
-  std::string_view reverse_path;            // without angle brackets; empty for <>
-  std::span<const std::string> recipients;  // without angle brackets
+  std::string_view client_address;        // "127.0.0.1" or "::1"
+  std::string_view helo;                  // as the client sent it in HELO/EHLO
+  std::string_view reverse_path;          // without angle brackets; empty for <>
+  std::span<const recipient> recipients;  // distinct mailboxes, in RCPT order
   bool esmtp = false;
   bool body_8bit = false;  // BODY=8BITMIME was given
 };
 
-// The outcome for one recipient, in recipient order.
+// The outcome for one recipient (mailbox), in envelope order.
 enum class store_result : std::uint8_t {
   stored,          // durable: fsynced and in place
   temporary_fail,  // 451 4.3.0: the sender retries
   no_space,        // 452 4.3.1: disk or quota full
   permanent_fail,  // 554 5.3.0: do not retry
+};
+
+// The outcome for one mailbox, with the errno behind a failure for the log.
+struct store_outcome {
+  store_result result = store_result::stored;
+  int error = 0;  // an errno value, or 0
 };
 
 // Implemented by the session; called by the sink on the loop thread.
@@ -48,7 +64,7 @@ class delivery_listener {
   // The sink can take body bytes again after write() returned false.
   virtual void writable() noexcept = 0;
   // The message is durable (or failed). The span is borrowed for the call.
-  virtual void committed(std::span<const store_result> per_recipient) noexcept = 0;
+  virtual void committed(std::span<const store_outcome> per_recipient) noexcept = 0;
 
  protected:
   ~delivery_listener() = default;

@@ -28,13 +28,26 @@ class null_sink final : public sink {
 };
 
 struct maildir_options {
-  std::string path;      // the Maildir; tmp/, new/ and cur/ are made if missing
+  // One Maildir for everyone, or a template such as "var/mail/{domain}/{user}":
+  // tmp/, new/ and cur/ are made when missing. A message for several
+  // recipients is written once and hard-linked into each new/.
+  std::string path;
   std::string hostname;  // for unique file names
 };
 
-// Opens (and creates) the Maildir. Returns null and sets error on failure.
-// This blocks, so call it at start-up, not from the loop.
+// Opens the Maildir sink; a single Maildir is created now. Returns null and
+// sets error on failure. This blocks: call it at start-up or on the pool.
 std::unique_ptr<sink> open_maildir_sink(uv_loop_t* loop, const maildir_options& options,
                                         std::string& error);
+
+struct mbox_options {
+  std::string path;  // a template, e.g. "/var/mail/{user}" or "{domain}/{user}.mbox"
+  // Where a message larger than the in-memory batch waits until it is
+  // appended (an unnamed file, removed at once).
+  std::string spool_dir = "var/spool";
+};
+
+std::unique_ptr<sink> open_mbox_sink(uv_loop_t* loop, const mbox_options& options,
+                                     std::string& error);
 
 }  // namespace inboxd

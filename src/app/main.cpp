@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   ::setenv("UV_THREADPOOL_SIZE", "16", 0);
 
   uv_loop_t* loop = uv_default_loop();
-  std::unique_ptr<inboxd::sink> sink;
+  std::shared_ptr<inboxd::sink> sink;
   if (opt.sink == "null") {
     sink = std::make_unique<inboxd::null_sink>();
   } else {
@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  inboxd::server srv(loop, opt.server, *sink);
+  inboxd::server srv(loop, opt.server, sink);
   std::string error;
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);

@@ -10,7 +10,7 @@ connection::connection(server::state& srv, std::string peer)
     : srv_(srv),
       id_(++srv.next_connection_id),
       peer_(std::move(peer)),
-      session_(srv.config.session, srv.sink, *this, srv.ids, std::string{}) {}
+      session_(srv.settings, *this, srv.ids, std::string{}) {}
 
 void connection::accept(server::state& srv, uv_stream_t* listening) {
   auto* c = new connection(srv, {});

@@ -9,10 +9,22 @@
 
 namespace inboxd {
 
-server::state::state(uv_loop_t* l, server_config cfg, inboxd::sink& s, logger lg)
+namespace {
+
+proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink> store) {
+  auto s = std::make_shared<proto::settings>();
+  s->limits = cfg.session;
+  s->policy = cfg.policy ? cfg.policy : make_rules_policy(cfg.recipients);
+  s->store = std::move(store);
+  return s;
+}
+
+}  // namespace
+
+server::state::state(uv_loop_t* l, server_config cfg, std::shared_ptr<inboxd::sink> s, logger lg)
     : loop(l),
       config(std::move(cfg)),
-      sink(s),
+      settings(make_settings(config, std::move(s))),
       log(lg),
       ids(static_cast<std::uint64_t>(std::time(nullptr)), static_cast<std::uint32_t>(::getpid())) {}
 
@@ -27,7 +39,8 @@ void server::state::maybe_done() {
   if (auto cb = std::exchange(done, nullptr)) cb(done_ctx);
 }
 
-server::server(uv_loop_t* loop, server_config config, inboxd::sink& sink, logger log)
+server::server(uv_loop_t* loop, server_config config, std::shared_ptr<inboxd::sink> sink,
+               logger log)
     : state_(std::make_unique<state>(loop, std::move(config), sink, log)) {}
 
 server::~server() = default;
@@ -77,6 +90,14 @@ void server::shutdown(void (*done)(void*), void* ctx) {
       },
       static_cast<std::uint64_t>(s.config.drain_timeout.count()), 0);
   s.maybe_done();
+}
+
+void server::reconfigure(const server_config& config, std::shared_ptr<inboxd::sink> sink) {
+  state& s = *state_;
+  s.settings = make_settings(config, std::move(sink));
+  std::vector<std::string> listen = std::move(s.config.listen);
+  s.config = config;
+  s.config.listen = std::move(listen);
 }
 
 void server::abort() {

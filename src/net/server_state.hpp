@@ -21,7 +21,7 @@ namespace inboxd {
 struct server::state {
   uv_loop_t* loop;
   server_config config;
-  inboxd::sink& sink;
+  proto::settings_ptr settings;  // the current snapshot; sessions copy it
   logger log;
   proto::queue_id_source ids;
   net::buffer_pool buffers;
@@ -36,7 +36,7 @@ struct server::state {
   void (*done)(void*) = nullptr;
   void* done_ctx = nullptr;
 
-  state(uv_loop_t* loop, server_config cfg, inboxd::sink& sink, logger log);
+  state(uv_loop_t* loop, server_config cfg, std::shared_ptr<inboxd::sink> sink, logger log);
 
   template <typename... Args>
   void logf(log_level level, fmt::format_string<Args...> f, Args&&... args) {

@@ -235,6 +235,25 @@ bool is_mailbox(std::string_view s) noexcept {
   return is_domain(domain) || is_address_literal(domain);
 }
 
+bool split_mailbox(std::string_view mailbox, std::string_view& local,
+                   std::string_view& domain) noexcept {
+  std::size_t at = local_part_end(mailbox);
+  if (at == std::string_view::npos) return false;
+  local = mailbox.substr(0, at);
+  domain = mailbox.substr(at + 1);
+  return true;
+}
+
+std::string unquote_local_part(std::string_view local) {
+  if (local.size() < 2 || local.front() != '"' || local.back() != '"') return std::string(local);
+  std::string out;
+  for (std::size_t i = 1; i + 1 < local.size(); ++i) {
+    if (local[i] == '\\' && i + 2 < local.size()) ++i;
+    out += local[i];
+  }
+  return out;
+}
+
 path_parse parse_mail_from(std::string_view arg) noexcept {
   return parse_path_arg(arg, "FROM:", path_kind::reverse);
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace inboxd::proto {
@@ -57,6 +58,14 @@ struct path_parse {
 [[nodiscard]] bool is_mailbox(std::string_view s) noexcept;
 [[nodiscard]] bool is_domain(std::string_view s) noexcept;
 [[nodiscard]] bool is_address_literal(std::string_view s) noexcept;
+
+// Splits a mailbox at the '@' that ends its local part (not one inside a
+// quoted string). Returns false when there is none.
+[[nodiscard]] bool split_mailbox(std::string_view mailbox, std::string_view& local,
+                                 std::string_view& domain) noexcept;
+
+// A local part as a plain name: a quoted string loses its quotes and escapes.
+[[nodiscard]] std::string unquote_local_part(std::string_view local);
 
 // One ESMTP parameter: esmtp-keyword ["=" esmtp-value] (RFC 5321 4.1.2).
 struct esmtp_param {

@@ -48,6 +48,8 @@ constexpr std::array rows{
     row{bare_lf, {550, "5.5.2", "Error: bare <LF> received"}},
     row{bare_cr, {550, "5.5.2", "Error: bare <CR> received"}},
     row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT or 8BITMIME"}},
+    row{unknown_user, {550, "5.1.1", "User unknown: "}},
+    row{relay_denied, {550, "5.7.1", "Relaying denied: "}},
 };
 
 constexpr bool in_enum_order() {

@@ -43,6 +43,8 @@ enum class reply_id : std::uint8_t {
   bare_lf,          // 550 5.5.2
   bare_cr,          // 550 5.5.2
   bad_body_type,    // 501 5.5.4
+  unknown_user,     // 550 5.1.1
+  relay_denied,     // 550 5.7.1
 };
 
 struct reply_entry {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 
 namespace inboxd::proto {
@@ -26,10 +27,10 @@ std::string rfc5322_date(std::int64_t unix_time) {
                      tm.tm_sec);
 }
 
-session::session(const session_config& cfg, sink& sink, session_events& events,
-                 queue_id_source& ids, std::string client_address)
-    : cfg_(cfg),
-      sink_(sink),
+session::session(const settings_ptr& current, session_events& events, queue_id_source& ids,
+                 std::string client_address)
+    : current_(current),
+      cfg_(current),
       events_(events),
       ids_(ids),
       client_address_(std::move(client_address)) {}
@@ -39,7 +40,7 @@ session::~session() {
 }
 
 void session::start() {
-  out_ += fmt::format(FMT_STRING("220 {} ESMTP inboxd\r\n"), cfg_.hostname);
+  out_ += fmt::format(FMT_STRING("220 {} ESMTP inboxd\r\n"), limits().hostname);
 }
 
 void session::reply(reply_id id, std::string_view detail) {
@@ -86,10 +87,12 @@ out:
 }
 
 void session::handle_line(std::string_view line, bool bare_lf) {
-  if (cfg_.bare_newline == bare_newline_policy::reject) {
+  if (limits().bare_newline == bare_newline_policy::reject) {
     if (bare_lf) return refuse(reply_id::bare_lf);
     if (line.find('\r') != line.npos) return refuse(reply_id::bare_cr);
   }
+  // Between transactions, take up a reloaded configuration.
+  if (!tx_ && cfg_ != current_) cfg_ = current_;
   command cmd = parse_command(line);
   if (draining_ && !tx_ && cmd.v != verb::quit) return close_with(reply_id::shutting_down);
   switch (cmd.v) {
@@ -120,7 +123,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
     if (c < 33 || c > 126) c = '?';
   esmtp_ = esmtp;
   if (!esmtp) {
-    out_ += fmt::format(FMT_STRING("250 {}\r\n"), cfg_.hostname);
+    out_ += fmt::format(FMT_STRING("250 {}\r\n"), limits().hostname);
     return;
   }
   fmt::format_to(std::back_inserter(out_),
@@ -129,7 +132,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
                             "250-SIZE {}\r\n"
                             "250-8BITMIME\r\n"
                             "250 ENHANCEDSTATUSCODES\r\n"),
-                 cfg_.hostname, cfg_.max_message_size);
+                 limits().hostname, limits().max_message_size);
 }
 
 void session::do_mail(std::string_view arg) {
@@ -152,7 +155,7 @@ void session::do_mail(std::string_view arg) {
       if (!param->has_value || ec == std::errc::invalid_argument ||
           end != param->value.data() + param->value.size())
         return refuse(reply_id::bad_syntax, "SIZE=<number>");
-      if (ec == std::errc::result_out_of_range || size > cfg_.max_message_size)
+      if (ec == std::errc::result_out_of_range || size > limits().max_message_size)
         return refuse(reply_id::size_declared);
     } else if (iequals(param->keyword, "BODY")) {
       // RFC 6152: BODY=7BIT or BODY=8BITMIME.
@@ -180,8 +183,22 @@ void session::do_rcpt(std::string_view arg) {
   param_reader params(p.value.params);
   if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
   if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
-  if (tx_->recipients.size() >= cfg_.max_recipients) return refuse(reply_id::too_many_rcpts);
-  tx_->recipients.emplace_back(p.value.mailbox);
+  if (tx_->rcpt_accepted >= limits().max_recipients) return refuse(reply_id::too_many_rcpts);
+  std::vector<recipient> found;
+  switch (cfg_->policy->resolve(p.value.mailbox, found)) {
+    case rcpt_verdict::accept: break;
+    case rcpt_verdict::unknown_user:
+      return refuse(reply_id::unknown_user, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+    case rcpt_verdict::relay_denied:
+      return refuse(reply_id::relay_denied, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+  }
+  // A mailbox named twice (an alias and its user) gets one copy.
+  for (auto& r : found) {
+    auto same = [&](const recipient& o) { return o.user == r.user && o.domain == r.domain; };
+    if (std::none_of(tx_->recipients.begin(), tx_->recipients.end(), same))
+      tx_->recipients.push_back(std::move(r));
+  }
+  ++tx_->rcpt_accepted;
   reply(reply_id::rcpt_ok);
 }
 
@@ -204,7 +221,7 @@ void session::do_data(std::string_view arg, bool bare_lf) {
       .esmtp = esmtp_,
       .body_8bit = tx_->body_8bit,
   };
-  tx_->sink_delivery = sink_.begin(env, *this);
+  tx_->sink_delivery = cfg_->store->begin(env, *this);
   // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
   if (!tx_->sink_delivery->write(received_header())) paused_ = true;
 }
@@ -233,7 +250,7 @@ void session::write_body(std::string_view bytes) {
   // RFC 1870 counts the message as sent, each line end as CRLF.
   tx.size += bytes.size() + static_cast<std::size_t>(std::count(bytes.begin(), bytes.end(), '\n'));
   if (tx.too_big) return;
-  if (tx.size > cfg_.max_message_size) {
+  if (tx.size > limits().max_message_size) {
     // Read the rest and discard it; the reply comes at the end of data.
     tx.too_big = true;
     drop_delivery();
@@ -258,7 +275,7 @@ void session::end_of_data() {
   paused_ = false;
   transaction& tx = *tx_;
   if (tx.too_big) return finish_transaction(reply_id::size_exceeded, {}, "rejected");
-  bool strict = cfg_.bare_newline == bare_newline_policy::reject;
+  bool strict = limits().bare_newline == bare_newline_policy::reject;
   if (strict && (decoder_.saw_bare_lf() || decoder_.saw_bare_cr())) {
     drop_delivery();
     return finish_transaction(decoder_.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr, {},
@@ -269,16 +286,23 @@ void session::end_of_data() {
   tx.sink_delivery->commit();
 }
 
-void session::committed(std::span<const store_result> per_recipient) noexcept {
+void session::committed(std::span<const store_outcome> per_recipient) noexcept {
   committing_ = false;
   tx_->sink_delivery = nullptr;
-  // One failed recipient fails the message, so the sender retries it whole.
+  // One failed mailbox fails the message, so the sender retries it whole.
   reply_id id = reply_id::queued;
-  for (store_result r : per_recipient) {
-    if (r == store_result::permanent_fail) id = reply_id::store_rejected;
-    if (r == store_result::no_space && id == reply_id::queued) id = reply_id::no_space;
-    if (r == store_result::temporary_fail && id != reply_id::store_rejected)
+  for (std::size_t i = 0; i < per_recipient.size(); ++i) {
+    store_outcome o = per_recipient[i];
+    if (o.result == store_result::stored) continue;
+    if (o.result == store_result::permanent_fail) id = reply_id::store_rejected;
+    if (o.result == store_result::no_space && id == reply_id::queued) id = reply_id::no_space;
+    if (o.result == store_result::temporary_fail && id != reply_id::store_rejected)
       id = reply_id::store_failed;
+    const recipient* r = i < tx_->recipients.size() ? &tx_->recipients[i] : nullptr;
+    events_.session_log(log_level::warning,
+                        fmt::format(FMT_STRING("id={} mailbox={}@{} not stored: {}"), tx_->queue_id,
+                                    r ? r->user : "?", r ? r->domain : "?",
+                                    o.error ? std::strerror(o.error) : "sink failure"));
   }
   if (id == reply_id::queued)
     finish_transaction(id, tx_->queue_id, "sent");
@@ -297,7 +321,9 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   const reply_entry& e = reply_of(id);
   std::string to;
   for (const auto& r : tx.recipients)
-    fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",", r);
+    if (to.find(fmt::format(FMT_STRING("<{}>"), r.address)) == std::string::npos)
+      fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",",
+                     r.address);
   events_.session_log(
       log_level::info,
       fmt::format(FMT_STRING("id={} from=<{}> to={} size={} status={} ({} {} {}{})"), tx.queue_id,
@@ -310,12 +336,14 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
 std::string session::received_header() const {
   const transaction& tx = *tx_;
   bool v6 = client_address_.find(':') != std::string::npos;
-  std::string h = fmt::format(
-      FMT_STRING("Received: from {} ([{}{}])\n\tby {} (inboxd) with {} id {}"), helo_,
-      v6 ? "IPv6:" : "", client_address_, cfg_.hostname, esmtp_ ? "ESMTP" : "SMTP", tx.queue_id);
+  std::string h =
+      fmt::format(FMT_STRING("Received: from {} ([{}{}])\n\tby {} (inboxd) with {} id {}"), helo_,
+                  v6 ? "IPv6:" : "", client_address_, limits().hostname, esmtp_ ? "ESMTP" : "SMTP",
+                  tx.queue_id);
   std::string date = rfc5322_date(std::time(nullptr));
-  if (tx.recipients.size() == 1)
-    fmt::format_to(std::back_inserter(h), FMT_STRING("\n\tfor <{}>; {}\n"), tx.recipients[0], date);
+  if (tx.rcpt_accepted == 1)
+    fmt::format_to(std::back_inserter(h), FMT_STRING("\n\tfor <{}>; {}\n"),
+                   tx.recipients[0].address, date);
   else
     fmt::format_to(std::back_inserter(h), FMT_STRING(";\n\t{}\n"), date);
   return h;

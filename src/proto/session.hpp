@@ -26,6 +26,7 @@
 #include "proto/data_decoder.hpp"
 #include "proto/line_reader.hpp"
 #include "proto/reply.hpp"
+#include "proto/settings.hpp"
 
 namespace inboxd::proto {
 
@@ -57,8 +58,9 @@ class queue_id_source {
 
 class session final : delivery_listener {
  public:
-  // cfg, sink, events and ids must outlive the session.
-  session(const session_config& cfg, sink& sink, session_events& events, queue_id_source& ids,
+  // current, events and ids must outlive the session. current is the
+  // server's latest settings; the session takes a copy between transactions.
+  session(const settings_ptr& current, session_events& events, queue_id_source& ids,
           std::string client_address);
   ~session();
   session(const session&) = delete;
@@ -94,8 +96,9 @@ class session final : delivery_listener {
   struct transaction {
     std::string queue_id;
     std::string reverse_path;
-    std::vector<std::string> recipients;
-    bool rcpt_seen = false;  // any RCPT, accepted or not
+    std::vector<recipient> recipients;  // distinct mailboxes
+    std::size_t rcpt_accepted = 0;      // RCPT commands accepted
+    bool rcpt_seen = false;             // any RCPT, accepted or not
     bool body_8bit = false;
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
@@ -124,10 +127,12 @@ class session final : delivery_listener {
 
   // delivery_listener
   void writable() noexcept override;
-  void committed(std::span<const store_result> per_recipient) noexcept override;
+  void committed(std::span<const store_outcome> per_recipient) noexcept override;
 
-  const session_config& cfg_;
-  sink& sink_;
+  const session_config& limits() const noexcept { return cfg_->limits; }
+
+  const settings_ptr& current_;
+  settings_ptr cfg_;  // the settings of this session until its next transaction
   session_events& events_;
   queue_id_source& ids_;
   std::string client_address_;

@@ -7,7 +7,7 @@ namespace inboxd {
 class null_delivery final : public delivery {
  public:
   null_delivery(null_sink& sink, delivery_listener& listener, std::size_t recipients)
-      : sink_(sink), listener_(listener), results_(recipients, store_result::stored) {}
+      : sink_(sink), listener_(listener), results_(recipients) {}
 
   bool write(std::string_view bytes) override {
     bytes_ += bytes.size();
@@ -25,7 +25,7 @@ class null_delivery final : public delivery {
   ~null_delivery() = default;
   null_sink& sink_;
   delivery_listener& listener_;
-  std::vector<store_result> results_;
+  std::vector<store_outcome> results_;
   std::uint64_t bytes_ = 0;
 };
 

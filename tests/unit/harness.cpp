@@ -95,12 +95,12 @@ class memory_sink::record final : public delivery {
     committing_ = false;
     message& m = sink_.messages[index_];
     m.committed = true;
-    std::vector<store_result> per_recipient;
+    std::vector<store_outcome> per_recipient;
     for (std::size_t i = 0; i < m.recipients.size(); ++i) {
       if (sink_.results.empty())
-        per_recipient.push_back(store_result::stored);
+        per_recipient.push_back({store_result::stored, 0});
       else
-        per_recipient.push_back(sink_.results[std::min(i, sink_.results.size() - 1)]);
+        per_recipient.push_back({sink_.results[std::min(i, sink_.results.size() - 1)], 0});
     }
     listener_.committed(per_recipient);
   }
@@ -133,7 +133,10 @@ delivery* memory_sink::begin(const envelope& env, delivery_listener& listener) {
   m.client_address = env.client_address;
   m.helo = env.helo;
   m.reverse_path = env.reverse_path;
-  m.recipients.assign(env.recipients.begin(), env.recipients.end());
+  for (const recipient& r : env.recipients) {
+    m.recipients.push_back(r.address);
+    m.mailboxes.push_back(r.user + "@" + r.domain);
+  }
   m.esmtp = env.esmtp;
   m.body_8bit = env.body_8bit;
   messages.push_back(std::move(m));
@@ -170,8 +173,22 @@ void event_recorder::session_log(log_level, std::string_view line) noexcept {
 
 // test_connection
 
-test_connection::test_connection(session_config c)
-    : cfg(std::move(c)), session(cfg, sink, events, ids, "192.0.2.1") {
+namespace {
+
+proto::settings_ptr make_settings(session_config limits, recipient_rules rules,
+                                  std::shared_ptr<sink> store) {
+  auto s = std::make_shared<proto::settings>();
+  s->limits = std::move(limits);
+  s->policy = make_rules_policy(std::move(rules));
+  s->store = std::move(store);
+  return s;
+}
+
+}  // namespace
+
+test_connection::test_connection(session_config c, recipient_rules rules)
+    : settings(make_settings(std::move(c), std::move(rules), sink_owner)),
+      session(settings, events, ids, "192.0.2.1") {
   events.conn = this;
   session.start();
 }

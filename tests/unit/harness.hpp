@@ -56,7 +56,8 @@ class memory_sink final : public sink {
 
   struct message {
     std::string queue_id, client_address, helo, reverse_path;
-    std::vector<std::string> recipients;
+    std::vector<std::string> recipients;  // the RCPT addresses, one per mailbox
+    std::vector<std::string> mailboxes;   // "user@domain" as the policy resolved them
     bool esmtp = false;
     bool body_8bit = false;
     std::string bytes;  // everything written, the trace header first
@@ -118,7 +119,7 @@ class event_recorder final : public proto::session_events {
 // One session with its sink, events and input buffer.
 class test_connection {
  public:
-  explicit test_connection(session_config cfg = {});
+  explicit test_connection(session_config cfg = {}, recipient_rules rules = {});
   test_connection(const test_connection&) = delete;
   test_connection& operator=(const test_connection&) = delete;
 
@@ -129,8 +130,9 @@ class test_connection {
   // Returns the replies so far and clears them.
   [[nodiscard]] std::string take();
 
-  session_config cfg;
-  memory_sink sink;
+  std::shared_ptr<memory_sink> sink_owner = std::make_shared<memory_sink>();
+  memory_sink& sink = *sink_owner;
+  proto::settings_ptr settings;
   event_recorder events;
   proto::queue_id_source ids{0x12345678, 0x4242};
   proto::session session;

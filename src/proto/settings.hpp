@@ -1,0 +1,26 @@
+// proto/settings.hpp: one snapshot of what a session works with.
+//
+// A reload (SIGHUP) makes a new snapshot; the server hands sessions the
+// current one. A session takes it between transactions only, so a message in
+// flight finishes under the settings it started with. Snapshots are shared
+// and immutable; the last session to let go of an old one frees it, with its
+// policy and sink.
+#pragma once
+
+#include <memory>
+
+#include "inboxd/config.hpp"
+#include "inboxd/policy.hpp"
+#include "inboxd/sink.hpp"
+
+namespace inboxd::proto {
+
+struct settings {
+  session_config limits;
+  std::shared_ptr<const recipient_policy> policy;  // never null
+  std::shared_ptr<sink> store;                     // never null
+};
+
+using settings_ptr = std::shared_ptr<const settings>;
+
+}  // namespace inboxd::proto

@@ -1,0 +1,84 @@
+#include "store/files.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace inboxd::store {
+namespace {
+
+void append_component(std::string& out, std::string_view value) {
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    char c = value[i];
+    if (c == '/')
+      out += "%2F";
+    else if (c == '.' && i == 0)
+      out += "%2E";
+    else if (c == '%')
+      out += "%25";
+    else
+      out += c;
+  }
+  if (value.empty()) out += "%00";
+}
+
+}  // namespace
+
+std::string expand_path(std::string_view tpl, const recipient& r) {
+  std::string out;
+  out.reserve(tpl.size() + r.user.size() + r.domain.size());
+  for (std::size_t i = 0; i < tpl.size();) {
+    if (tpl.compare(i, 6, "{user}") == 0) {
+      append_component(out, r.user);
+      i += 6;
+    } else if (tpl.compare(i, 8, "{domain}") == 0) {
+      append_component(out, r.domain);
+      i += 8;
+    } else {
+      out += tpl[i++];
+    }
+  }
+  return out;
+}
+
+bool is_template(std::string_view path) noexcept {
+  return path.find("{user}") != path.npos || path.find("{domain}") != path.npos;
+}
+
+int make_dirs(const std::string& path) noexcept {
+  for (std::size_t i = 1; i <= path.size(); ++i) {
+    if (i < path.size() && path[i] != '/') continue;
+    std::string part = path.substr(0, i);
+    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) return errno;
+  }
+  return 0;
+}
+
+int write_all(int fd, std::string_view data) noexcept {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return 0;
+}
+
+int fsync_dir(const std::string& path) noexcept {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int rc = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return rc;
+}
+
+std::string parent_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+}  // namespace inboxd::store

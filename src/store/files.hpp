@@ -1,0 +1,33 @@
+// store/files.hpp: small file-system helpers for the sinks, and mailbox path
+// templates. Everything here that touches the file system blocks: call it on
+// the thread pool (or at start-up), never on the loop.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "inboxd/sink.hpp"
+
+namespace inboxd::store {
+
+// Expands {user} and {domain} in a path template for one recipient. The
+// values are made safe as one path component each: '/' and a leading '.'
+// are escaped (%2F, %2E), so no address can point outside the template.
+[[nodiscard]] std::string expand_path(std::string_view path_template, const recipient& r);
+
+// Whether a template names a different place per recipient.
+[[nodiscard]] bool is_template(std::string_view path) noexcept;
+
+// mkdir -p with mode 0700 for what it creates. Returns 0 or an errno value.
+[[nodiscard]] int make_dirs(const std::string& path) noexcept;
+
+// Writes all of data, retrying short writes. Returns 0 or an errno value.
+[[nodiscard]] int write_all(int fd, std::string_view data) noexcept;
+
+// fsyncs a directory, so that a rename or link in it is durable.
+[[nodiscard]] int fsync_dir(const std::string& path) noexcept;
+
+// The directory part of a path ("." when there is none).
+[[nodiscard]] std::string parent_of(const std::string& path);
+
+}  // namespace inboxd::store
