@@ -1,7 +1,9 @@
 // The inboxd program: a thin main over libinboxd.
 //
-// Parses the command line, opens the sink, runs the server on the default
-// libuv loop, and drains on SIGTERM/SIGINT (a second signal closes at once).
+// Reads the command line and the config file, opens the sink, runs the
+// server on the default libuv loop. SIGHUP reloads the config file (on the
+// thread pool; a bad file keeps the old settings); SIGTERM/SIGINT drain, and
+// a second one closes every connection at once.
 #include <unistd.h>
 #include <uv.h>
 
@@ -10,18 +12,29 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 
+#include "app/config_file.hpp"
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
 #include "inboxd/version.hpp"
 
 namespace {
 
-struct options {
-  inboxd::server_config server;
-  std::string sink = "maildir";
-  std::string maildir = "var/maildir";
-  std::string bare_newline = "normalize";
+using inboxd::app::app_config;
+
+// The program's own lines go where the library's do, in the same form.
+template <typename... Args>
+void say(inboxd::log_level level, fmt::format_string<Args...> f, Args&&... args) {
+  static const inboxd::logger log = inboxd::stderr_logger();
+  log.write(log.ctx, level, fmt::format(f, std::forward<Args>(args)...));
+}
+
+struct command_line {
+  std::string config_file;
+  bool check_config = false;
+  // The flags that were given, applied over the config file (again on reload).
+  std::vector<std::function<void(app_config&)>> overrides;
 };
 
 std::string default_hostname() {
@@ -30,11 +43,9 @@ std::string default_hostname() {
   return name;
 }
 
-// Returns the exit code to use now, or -1 to run.
-int parse(int argc, char** argv, options& opt) {
+// Returns the exit code to use now, or -1 to go on.
+int parse(int argc, char** argv, command_line& cl) {
   CLI::App app{"inboxd: a lightweight inbound SMTP server", "inboxd"};
-  opt.server.session.hostname = default_hostname();
-  std::vector<std::string> listen;
   CLI::Validator at_least_one(
       [](std::string& s) -> std::string {
         bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
@@ -42,19 +53,26 @@ int parse(int argc, char** argv, options& opt) {
         return digits && !zero ? "" : "want a whole number of at least 1";
       },
       "N");
-  app.add_option("--listen", listen, "ADDR:PORT to listen on, repeatable (default 127.0.0.1:2525)")
-      ->type_name("ADDR:PORT");
-  app.add_option("--maildir", opt.maildir, "Maildir to store into (default var/maildir)");
-  app.add_option("--sink", opt.sink, "where mail goes: maildir or null")
-      ->check(CLI::IsMember({"maildir", "null"}));
-  app.add_option("--hostname", opt.server.session.hostname, "our name in replies and Received");
-  app.add_option("--max-message-size", opt.server.session.max_message_size,
+  app_config v;  // Holds the parsed values; only the flags given are applied.
+  std::vector<std::string> listen, domains;
+  std::string bare_newline;
+  app.add_option("-c,--config", cl.config_file, "TOML config file (see inboxd.example.toml)");
+  app.add_flag("--check-config", cl.check_config, "validate the config and exit: 0 ok, 2 not");
+  app.add_option("--listen", listen, "ADDR:PORT to listen on, repeatable (default 127.0.0.1:2525)");
+  app.add_option("--domain", domains, "a domain to accept mail for, repeatable (default: any)");
+  app.add_option("--maildir", v.maildir, "Maildir, or a template with {domain} and {user}");
+  app.add_option("--mbox", v.mbox,
+                 "store into mbox files from this template, e.g. var/mail/{user}");
+  app.add_option("--sink", v.sink, "where mail goes: maildir, mbox or null")
+      ->check(CLI::IsMember({"maildir", "mbox", "null"}));
+  app.add_option("--spool-dir", v.spool_dir, "where large messages wait for the mbox sink");
+  app.add_option("--hostname", v.server.session.hostname, "our name in replies and Received");
+  app.add_option("--max-message-size", v.server.session.max_message_size,
                  "in bytes (default 10240000)")
       ->check(at_least_one);
-  app.add_option("--max-recipients", opt.server.session.max_recipients,
-                 "per message (default 1000)")
+  app.add_option("--max-recipients", v.server.session.max_recipients, "per message (default 1000)")
       ->check(at_least_one);
-  app.add_option("--bare-newline", opt.bare_newline, "normalize (default) or reject")
+  app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION);
   try {
@@ -71,32 +89,125 @@ int parse(int argc, char** argv, options& opt) {
     fmt::print(stderr, "inboxd: {} (try --help)\n", what);
     return 2;
   }
-  if (!listen.empty()) opt.server.listen = listen;
-  if (opt.bare_newline == "reject")
-    opt.server.session.bare_newline = inboxd::bare_newline_policy::reject;
+  auto& o = cl.overrides;
+  auto given = [&](const char* flag) { return app.count(flag) > 0; };
+  if (given("--listen")) o.push_back([=](app_config& c) { c.server.listen = listen; });
+  if (given("--domain"))
+    o.push_back([=](app_config& c) {
+      c.server.recipients.domains.clear();
+      for (const auto& d : domains) c.server.recipients.domains.push_back({d, {}, {}});
+    });
+  if (given("--maildir")) o.push_back([=](app_config& c) { c.maildir = v.maildir; });
+  if (given("--mbox"))
+    o.push_back([=](app_config& c) {
+      c.mbox = v.mbox;
+      c.sink = "mbox";
+    });
+  if (given("--sink")) o.push_back([=](app_config& c) { c.sink = v.sink; });
+  if (given("--spool-dir")) o.push_back([=](app_config& c) { c.spool_dir = v.spool_dir; });
+  if (given("--hostname"))
+    o.push_back([=](app_config& c) { c.server.session.hostname = v.server.session.hostname; });
+  if (given("--max-message-size"))
+    o.push_back([=](app_config& c) {
+      c.server.session.max_message_size = v.server.session.max_message_size;
+    });
+  if (given("--max-recipients"))
+    o.push_back(
+        [=](app_config& c) { c.server.session.max_recipients = v.server.session.max_recipients; });
+  if (given("--bare-newline"))
+    o.push_back([=](app_config& c) {
+      c.server.session.bare_newline = bare_newline == "reject"
+                                          ? inboxd::bare_newline_policy::reject
+                                          : inboxd::bare_newline_policy::normalize;
+    });
   return -1;
 }
 
+// Defaults, then the file, then the flags. Blocks (reads the file).
+bool load(const command_line& cl, app_config& cfg, std::string& error) {
+  cfg = app_config{};
+  cfg.server.session.hostname = default_hostname();
+  if (!cl.config_file.empty() && !inboxd::app::load_config_file(cl.config_file, cfg, error))
+    return false;
+  for (const auto& apply : cl.overrides) apply(cfg);
+  return inboxd::app::validate(cfg, error);
+}
+
+// Blocks (creates folders): call at start-up or on the thread pool.
+std::shared_ptr<inboxd::sink> open_sink(uv_loop_t* loop, const app_config& cfg,
+                                        std::string& error) {
+  if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
+  if (cfg.sink == "mbox")
+    return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir}, error);
+  return inboxd::open_maildir_sink(
+      loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname}, error);
+}
+
 struct runtime {
+  uv_loop_t* loop = nullptr;
+  const command_line* cl = nullptr;
   inboxd::server* srv = nullptr;
   uv_signal_t sigterm{};
   uv_signal_t sigint{};
-  int signals = 0;
+  uv_signal_t sighup{};
+  int stop_signals = 0;
+  bool reloading = false;
 };
 
-void on_signal(uv_signal_t* handle, int signum) {
+// A reload reads files and makes folders, so it runs on the thread pool.
+struct reload_job {
+  uv_work_t req{};
+  runtime* rt = nullptr;
+  app_config cfg;
+  std::shared_ptr<inboxd::sink> sink;
+  std::string error;
+};
+
+void reload_work_cb(uv_work_t* req) noexcept {
+  auto* job = static_cast<reload_job*>(req->data);
+  try {
+    if (load(*job->rt->cl, job->cfg, job->error))
+      job->sink = open_sink(job->rt->loop, job->cfg, job->error);
+  } catch (const std::exception& e) {
+    job->error = e.what();
+  }
+}
+
+void reload_after_cb(uv_work_t* req, int) noexcept {
+  std::unique_ptr<reload_job> job(static_cast<reload_job*>(req->data));
+  job->rt->reloading = false;
+  if (!job->sink) {
+    say(inboxd::log_level::error, "reload failed, the old config stays: {}", job->error);
+    return;
+  }
+  job->rt->srv->reconfigure(job->cfg.server, job->sink);
+  say(inboxd::log_level::info, "reloaded {}",
+      job->rt->cl->config_file.empty() ? "(no config file)" : job->rt->cl->config_file);
+}
+
+void on_sighup(uv_signal_t* handle, int) noexcept {
   auto* rt = static_cast<runtime*>(handle->data);
-  if (++rt->signals == 1) {
-    fmt::print(stderr, "inboxd: {}: draining\n", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (rt->reloading || rt->stop_signals) return;
+  rt->reloading = true;
+  auto* job = new reload_job;
+  job->rt = rt;
+  job->req.data = job;
+  uv_queue_work(rt->loop, &job->req, reload_work_cb, reload_after_cb);
+}
+
+void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
+  auto* rt = static_cast<runtime*>(handle->data);
+  if (++rt->stop_signals == 1) {
+    say(inboxd::log_level::info, "{}: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     rt->srv->shutdown(
         [](void* ctx) {
           auto* r = static_cast<runtime*>(ctx);
-          uv_close(reinterpret_cast<uv_handle_t*>(&r->sigterm), nullptr);
-          uv_close(reinterpret_cast<uv_handle_t*>(&r->sigint), nullptr);
+          for (uv_signal_t* h : {&r->sigterm, &r->sigint, &r->sighup})
+            uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
         },
         rt);
   } else {
-    fmt::print(stderr, "inboxd: second signal: closing every connection now\n");
+    say(inboxd::log_level::warning, "second signal: closing every connection now");
     rt->srv->abort();
   }
 }
@@ -104,41 +215,45 @@ void on_signal(uv_signal_t* handle, int signum) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  options opt;
-  if (int rc = parse(argc, argv, opt); rc >= 0) return rc;
+  command_line cl;
+  if (int rc = parse(argc, argv, cl); rc >= 0) return rc;
+  app_config cfg;
+  std::string error;
+  if (!load(cl, cfg, error)) {
+    fmt::print(stderr, "{}\n", error);
+    return 2;
+  }
+  if (cl.check_config) {
+    fmt::print(stderr, "{}: ok\n", cl.config_file.empty() ? "(command line)" : cl.config_file);
+    return 0;
+  }
   std::signal(SIGPIPE, SIG_IGN);
   // fsync-bound deliveries wait on the thread pool; give it more than libuv's 4.
   ::setenv("UV_THREADPOOL_SIZE", "16", 0);
 
   uv_loop_t* loop = uv_default_loop();
-  std::shared_ptr<inboxd::sink> sink;
-  if (opt.sink == "null") {
-    sink = std::make_unique<inboxd::null_sink>();
-  } else {
-    std::string error;
-    sink = inboxd::open_maildir_sink(
-        loop, {.path = opt.maildir, .hostname = opt.server.session.hostname}, error);
-    if (!sink) {
-      fmt::print(stderr, "inboxd: {}\n", error);
-      return 2;
-    }
+  std::shared_ptr<inboxd::sink> sink = open_sink(loop, cfg, error);
+  if (!sink) {
+    fmt::print(stderr, "inboxd: {}\n", error);
+    return 2;
   }
-  inboxd::server srv(loop, opt.server, sink);
-  std::string error;
+  inboxd::server srv(loop, cfg.server, sink);
+  sink.reset();
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
     uv_run(loop, UV_RUN_DEFAULT);
     return 2;
   }
-  runtime rt{.srv = &srv};
-  for (auto [h, sig] : {std::pair{&rt.sigterm, SIGTERM}, std::pair{&rt.sigint, SIGINT}}) {
+  runtime rt{.loop = loop, .cl = &cl, .srv = &srv};
+  for (auto [h, sig] : {std::pair{&rt.sigterm, SIGTERM}, std::pair{&rt.sigint, SIGINT},
+                        std::pair{&rt.sighup, SIGHUP}}) {
     uv_signal_init(loop, h);
     h->data = &rt;
-    uv_signal_start(h, on_signal, sig);
+    uv_signal_start(h, sig == SIGHUP ? on_sighup : on_stop_signal, sig);
   }
   uv_run(loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(loop);
-  if (rc != 0) fmt::print(stderr, "inboxd: loop not empty at exit: {}\n", uv_err_name(rc));
-  fmt::print(stderr, "inboxd: stopped\n");
+  if (rc != 0) say(inboxd::log_level::error, "loop not empty at exit: {}", uv_err_name(rc));
+  say(inboxd::log_level::info, "stopped");
   return 0;
 }

@@ -1,0 +1,187 @@
+#include "app/config_file.hpp"
+
+#include <fmt/format.h>
+
+#include <toml++/toml.h>
+#include <set>
+
+namespace inboxd::app {
+namespace {
+
+// A config error at the place in the file it is about.
+struct config_error {
+  toml::source_region where;
+  std::string what;
+};
+
+std::string position(const std::string& file, const toml::source_region& where) {
+  return fmt::format(FMT_STRING("{}:{}:{}"), file, where.begin.line, where.begin.column);
+}
+
+class reader {
+ public:
+  explicit reader(const toml::table& table) : table_(table) {}
+
+  // Each getter marks its key as known; unknown() then names the rest.
+  void get(std::string_view key, std::string& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value<std::string>();
+      if (!v) throw config_error{n->source(), fmt::format(FMT_STRING("{} must be a string"), key)};
+      out = *v;
+    }
+  }
+  void get(std::string_view key, bool& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value<bool>();
+      if (!v)
+        throw config_error{n->source(), fmt::format(FMT_STRING("{} must be true or false"), key)};
+      out = *v;
+    }
+  }
+  void get_count(std::string_view key, std::size_t& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value<std::int64_t>();
+      if (!v || *v < 1)
+        throw config_error{n->source(),
+                           fmt::format(FMT_STRING("{} must be a whole number of at least 1"), key)};
+      out = static_cast<std::size_t>(*v);
+    }
+  }
+  void get(std::string_view key, std::vector<std::string>& out) {
+    if (const toml::node* n = find(key)) out = strings(*n, key);
+  }
+  const toml::node* find(std::string_view key) {
+    known_.insert(std::string(key));
+    return table_.get(key);
+  }
+  void reject_unknown() const {
+    for (const auto& [key, node] : table_)
+      if (!known_.count(std::string(key.str())))
+        throw config_error{key.source(), fmt::format(FMT_STRING("unknown key '{}'"), key.str())};
+  }
+
+  static std::vector<std::string> strings(const toml::node& n, std::string_view key) {
+    std::vector<std::string> out;
+    if (auto s = n.value<std::string>()) return {*s};
+    const toml::array* a = n.as_array();
+    if (!a)
+      throw config_error{n.source(), fmt::format(FMT_STRING("{} must be a list of strings"), key)};
+    for (const toml::node& item : *a) {
+      auto s = item.value<std::string>();
+      if (!s)
+        throw config_error{item.source(),
+                           fmt::format(FMT_STRING("{} must be a list of strings"), key)};
+      out.push_back(*s);
+    }
+    return out;
+  }
+
+ private:
+  const toml::table& table_;
+  std::set<std::string> known_;
+};
+
+bare_newline_policy parse_bare_newline(const toml::node& n) {
+  auto v = n.value<std::string>();
+  if (v && *v == "normalize") return bare_newline_policy::normalize;
+  if (v && *v == "reject") return bare_newline_policy::reject;
+  throw config_error{n.source(), "bare-newline must be \"normalize\" or \"reject\""};
+}
+
+domain_rules read_domain(const toml::table& t) {
+  reader r(t);
+  domain_rules d;
+  r.get("name", d.name);
+  if (d.name.empty()) throw config_error{t.source(), "a [[domain]] needs a name"};
+  r.get("users", d.users);
+  if (const toml::node* aliases = r.find("aliases")) {
+    const toml::table* at = aliases->as_table();
+    if (!at)
+      throw config_error{aliases->source(), "aliases must be a table: alias = [\"user\", ...]"};
+    for (const auto& [alias, targets] : *at)
+      d.aliases[std::string(alias.str())] = reader::strings(targets, alias.str());
+  }
+  r.reject_unknown();
+  return d;
+}
+
+void read_file(const toml::table& root, app_config& cfg) {
+  reader r(root);
+  session_config& s = cfg.server.session;
+  r.get("listen", cfg.server.listen);
+  r.get("hostname", s.hostname);
+  r.get_count("max-message-size", s.max_message_size);
+  r.get_count("max-recipients", s.max_recipients);
+  if (const toml::node* n = r.find("bare-newline")) s.bare_newline = parse_bare_newline(*n);
+  r.get("sink", cfg.sink);
+  r.get("maildir", cfg.maildir);
+  r.get("mbox", cfg.mbox);
+  r.get("spool-dir", cfg.spool_dir);
+  recipient_rules& rules = cfg.server.recipients;
+  r.get("case-insensitive-local-parts", rules.case_insensitive);
+  r.get("sub-address-delimiter", rules.sub_address_delimiter);
+  r.get("postmaster-domain", rules.postmaster_domain);
+  if (const toml::node* n = r.find("drain-timeout")) {
+    auto v = n->value<double>();
+    if (!v || *v < 0) throw config_error{n->source(), "drain-timeout must be seconds, 0 or more"};
+    cfg.server.drain_timeout = std::chrono::milliseconds(static_cast<long long>(*v * 1000));
+  }
+  if (const toml::node* n = r.find("domain")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw config_error{n->source(), "domain must be a list of tables: [[domain]]"};
+    rules.domains.clear();
+    for (const toml::node& item : *a) {
+      const toml::table* t = item.as_table();
+      if (!t) throw config_error{item.source(), "each domain must be a table: [[domain]]"};
+      rules.domains.push_back(read_domain(*t));
+    }
+  }
+  r.reject_unknown();
+}
+
+}  // namespace
+
+bool load_config_file(const std::string& path, app_config& cfg, std::string& error) {
+  try {
+    toml::table root = toml::parse_file(path);
+    app_config next = cfg;
+    read_file(root, next);
+    if (!validate(next, error)) {
+      error = fmt::format(FMT_STRING("{}:1:1: {}"), path, error);
+      return false;
+    }
+    cfg = std::move(next);
+    return true;
+  } catch (const toml::parse_error& e) {
+    error = fmt::format(FMT_STRING("{}: {}"), position(path, e.source()), e.description());
+  } catch (const config_error& e) {
+    error = fmt::format(FMT_STRING("{}: {}"), position(path, e.where), e.what);
+  }
+  return false;
+}
+
+bool validate(const app_config& cfg, std::string& error) {
+  if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null") {
+    error = fmt::format(FMT_STRING("sink must be maildir, mbox or null, not '{}'"), cfg.sink);
+    return false;
+  }
+  if (cfg.sink == "mbox" && cfg.mbox.empty()) {
+    error = "sink = \"mbox\" needs an mbox path template, e.g. mbox = \"var/mail/{user}\"";
+    return false;
+  }
+  if (cfg.server.listen.empty()) {
+    error = "listen names no address";
+    return false;
+  }
+  for (const auto& d : cfg.server.recipients.domains) {
+    for (const auto& [alias, targets] : d.aliases) {
+      if (targets.empty()) {
+        error = fmt::format(FMT_STRING("alias '{}' of {} names no user"), alias, d.name);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace inboxd::app

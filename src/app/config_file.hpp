@@ -1,0 +1,33 @@
+// app/config_file.hpp: the inboxd program's settings, from a TOML file and
+// the command line.
+//
+// Precedence: built-in defaults, then the file (-c), then the command-line
+// flags that were given. A reload (SIGHUP) reads the file again and applies
+// the same flags on top, so a flag keeps winning.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "inboxd/config.hpp"
+
+namespace inboxd::app {
+
+struct app_config {
+  server_config server;
+  std::string sink = "maildir";  // maildir | mbox | null
+  std::string maildir = "var/maildir";
+  std::string mbox;  // a path template; selects the mbox sink on the command line
+  std::string spool_dir = "var/spool";
+};
+
+// Reads a TOML config file into cfg (keys not in the file keep their value).
+// On failure returns false with "FILE:LINE:COL: what is wrong" in error.
+// Unknown keys are errors.
+[[nodiscard]] bool load_config_file(const std::string& path, app_config& cfg, std::string& error);
+
+// Checks what no single key can: the names of the sink, a path for it.
+[[nodiscard]] bool validate(const app_config& cfg, std::string& error);
+
+}  // namespace inboxd::app
