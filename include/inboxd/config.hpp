@@ -27,10 +27,22 @@ struct session_config {
   std::size_t max_message_size = 10'240'000;  // Postfix's message_size_limit
   std::size_t max_recipients = 1000;          // RFC 5321 4.5.3.1.8 asks for >= 100
   bare_newline_policy bare_newline = bare_newline_policy::normalize;
+  bool require_tls = false;           // MAIL before STARTTLS: 530 5.7.0
+  bool require_auth = false;          // MAIL before AUTH: 530 5.7.0
+  bool allow_plaintext_auth = false;  // offer AUTH without TLS (RFC 4954 4 says don't)
+  std::size_t max_auth_failures = 3;  // then 421 and close
 };
+
+class tls_credentials;
+class authenticator;
 
 struct server_config {
   std::vector<std::string> listen = {"127.0.0.1:2525"};  // "ADDR:PORT", "[v6]:PORT"
+  std::vector<std::string> listen_tls;  // implicit TLS (RFC 8314), port 465 in production
+  // Certificates (load_tls_credentials): STARTTLS is offered when set.
+  std::shared_ptr<const tls_credentials> tls;
+  // Checks AUTH credentials (load_password_file): AUTH is offered when set.
+  std::shared_ptr<const authenticator> auth;
   session_config session;
   recipient_rules recipients;  // the default accepts every recipient
   // An embedder's own policy; when set, `recipients` is not used.

@@ -117,6 +117,14 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("maildir", cfg.maildir);
   r.get("mbox", cfg.mbox);
   r.get("spool-dir", cfg.spool_dir);
+  r.get("listen-tls", cfg.server.listen_tls);
+  r.get("tls-cert", cfg.tls_cert);
+  r.get("tls-key", cfg.tls_key);
+  r.get("state-dir", cfg.state_dir);
+  r.get("require-tls", s.require_tls);
+  r.get("auth-users", cfg.auth_users);
+  r.get("allow-plaintext-auth", s.allow_plaintext_auth);
+  r.get("require-auth", s.require_auth);
   recipient_rules& rules = cfg.server.recipients;
   r.get("case-insensitive-local-parts", rules.case_insensitive);
   r.get("sub-address-delimiter", rules.sub_address_delimiter);
@@ -169,8 +177,16 @@ bool validate(const app_config& cfg, std::string& error) {
     error = "sink = \"mbox\" needs an mbox path template, e.g. mbox = \"var/mail/{user}\"";
     return false;
   }
-  if (cfg.server.listen.empty()) {
+  if (cfg.server.listen.empty() && cfg.server.listen_tls.empty()) {
     error = "listen names no address";
+    return false;
+  }
+  if (cfg.tls_cert.empty() != cfg.tls_key.empty()) {
+    error = "tls-cert and tls-key go together";
+    return false;
+  }
+  if (cfg.server.session.require_auth && cfg.auth_users.empty()) {
+    error = "require-auth needs auth-users";
     return false;
   }
   for (const auto& d : cfg.server.recipients.domains) {

@@ -20,6 +20,10 @@ struct app_config {
   std::string maildir = "var/maildir";
   std::string mbox;  // a path template; selects the mbox sink on the command line
   std::string spool_dir = "var/spool";
+  std::string tls_cert;  // PEM files; none: a self-signed pair in state_dir
+  std::string tls_key;
+  std::string state_dir = "var/state";
+  std::string auth_users;  // a file of user:hash lines; none: no AUTH
 };
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).

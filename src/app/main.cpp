@@ -13,10 +13,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <iostream>
 
 #include "app/config_file.hpp"
+#include "inboxd/auth.hpp"
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
+#include "inboxd/tls.hpp"
 #include "inboxd/version.hpp"
 
 namespace {
@@ -67,6 +70,18 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(CLI::IsMember({"maildir", "mbox", "null"}));
   app.add_option("--spool-dir", v.spool_dir, "where large messages wait for the mbox sink");
   app.add_option("--hostname", v.server.session.hostname, "our name in replies and Received");
+  std::vector<std::string> listen_tls;
+  app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (RFC 8314), repeatable");
+  app.add_option("--tls-cert", v.tls_cert, "PEM certificate chain (default: self-signed)");
+  app.add_option("--tls-key", v.tls_key, "PEM private key of --tls-cert");
+  app.add_option("--state-dir", v.state_dir,
+                 "where the self-signed certificate is kept (var/state)");
+  app.add_flag("--require-tls", v.server.session.require_tls,
+               "MAIL before STARTTLS gets 530 5.7.0");
+  app.add_option("--auth-users", v.auth_users, "file of user:crypt-hash lines; enables AUTH");
+  app.add_flag("--allow-plaintext-auth", v.server.session.allow_plaintext_auth,
+               "offer AUTH without TLS too");
+  app.add_flag("--require-auth", v.server.session.require_auth, "MAIL before AUTH gets 530 5.7.0");
   app.add_option("--max-message-size", v.server.session.max_message_size,
                  "in bytes (default 10240000)")
       ->check(at_least_one);
@@ -74,7 +89,9 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(at_least_one);
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
-  app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION);
+  app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION + " (" +
+                                        inboxd::tls_library_version() + ")");
+  app.footer("Also: inboxd passwd   (reads a password on stdin, prints a hash for --auth-users)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -105,6 +122,17 @@ int parse(int argc, char** argv, command_line& cl) {
     });
   if (given("--sink")) o.push_back([=](app_config& c) { c.sink = v.sink; });
   if (given("--spool-dir")) o.push_back([=](app_config& c) { c.spool_dir = v.spool_dir; });
+  if (given("--listen-tls")) o.push_back([=](app_config& c) { c.server.listen_tls = listen_tls; });
+  if (given("--tls-cert")) o.push_back([=](app_config& c) { c.tls_cert = v.tls_cert; });
+  if (given("--tls-key")) o.push_back([=](app_config& c) { c.tls_key = v.tls_key; });
+  if (given("--state-dir")) o.push_back([=](app_config& c) { c.state_dir = v.state_dir; });
+  if (given("--require-tls"))
+    o.push_back([](app_config& c) { c.server.session.require_tls = true; });
+  if (given("--auth-users")) o.push_back([=](app_config& c) { c.auth_users = v.auth_users; });
+  if (given("--allow-plaintext-auth"))
+    o.push_back([](app_config& c) { c.server.session.allow_plaintext_auth = true; });
+  if (given("--require-auth"))
+    o.push_back([](app_config& c) { c.server.session.require_auth = true; });
   if (given("--hostname"))
     o.push_back([=](app_config& c) { c.server.session.hostname = v.server.session.hostname; });
   if (given("--max-message-size"))
@@ -133,14 +161,42 @@ bool load(const command_line& cl, app_config& cfg, std::string& error) {
   return inboxd::app::validate(cfg, error);
 }
 
-// Blocks (creates folders): call at start-up or on the thread pool.
-std::shared_ptr<inboxd::sink> open_sink(uv_loop_t* loop, const app_config& cfg,
-                                        std::string& error) {
+// Opens what the config names: the sink, the TLS credentials, the password
+// file. Blocks (files, folders): call at start-up or on the thread pool.
+std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::string& error,
+                                         std::string& note) {
+  inboxd::tls_options tls{.cert_file = cfg.tls_cert,
+                          .key_file = cfg.tls_key,
+                          .state_dir = cfg.state_dir,
+                          .hostname = cfg.server.session.hostname};
+  cfg.server.tls = inboxd::load_tls_credentials(tls, error, note);
+  if (!cfg.server.tls) return nullptr;
+  if (!cfg.auth_users.empty()) {
+    cfg.server.auth = inboxd::load_password_file(loop, cfg.auth_users, error);
+    if (!cfg.server.auth) return nullptr;
+  }
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
   if (cfg.sink == "mbox")
     return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir}, error);
   return inboxd::open_maildir_sink(
       loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname}, error);
+}
+
+// "inboxd passwd": a hash for the password file, from a password on stdin.
+int passwd_command() {
+  std::string password;
+  if (!std::getline(std::cin, password) || password.empty()) {
+    fmt::print(stderr, "inboxd passwd: give the password on standard input\n");
+    return 2;
+  }
+  std::string hash = inboxd::hash_password(password);
+  std::fill(password.begin(), password.end(), '\0');
+  if (hash.empty()) {
+    fmt::print(stderr, "inboxd passwd: libcrypt could not hash\n");
+    return 1;
+  }
+  fmt::print("{}\n", hash);
+  return 0;
 }
 
 struct runtime {
@@ -161,13 +217,14 @@ struct reload_job {
   app_config cfg;
   std::shared_ptr<inboxd::sink> sink;
   std::string error;
+  std::string note;
 };
 
 void reload_work_cb(uv_work_t* req) noexcept {
   auto* job = static_cast<reload_job*>(req->data);
   try {
     if (load(*job->rt->cl, job->cfg, job->error))
-      job->sink = open_sink(job->rt->loop, job->cfg, job->error);
+      job->sink = open_parts(job->rt->loop, job->cfg, job->error, job->note);
   } catch (const std::exception& e) {
     job->error = e.what();
   }
@@ -181,6 +238,7 @@ void reload_after_cb(uv_work_t* req, int) noexcept {
     return;
   }
   job->rt->srv->reconfigure(job->cfg.server, job->sink);
+  if (!job->note.empty()) say(inboxd::log_level::info, "{}", job->note);
   say(inboxd::log_level::info, "reloaded {}",
       job->rt->cl->config_file.empty() ? "(no config file)" : job->rt->cl->config_file);
 }
@@ -215,6 +273,7 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string_view(argv[1]) == "passwd") return passwd_command();
   command_line cl;
   if (int rc = parse(argc, argv, cl); rc >= 0) return rc;
   app_config cfg;
@@ -232,7 +291,8 @@ int main(int argc, char** argv) {
   ::setenv("UV_THREADPOOL_SIZE", "16", 0);
 
   uv_loop_t* loop = uv_default_loop();
-  std::shared_ptr<inboxd::sink> sink = open_sink(loop, cfg, error);
+  std::string note;
+  std::shared_ptr<inboxd::sink> sink = open_parts(loop, cfg, error, note);
   if (!sink) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
@@ -244,6 +304,7 @@ int main(int argc, char** argv) {
     uv_run(loop, UV_RUN_DEFAULT);
     return 2;
   }
+  if (!note.empty()) say(inboxd::log_level::info, "{}", note);
   runtime rt{.loop = loop, .cl = &cl, .srv = &srv};
   for (auto [h, sig] : {std::pair{&rt.sigterm, SIGTERM}, std::pair{&rt.sigint, SIGINT},
                         std::pair{&rt.sighup, SIGHUP}}) {

@@ -6,20 +6,26 @@
 
 namespace inboxd::net {
 
+namespace {
+// A client that starts TLS and stops halfway costs one connection, not more.
+constexpr std::uint64_t handshake_timeout_ms = 30'000;
+}  // namespace
+
 connection::connection(server::state& srv, std::string peer)
     : srv_(srv),
       id_(++srv.next_connection_id),
       peer_(std::move(peer)),
       session_(srv.settings, *this, srv.ids, std::string{}) {}
 
-void connection::accept(server::state& srv, uv_stream_t* listening) {
+void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) {
   auto* c = new connection(srv, {});
   uv_tcp_init(srv.loop, &c->tcp_);
-  c->tcp_.data = c;
+  uv_timer_init(srv.loop, &c->timer_);
+  c->tcp_.data = c->timer_.data = c;
+  c->open_handles_ = 2;
   if (int rc = uv_accept(listening, c->stream()); rc != 0) {
     srv.logf(log_level::warning, "accept failed: {} ({})", uv_strerror(rc), uv_err_name(rc));
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp_), close_cb);
-    c->closing_ = true;
+    c->close();
     return;
   }
   // Link first, so that close_cb always finds it in the list.
@@ -38,11 +44,18 @@ void connection::accept(server::state& srv, uv_stream_t* listening) {
   c->session_.set_client_address(std::move(ip));
   // Replies are small and pipelined batches go out in one write: no Nagle delay.
   uv_tcp_nodelay(&c->tcp_, 1);
-  srv.logf(log_level::info, "conn={} connect from {}", c->id_, c->peer_);
-  if (srv.shutting_down)
+  srv.logf(log_level::info, "conn={} connect from {}{}", c->id_, c->peer_,
+           implicit_tls ? " (implicit TLS)" : "");
+  if (implicit_tls) {
+    // RFC 8314: TLS first; the greeting comes once the handshake is done.
+    c->implicit_tls_ = true;
+    c->tls_ = std::make_unique<tls_stream>(srv.settings->tls);
+    c->start_timer(handshake_timeout_ms);
+  } else if (srv.shutting_down) {
     c->session_.shutdown();
-  else
+  } else {
     c->session_.start();
+  }
   c->run();
 }
 
@@ -52,24 +65,148 @@ void connection::shutdown() {
 }
 
 // Feeds what was read, sends what the session answered, and decides whether
-// to read on. Called after every read, write and sink completion.
+// to read on. Called after every read, write, timer and sink completion.
 void connection::run() {
   if (closing_) return;
-  if (in_len_ > 0 && !session_.waiting() && !session_.closing()) {
-    std::size_t used = session_.feed({in_, in_len_});
-    // Compact between commands only: what is left is a partial command line.
-    if (used < in_len_) std::memmove(in_, in_ + used, in_len_ - used);
-    in_len_ -= used;
+  for (;;) {
+    if (tls_ && !advance_tls()) return;
+    std::size_t pulled = tls_ ? pull_plaintext() : 0;
+    if (closing_) return;
+    if (in_len_ > 0 && !session_.waiting() && !session_.closing()) {
+      std::size_t used = session_.feed({in_, in_len_});
+      // Compact between commands only: what is left is a partial command line.
+      if (used < in_len_) std::memmove(in_, in_ + used, in_len_ - used);
+      in_len_ -= used;
+    }
+    if (session_.starttls_requested() && !tls_) {
+      begin_starttls();
+      continue;
+    }
+    // More plaintext may wait inside the TLS stream than the buffer took.
+    if (pulled == 0 || session_.waiting() || session_.closing()) break;
   }
   if (in_len_ == 0) release_buffer();
   flush();
+  if (session_.closing() && tls_ && tls_->established() && !closing_) {
+    // After the last reply, a close_notify alert (RFC 8446 6.1).
+    tls_->close_notify();
+    flush();
+  }
   if (closing_) return;
   if ((session_.closing() || (eof_ && !session_.waiting())) && !writing_) return close();
   update_reading();
 }
 
+// Drives the handshake; false when the connection is done for.
+bool connection::advance_tls() {
+  if (tls_->established()) return true;
+  auto st = tls_->handshake();
+  if (st == tls_stream::status::failed) {
+    srv_.logf(log_level::info, "conn={} TLS handshake failed: {}", id_,
+              tls_error_text(tls_->error()));
+    flush();  // The alert, if mbedTLS made one.
+    close();
+    return false;
+  }
+  if (st == tls_stream::status::ok) {
+    uv_timer_stop(&timer_);
+    session_.tls_started(
+        fmt::format(FMT_STRING("{} with cipher {}"), tls_->version(), tls_->cipher()));
+    if (implicit_tls_) {
+      if (srv_.shutting_down)
+        session_.shutdown();
+      else
+        session_.start();
+    }
+  }
+  return true;
+}
+
+// Decrypts into the session's input buffer while it has room; returns how
+// many bytes came out.
+std::size_t connection::pull_plaintext() {
+  std::size_t pulled = 0;
+  while (tls_->established() && !eof_ && !session_.waiting() && !session_.closing()) {
+    if (!in_) in_ = srv_.buffers.take();
+    if (in_len_ == buffer_pool::buffer_size) break;
+    std::size_t n = 0;
+    auto st = tls_->read(in_ + in_len_, buffer_pool::buffer_size - in_len_, n);
+    in_len_ += n;
+    pulled += n;
+    if (st == tls_stream::status::want_read) break;
+    if (st == tls_stream::status::closed) eof_ = true;
+    if (st == tls_stream::status::failed) {
+      srv_.logf(log_level::info, "conn={} TLS read failed: {}", id_, tls_error_text(tls_->error()));
+      close();
+      break;
+    }
+  }
+  return pulled;
+}
+
+void connection::begin_starttls() {
+  // The 220 goes out in plaintext, ahead of everything encrypted.
+  flush();
+  // RFC 3207 / CVE-2011-0411: what the client sent after STARTTLS, before
+  // the handshake, is not trusted: drop it.
+  if (in_len_ > 0) {
+    srv_.logf(log_level::warning, "conn={} dropped {} byte(s) sent after STARTTLS before TLS", id_,
+              in_len_);
+    in_len_ = 0;
+  }
+  tls_ = std::make_unique<tls_stream>(srv_.settings->tls);
+  start_timer(handshake_timeout_ms);
+}
+
+void connection::flush() {
+  std::string& plain = session_.output();
+  if (!plain.empty()) {
+    if (!tls_) {
+      if (out_.empty())
+        out_.swap(plain);
+      else
+        out_.append(plain);
+      plain.clear();
+    } else if (tls_->established()) {
+      tls_->write(plain);
+      plain.clear();
+    }
+  }
+  if (tls_ && !tls_->output().empty()) {
+    out_.append(tls_->output());
+    tls_->output().clear();
+  }
+  send();
+}
+
+void connection::send() {
+  if (out_.empty() || writing_ || closing_) return;
+  uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+  int n = uv_try_write(stream(), &buf, 1);
+  if (n == static_cast<int>(out_.size())) {
+    out_.clear();
+    return;
+  }
+  if (n < 0 && n != UV_EAGAIN) {
+    srv_.logf(log_level::info, "conn={} write failed: {}", id_, uv_err_name(n));
+    return close();
+  }
+  // The socket is full: hand the rest to libuv and keep it alive until write_cb.
+  sending_.assign(out_, n > 0 ? static_cast<std::size_t>(n) : 0);
+  out_.clear();
+  buf = uv_buf_init(sending_.data(), static_cast<unsigned>(sending_.size()));
+  writing_ = true;
+  if (int rc = uv_write(&write_req_, stream(), &buf, 1, write_cb); rc != 0) {
+    writing_ = false;
+    srv_.logf(log_level::info, "conn={} write failed: {}", id_, uv_err_name(rc));
+    close();
+  }
+}
+
 void connection::update_reading() {
-  bool want = !eof_ && !session_.waiting() && !session_.closing();
+  // During a handshake the session waits (for TLS), but the handshake reads.
+  bool handshaking = tls_ && !tls_->established();
+  bool want = !eof_ && !session_.closing() && (handshaking || !session_.waiting());
   if (want == reading_) return;
   reading_ = want;
   if (want) {
@@ -82,31 +219,6 @@ void connection::update_reading() {
   }
 }
 
-void connection::flush() {
-  std::string& out = session_.output();
-  if (out.empty() || writing_) return;
-  uv_buf_t buf = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
-  int n = uv_try_write(stream(), &buf, 1);
-  if (n == static_cast<int>(out.size())) {
-    out.clear();
-    return;
-  }
-  if (n < 0 && n != UV_EAGAIN) {
-    srv_.logf(log_level::info, "conn={} write failed: {}", id_, uv_err_name(n));
-    return close();
-  }
-  // The socket is full: hand the rest to libuv and keep it alive until write_cb.
-  sending_.assign(out, n > 0 ? static_cast<std::size_t>(n) : 0);
-  out.clear();
-  buf = uv_buf_init(sending_.data(), static_cast<unsigned>(sending_.size()));
-  writing_ = true;
-  if (int rc = uv_write(&write_req_, stream(), &buf, 1, write_cb); rc != 0) {
-    writing_ = false;
-    srv_.logf(log_level::info, "conn={} write failed: {}", id_, uv_err_name(rc));
-    close();
-  }
-}
-
 void connection::release_buffer() {
   if (!in_) return;
   srv_.buffers.give_back(in_);
@@ -114,12 +226,18 @@ void connection::release_buffer() {
   in_len_ = 0;
 }
 
+void connection::start_timer(std::uint64_t ms) {
+  uv_timer_start(&timer_, timer_cb, ms, 0);
+}
+
 void connection::close() {
   if (closing_) return;
   closing_ = true;
   session_.disconnect();
   release_buffer();
+  if (raw_) srv_.buffers.give_back(std::exchange(raw_, nullptr));
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), close_cb);
 }
 
 void connection::session_ready() noexcept {
@@ -130,18 +248,39 @@ void connection::session_log(log_level level, std::string_view line) noexcept {
   srv_.logf(level, "conn={} {}", id_, line);
 }
 
+void connection::session_sleep(std::uint32_t milliseconds) noexcept {
+  start_timer(milliseconds);
+}
+
+void connection::timer_cb(uv_timer_t* timer) noexcept {
+  auto* self = static_cast<connection*>(timer->data);
+  if (self->tls_ && !self->tls_->established()) {
+    self->srv_.logf(log_level::info, "conn={} TLS handshake timed out", self->id_);
+    return self->close();
+  }
+  self->session_.wake();
+}
+
 void connection::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) noexcept {
   auto* self = static_cast<connection*>(handle->data);
+  if (self->tls_) {
+    if (!self->raw_) self->raw_ = self->srv_.buffers.take();
+    *buf = uv_buf_init(self->raw_, static_cast<unsigned>(buffer_pool::buffer_size));
+    return;
+  }
   if (!self->in_) self->in_ = self->srv_.buffers.take();
   // A full buffer gives libuv no room: the read fails with UV_ENOBUFS.
   *buf = uv_buf_init(self->in_ + self->in_len_,
                      static_cast<unsigned>(buffer_pool::buffer_size - self->in_len_));
 }
 
-void connection::read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) noexcept {
+void connection::read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) noexcept {
   auto* self = static_cast<connection*>(stream->data);
   if (nread > 0) {
-    self->in_len_ += static_cast<std::size_t>(nread);
+    if (self->raw_ && buf->base == self->raw_)
+      self->tls_->feed({self->raw_, static_cast<std::size_t>(nread)});
+    else
+      self->in_len_ += static_cast<std::size_t>(nread);
   } else if (nread == UV_EOF) {
     self->eof_ = true;
   } else if (nread < 0 && nread != UV_ENOBUFS) {
@@ -149,6 +288,7 @@ void connection::read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) no
                     uv_err_name(static_cast<int>(nread)));
     return self->close();
   }
+  if (self->raw_) self->srv_.buffers.give_back(std::exchange(self->raw_, nullptr));
   self->run();
 }
 
@@ -166,6 +306,7 @@ void connection::write_cb(uv_write_t* req, int status) noexcept {
 
 void connection::close_cb(uv_handle_t* handle) noexcept {
   auto* self = static_cast<connection*>(handle->data);
+  if (--self->open_handles_ > 0) return;
   server::state& srv = self->srv_;
   bool linked = self->prev || self->next || srv.connections == self;
   if (linked) {

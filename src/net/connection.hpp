@@ -1,17 +1,23 @@
 // net/connection.hpp: one SMTP client, bound to one proto::session.
 //
-// Pinned: the connection embeds its uv_tcp_t (handle.data == this), is never
-// copied or moved, and is freed only in its uv_close callback. It owns its
-// read buffer while it has unconsumed input and gives it back to the pool
-// when idle. Reading stops while the session waits for the sink
+// Pinned: the connection embeds its uv_tcp_t and uv_timer_t (handle.data ==
+// this), is never copied or moved, and is freed only when both handles have
+// closed. It owns its read buffer while it has unconsumed input and gives it
+// back to the pool when idle. Reading stops while the session waits
 // (backpressure); replies go out with one write per feed.
+//
+// With TLS (STARTTLS, or an implicit-TLS listener) ciphertext goes through a
+// tls_stream: read bytes are fed to it, plaintext comes out into the same
+// input buffer the session reads, and replies are encrypted on their way out.
 #pragma once
 
 #include <uv.h>
 
+#include <memory>
 #include <string>
 
 #include "net/server_state.hpp"
+#include "net/tls.hpp"
 #include "proto/session.hpp"
 
 namespace inboxd::net {
@@ -19,11 +25,11 @@ namespace inboxd::net {
 class connection final : proto::session_events {
  public:
   // Accepts one pending connection from a listening stream.
-  static void accept(server::state& srv, uv_stream_t* listening);
+  static void accept(server::state& srv, uv_stream_t* listening, bool implicit_tls);
 
   // Server shutdown: 421 at the next command boundary (now, when idle).
   void shutdown();
-  // Closes the socket now; the connection is freed in close_cb.
+  // Closes the socket now; the connection is freed once its handles close.
   void close();
 
   connection* next = nullptr;  // the server's list
@@ -34,32 +40,45 @@ class connection final : proto::session_events {
   ~connection() = default;
 
   void run();
+  bool advance_tls();
+  std::size_t pull_plaintext();
+  void begin_starttls();
   void flush();
+  void send();
   void update_reading();
   void release_buffer();
+  void start_timer(std::uint64_t ms);
 
   void session_ready() noexcept override;
   void session_log(log_level level, std::string_view line) noexcept override;
+  void session_sleep(std::uint32_t milliseconds) noexcept override;
 
   static void alloc_cb(uv_handle_t* handle, size_t suggested, uv_buf_t* buf) noexcept;
   static void read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) noexcept;
   static void write_cb(uv_write_t* req, int status) noexcept;
+  static void timer_cb(uv_timer_t* timer) noexcept;
   static void close_cb(uv_handle_t* handle) noexcept;
 
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&tcp_); }
 
   server::state& srv_;
   uv_tcp_t tcp_{};
+  uv_timer_t timer_{};  // a delay the session asked for, or the handshake deadline
+  int open_handles_ = 0;
   std::uint64_t id_;
-  std::string peer_;  // "[127.0.0.1]:5555" for the log
+  std::string peer_;  // "127.0.0.1:5555" for the log
   proto::session session_;
+  std::unique_ptr<tls_stream> tls_;  // null: plaintext
+  bool implicit_tls_ = false;
 
-  // Borrowed from srv_.buffers while in_len_ > 0 (or a read is pending).
+  // Borrowed from srv_.buffers while in_len_ > 0: plaintext for the session.
   char* in_ = nullptr;
   std::size_t in_len_ = 0;
+  // With TLS, libuv reads ciphertext into this pooled buffer instead.
+  char* raw_ = nullptr;
 
-  // Bytes handed to uv_write; they live here until write_cb.
-  std::string sending_;
+  std::string out_;      // bytes for the socket (plaintext, or ciphertext under TLS)
+  std::string sending_;  // handed to uv_write; alive until write_cb
   uv_write_t write_req_{};
   bool writing_ = false;
   bool reading_ = false;

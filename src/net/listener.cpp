@@ -41,13 +41,14 @@ std::string format_address(const sockaddr* sa, bool with_port) {
             : fmt::format(FMT_STRING("{}:{}"), ip, port);
 }
 
-listener* listener::open(server::state& srv, std::string_view address, std::string& error) {
+listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls,
+                         std::string& error) {
   sockaddr_storage addr{};
   if (!parse_address(address, addr)) {
     error = fmt::format(FMT_STRING("bad listen address '{}': want ADDR:PORT"), address);
     return nullptr;
   }
-  auto* l = new listener(srv);
+  auto* l = new listener(srv, implicit_tls);
   uv_tcp_init(srv.loop, &l->tcp_);
   l->tcp_.data = l;
   int rc = uv_tcp_bind(&l->tcp_, reinterpret_cast<const sockaddr*>(&addr), 0);
@@ -83,7 +84,7 @@ void listener::connection_cb(uv_stream_t* server, int status) noexcept {
                     uv_err_name(status));
     return;
   }
-  connection::accept(self->srv_, server);
+  connection::accept(self->srv_, server, self->implicit_tls_);
 }
 
 void listener::close_cb(uv_handle_t* handle) noexcept {

@@ -20,16 +20,18 @@ namespace inboxd::net {
 class listener {
  public:
   // Binds and listens; on failure returns null with the reason in error.
-  static listener* open(server::state& srv, std::string_view address, std::string& error);
+  static listener* open(server::state& srv, std::string_view address, bool implicit_tls,
+                        std::string& error);
   void close();
   [[nodiscard]] std::string bound_address() const;
 
  private:
-  explicit listener(server::state& srv) : srv_(srv) {}
+  listener(server::state& srv, bool implicit_tls) : srv_(srv), implicit_tls_(implicit_tls) {}
   static void connection_cb(uv_stream_t* server, int status) noexcept;
   static void close_cb(uv_handle_t* handle) noexcept;
 
   server::state& srv_;
+  bool implicit_tls_;
   uv_tcp_t tcp_{};
 };
 

@@ -16,6 +16,8 @@ proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink
   s->limits = cfg.session;
   s->policy = cfg.policy ? cfg.policy : make_rules_policy(cfg.recipients);
   s->store = std::move(store);
+  s->auth = cfg.auth;
+  s->tls = cfg.tls;
   return s;
 }
 
@@ -46,13 +48,23 @@ server::server(uv_loop_t* loop, server_config config, std::shared_ptr<inboxd::si
 server::~server() = default;
 
 bool server::start(std::string& error) {
-  for (const auto& address : state_->config.listen) {
-    auto* l = net::listener::open(*state_, address, error);
-    if (!l) {
-      for (auto* open : std::vector(state_->listeners)) open->close();
-      return false;
+  state& s = *state_;
+  if (!s.config.listen_tls.empty() && !s.settings->tls) {
+    error = "an implicit-TLS listener needs TLS credentials";
+    return false;
+  }
+  auto open_all = [&](const std::vector<std::string>& addresses, bool implicit_tls) {
+    for (const auto& address : addresses) {
+      auto* l = net::listener::open(s, address, implicit_tls, error);
+      if (!l) return false;
+      s.logf(log_level::info, "listening on {}{}", l->bound_address(),
+             implicit_tls ? " (implicit TLS)" : "");
     }
-    state_->logf(log_level::info, "listening on {}", l->bound_address());
+    return true;
+  };
+  if (!open_all(s.config.listen, false) || !open_all(s.config.listen_tls, true)) {
+    for (auto* open : std::vector(s.listeners)) open->close();
+    return false;
   }
   return true;
 }

@@ -49,10 +49,12 @@ struct verb_name {
   verb v;
 };
 constexpr std::array verbs{
-    verb_name{"HELO", verb::helo}, verb_name{"EHLO", verb::ehlo}, verb_name{"MAIL", verb::mail},
-    verb_name{"RCPT", verb::rcpt}, verb_name{"DATA", verb::data}, verb_name{"RSET", verb::rset},
-    verb_name{"NOOP", verb::noop}, verb_name{"QUIT", verb::quit}, verb_name{"VRFY", verb::vrfy},
-    verb_name{"HELP", verb::help},
+    verb_name{"HELO", verb::helo},         verb_name{"EHLO", verb::ehlo},
+    verb_name{"MAIL", verb::mail},         verb_name{"RCPT", verb::rcpt},
+    verb_name{"DATA", verb::data},         verb_name{"RSET", verb::rset},
+    verb_name{"NOOP", verb::noop},         verb_name{"QUIT", verb::quit},
+    verb_name{"VRFY", verb::vrfy},         verb_name{"HELP", verb::help},
+    verb_name{"STARTTLS", verb::starttls}, verb_name{"AUTH", verb::auth},
 };
 
 std::string_view trim(std::string_view s) {

@@ -23,6 +23,8 @@ enum class verb : std::uint8_t {
   quit,
   vrfy,
   help,
+  starttls,
+  auth,
   unknown
 };
 

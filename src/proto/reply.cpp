@@ -50,6 +50,22 @@ constexpr std::array rows{
     row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT or 8BITMIME"}},
     row{unknown_user, {550, "5.1.1", "User unknown: "}},
     row{relay_denied, {550, "5.7.1", "Relaying denied: "}},
+    row{ready_for_tls, {220, "2.0.0", "Ready to start TLS"}},
+    row{tls_unavailable, {502, "5.5.1", "Error: STARTTLS is not available"}},
+    row{tls_active, {503, "5.5.1", "Error: TLS is already active"}},
+    row{need_tls, {530, "5.7.0", "Must issue a STARTTLS command first"}},
+    row{need_auth, {530, "5.7.0", "Authentication required"}},
+    row{auth_ok, {235, "2.7.0", "Authentication successful"}},
+    row{auth_unavailable, {503, "5.5.1", "Error: authentication not enabled"}},
+    row{auth_needs_tls,
+        {538, "5.7.11", "Encryption required for requested authentication mechanism"}},
+    row{auth_done, {503, "5.5.1", "Error: already authenticated"}},
+    row{auth_in_tx, {503, "5.5.1", "Error: AUTH not allowed during a mail transaction"}},
+    row{auth_mechanism, {504, "5.5.4", "Unrecognized authentication type"}},
+    row{auth_cancelled, {501, "5.7.0", "Authentication cancelled"}},
+    row{auth_bad_base64, {501, "5.5.2", "Cannot decode the response"}},
+    row{auth_failed, {535, "5.7.8", "Authentication credentials invalid"}},
+    row{auth_too_many, {421, "4.7.0", "Too many authentication failures, closing connection"}},
 };
 
 constexpr bool in_enum_order() {

@@ -13,38 +13,53 @@
 namespace inboxd::proto {
 
 enum class reply_id : std::uint8_t {
-  ok,               // 250 2.0.0 Ok
-  mail_ok,          // 250 2.1.0 Ok
-  rcpt_ok,          // 250 2.1.5 Ok
-  queued,           // 250 2.0.0 Ok: queued as <id>
-  start_data,       // 354 End data with <CR><LF>.<CR><LF>
-  bye,              // 221 2.0.0 Bye
-  help,             // 214 2.0.0
-  cannot_vrfy,      // 252 2.5.2
-  shutting_down,    // 421 4.3.2
-  store_failed,     // 451 4.3.0
-  no_space,         // 452 4.3.1
-  too_many_rcpts,   // 452 4.5.3
-  store_rejected,   // 554 5.3.0
-  unknown_command,  // 500 5.5.2
-  line_too_long,    // 500 5.5.2
-  bad_syntax,       // 501 5.5.4
-  bad_sender,       // 501 5.1.7
-  bad_recipient,    // 501 5.1.3
-  bad_sequence,     // 503 5.5.1
-  need_helo,        // 503 5.5.1
-  nested_mail,      // 503 5.5.1
-  need_mail,        // 503 5.5.1
-  need_rcpt,        // 503 5.5.1
-  no_valid_rcpts,   // 554 5.5.1
-  bad_param,        // 555 5.5.4
-  size_declared,    // 552 5.3.4
-  size_exceeded,    // 552 5.3.4
-  bare_lf,          // 550 5.5.2
-  bare_cr,          // 550 5.5.2
-  bad_body_type,    // 501 5.5.4
-  unknown_user,     // 550 5.1.1
-  relay_denied,     // 550 5.7.1
+  ok,                // 250 2.0.0 Ok
+  mail_ok,           // 250 2.1.0 Ok
+  rcpt_ok,           // 250 2.1.5 Ok
+  queued,            // 250 2.0.0 Ok: queued as <id>
+  start_data,        // 354 End data with <CR><LF>.<CR><LF>
+  bye,               // 221 2.0.0 Bye
+  help,              // 214 2.0.0
+  cannot_vrfy,       // 252 2.5.2
+  shutting_down,     // 421 4.3.2
+  store_failed,      // 451 4.3.0
+  no_space,          // 452 4.3.1
+  too_many_rcpts,    // 452 4.5.3
+  store_rejected,    // 554 5.3.0
+  unknown_command,   // 500 5.5.2
+  line_too_long,     // 500 5.5.2
+  bad_syntax,        // 501 5.5.4
+  bad_sender,        // 501 5.1.7
+  bad_recipient,     // 501 5.1.3
+  bad_sequence,      // 503 5.5.1
+  need_helo,         // 503 5.5.1
+  nested_mail,       // 503 5.5.1
+  need_mail,         // 503 5.5.1
+  need_rcpt,         // 503 5.5.1
+  no_valid_rcpts,    // 554 5.5.1
+  bad_param,         // 555 5.5.4
+  size_declared,     // 552 5.3.4
+  size_exceeded,     // 552 5.3.4
+  bare_lf,           // 550 5.5.2
+  bare_cr,           // 550 5.5.2
+  bad_body_type,     // 501 5.5.4
+  unknown_user,      // 550 5.1.1
+  relay_denied,      // 550 5.7.1
+  ready_for_tls,     // 220 2.0.0
+  tls_unavailable,   // 502 5.5.1
+  tls_active,        // 503 5.5.1
+  need_tls,          // 530 5.7.0
+  need_auth,         // 530 5.7.0
+  auth_ok,           // 235 2.7.0
+  auth_unavailable,  // 503 5.5.1
+  auth_needs_tls,    // 538 5.7.11
+  auth_done,         // 503 5.5.1
+  auth_in_tx,        // 503 5.5.1
+  auth_mechanism,    // 504 5.5.4
+  auth_cancelled,    // 501 5.7.0
+  auth_bad_base64,   // 501 5.5.2
+  auth_failed,       // 535 5.7.8
+  auth_too_many,     // 421 4.7.0
 };
 
 struct reply_entry {

@@ -1,10 +1,13 @@
 #include "proto/session.hpp"
 
+#include "proto/base64.hpp"
+
 #include <fmt/format.h>
 #include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <ctime>
+#include <utility>
 
 namespace inboxd::proto {
 
@@ -91,6 +94,7 @@ void session::handle_line(std::string_view line, bool bare_lf) {
     if (bare_lf) return refuse(reply_id::bare_lf);
     if (line.find('\r') != line.npos) return refuse(reply_id::bare_cr);
   }
+  if (sasl_ != sasl::none) return sasl_response(line);
   // Between transactions, take up a reloaded configuration.
   if (!tx_ && cfg_ != current_) cfg_ = current_;
   command cmd = parse_command(line);
@@ -108,6 +112,8 @@ void session::handle_line(std::string_view line, bool bare_lf) {
       if (cmd.arg.empty()) return refuse(reply_id::bad_syntax, "VRFY address");
       return reply(reply_id::cannot_vrfy);
     case verb::help: return reply(reply_id::help);
+    case verb::starttls: return do_starttls(cmd.arg);
+    case verb::auth: return do_auth(cmd.arg);
     case verb::unknown: return refuse(reply_id::unknown_command);
   }
 }
@@ -126,19 +132,21 @@ void session::do_helo(std::string_view arg, bool esmtp) {
     out_ += fmt::format(FMT_STRING("250 {}\r\n"), limits().hostname);
     return;
   }
-  fmt::format_to(std::back_inserter(out_),
-                 FMT_STRING("250-{}\r\n"
-                            "250-PIPELINING\r\n"
-                            "250-SIZE {}\r\n"
-                            "250-8BITMIME\r\n"
-                            "250 ENHANCEDSTATUSCODES\r\n"),
+  auto out = std::back_inserter(out_);
+  fmt::format_to(out, FMT_STRING("250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n"),
                  limits().hostname, limits().max_message_size);
+  if (cfg_->tls && tls_.empty()) out_ += "250-STARTTLS\r\n";
+  if (cfg_->auth && (!tls_.empty() || limits().allow_plaintext_auth))
+    out_ += "250-AUTH PLAIN LOGIN\r\n";
+  out_ += "250 ENHANCEDSTATUSCODES\r\n";
 }
 
 void session::do_mail(std::string_view arg) {
   // RFC 5321 4.1.4: MAIL needs a HELO or EHLO first.
   if (helo_.empty()) return refuse(reply_id::need_helo);
   if (tx_) return refuse(reply_id::nested_mail);
+  if (limits().require_tls && tls_.empty()) return refuse(reply_id::need_tls);
+  if (limits().require_auth && user_.empty()) return refuse(reply_id::need_auth);
   path_parse p = parse_mail_from(arg);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "MAIL FROM:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_sender);
@@ -163,6 +171,9 @@ void session::do_mail(std::string_view arg) {
         tx.body_8bit = true;
       else if (!iequals(param->value, "7BIT"))
         return refuse(reply_id::bad_body_type);
+    } else if (iequals(param->keyword, "AUTH") && cfg_->auth) {
+      // RFC 4954 5: AUTH=<mailbox> or <>; nothing we relay, so nothing to keep.
+      if (!param->has_value) return refuse(reply_id::bad_syntax, "AUTH=<mailbox>");
     } else {
       return refuse(reply_id::bad_param, param->keyword);
     }
@@ -235,6 +246,121 @@ void session::do_rset(std::string_view arg) {
 void session::do_quit(std::string_view arg) {
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "QUIT");
   close_with(reply_id::bye);
+}
+
+void session::do_starttls(std::string_view arg) {
+  if (!cfg_->tls) return refuse(reply_id::tls_unavailable);
+  if (!tls_.empty()) return refuse(reply_id::tls_active);
+  if (!arg.empty()) return refuse(reply_id::bad_syntax, "STARTTLS");
+  if (tx_) return refuse(reply_id::bad_sequence);
+  reply(reply_id::ready_for_tls);
+  starttls_ = true;  // feed() stops here; the connection takes over.
+}
+
+void session::tls_started(std::string description) {
+  // RFC 3207 4.2: forget everything learnt before TLS; a new EHLO is needed.
+  starttls_ = false;
+  tls_ = std::move(description);
+  helo_.clear();
+  esmtp_ = false;
+  user_.clear();
+  tx_.reset();
+  reader_.reset();
+  events_.session_log(log_level::info, fmt::format(FMT_STRING("tls: {}"), tls_));
+}
+
+// RFC 4954 4: AUTH mechanism [initial-response].
+void session::do_auth(std::string_view arg) {
+  if (!cfg_->auth) return refuse(reply_id::auth_unavailable);
+  if (tls_.empty() && !limits().allow_plaintext_auth) return refuse(reply_id::auth_needs_tls);
+  if (helo_.empty()) return refuse(reply_id::need_helo);
+  if (!user_.empty()) return refuse(reply_id::auth_done);
+  if (tx_) return refuse(reply_id::auth_in_tx);
+  std::string_view mechanism = arg.substr(0, arg.find(' '));
+  std::string_view initial = mechanism.size() < arg.size() ? arg.substr(mechanism.size() + 1) : "";
+  if (iequals(mechanism, "PLAIN")) {
+    if (initial.empty()) {
+      sasl_ = sasl::plain;
+      out_ += "334 \r\n";
+      return;
+    }
+    return sasl_plain(initial == "=" ? "" : initial);
+  }
+  if (iequals(mechanism, "LOGIN")) {
+    if (initial.empty()) {
+      sasl_ = sasl::login_user;
+      out_ += "334 VXNlcm5hbWU6\r\n";  // "Username:"
+      return;
+    }
+    sasl_ = sasl::login_user;
+    return sasl_response(initial);
+  }
+  refuse(reply_id::auth_mechanism);
+}
+
+// A line answering an open SASL challenge.
+void session::sasl_response(std::string_view line) {
+  sasl step = std::exchange(sasl_, sasl::none);
+  if (line == "*") return refuse(reply_id::auth_cancelled);
+  if (step == sasl::plain) return sasl_plain(line);
+  std::string decoded;
+  if (!base64_decode(line, decoded)) return refuse(reply_id::auth_bad_base64);
+  if (step == sasl::login_user) {
+    sasl_user_ = std::move(decoded);
+    sasl_ = sasl::login_password;
+    out_ += "334 UGFzc3dvcmQ6\r\n";  // "Password:"
+    return;
+  }
+  check_credentials(std::exchange(sasl_user_, {}), decoded);
+}
+
+// RFC 4616: authzid NUL authcid NUL passwd.
+void session::sasl_plain(std::string_view response) {
+  std::string decoded;
+  if (!base64_decode(response, decoded)) return refuse(reply_id::auth_bad_base64);
+  auto first = decoded.find('\0');
+  auto second = first == std::string::npos ? first : decoded.find('\0', first + 1);
+  if (second == std::string::npos) return refuse(reply_id::auth_bad_base64);
+  std::string_view authzid = std::string_view(decoded).substr(0, first);
+  std::string user = decoded.substr(first + 1, second - first - 1);
+  // Acting for another identity is not offered: authzid must be empty or the user.
+  if (!authzid.empty() && authzid != user) user.clear();
+  check_credentials(std::move(user), std::string_view(decoded).substr(second + 1));
+}
+
+void session::check_credentials(std::string user, std::string_view password) {
+  pending_user_ = std::move(user);
+  // A check answers later, on the loop; feed() stops until then.
+  auth_check_ = cfg_->auth->check(pending_user_, password, *this);
+}
+
+void session::auth_checked(bool ok) noexcept {
+  auth_check_ = nullptr;
+  if (ok && !pending_user_.empty()) {
+    user_ = std::move(pending_user_);
+    events_.session_log(log_level::info, fmt::format(FMT_STRING("auth: user={} ok"), user_));
+    reply(reply_id::auth_ok);
+  } else {
+    ++auth_failures_;
+    events_.session_log(log_level::warning,
+                        fmt::format(FMT_STRING("auth: user={} failed ({} of {})"), pending_user_,
+                                    auth_failures_, limits().max_auth_failures));
+    if (auth_failures_ >= limits().max_auth_failures) {
+      close_with(reply_id::auth_too_many);
+    } else {
+      // A growing delay before the refusal slows down guessing (0.5 s, 1 s, 2 s, ... 8 s).
+      sleeping_ = true;
+      events_.session_sleep(500U << std::min<std::size_t>(auth_failures_ - 1, 4));
+    }
+  }
+  if (!in_feed_) events_.session_ready();
+}
+
+void session::wake() {
+  if (!sleeping_) return;
+  sleeping_ = false;
+  reply(reply_id::auth_failed);
+  events_.session_ready();
 }
 
 std::size_t session::feed_data(std::span<char> input) {
@@ -336,16 +462,22 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
 std::string session::received_header() const {
   const transaction& tx = *tx_;
   bool v6 = client_address_.find(':') != std::string::npos;
-  std::string h =
-      fmt::format(FMT_STRING("Received: from {} ([{}{}])\n\tby {} (inboxd) with {} id {}"), helo_,
-                  v6 ? "IPv6:" : "", client_address_, limits().hostname, esmtp_ ? "ESMTP" : "SMTP",
-                  tx.queue_id);
+  std::string h = fmt::format(FMT_STRING("Received: from {} ([{}{}])\n"), helo_, v6 ? "IPv6:" : "",
+                              client_address_);
+  auto out = std::back_inserter(h);
+  if (!tls_.empty()) fmt::format_to(out, FMT_STRING("\t(using {})\n"), tls_);
+  if (!user_.empty()) fmt::format_to(out, FMT_STRING("\t(Authenticated sender: {})\n"), user_);
+  // RFC 3848: ESMTP, plus S with TLS and A with AUTH.
+  std::string protocol = esmtp_ ? "ESMTP" : "SMTP";
+  if (esmtp_ && !tls_.empty()) protocol += 'S';
+  if (esmtp_ && !user_.empty()) protocol += 'A';
+  fmt::format_to(out, FMT_STRING("\tby {} (inboxd) with {} id {}"), limits().hostname, protocol,
+                 tx.queue_id);
   std::string date = rfc5322_date(std::time(nullptr));
   if (tx.rcpt_accepted == 1)
-    fmt::format_to(std::back_inserter(h), FMT_STRING("\n\tfor <{}>; {}\n"),
-                   tx.recipients[0].address, date);
+    fmt::format_to(out, FMT_STRING("\n\tfor <{}>; {}\n"), tx.recipients[0].address, date);
   else
-    fmt::format_to(std::back_inserter(h), FMT_STRING(";\n\t{}\n"), date);
+    fmt::format_to(out, FMT_STRING(";\n\t{}\n"), date);
   return h;
 }
 
@@ -357,6 +489,8 @@ void session::shutdown() {
 
 void session::disconnect() noexcept {
   drop_delivery();
+  if (auth_check_) std::exchange(auth_check_, nullptr)->cancel();
+  sleeping_ = false;
   committing_ = false;
   closing_ = true;
 }

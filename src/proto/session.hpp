@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
 #include "inboxd/log.hpp"
 #include "inboxd/sink.hpp"
@@ -36,6 +37,9 @@ class session_events {
   // The session stopped waiting: write output() and feed the buffered input.
   virtual void session_ready() noexcept = 0;
   virtual void session_log(log_level level, std::string_view line) noexcept = 0;
+  // Call session::wake() after this long; the session waits meanwhile (a
+  // delay before a reply, never a sleep).
+  virtual void session_sleep(std::uint32_t milliseconds) noexcept = 0;
 
  protected:
   ~session_events() = default;
@@ -56,7 +60,7 @@ class queue_id_source {
 // The date of a trace header, RFC 5322 3.3, in UTC.
 [[nodiscard]] std::string rfc5322_date(std::int64_t unix_time);
 
-class session final : delivery_listener {
+class session final : delivery_listener, auth_listener {
  public:
   // current, events and ids must outlive the session. current is the
   // server's latest settings; the session takes a copy between transactions.
@@ -80,8 +84,20 @@ class session final : delivery_listener {
   // Replies not yet sent. The connection takes them (clear or swap).
   std::string& output() noexcept { return out_; }
 
-  // Waiting for the sink: do not feed until session_ready().
-  [[nodiscard]] bool waiting() const noexcept { return paused_ || committing_; }
+  // Waiting for the sink, a credentials check, a delay or STARTTLS: do not
+  // feed until session_ready() (or tls_started()).
+  [[nodiscard]] bool waiting() const noexcept {
+    return paused_ || committing_ || auth_check_ || sleeping_ || starttls_;
+  }
+  // STARTTLS was answered with 220: send the output in plaintext, drop any
+  // input after the command (CVE-2011-0411), and start the handshake.
+  [[nodiscard]] bool starttls_requested() const noexcept { return starttls_; }
+  // The TLS handshake is done: the session starts over (RFC 3207 4.2) inside
+  // it. `description` goes into the Received header, e.g. "TLSv1.3 with
+  // cipher TLS-AES-256-GCM-SHA384". For implicit TLS, call before start().
+  void tls_started(std::string description);
+  // The delay asked for with session_sleep() is over.
+  void wake();
   // Send the output, then close.
   [[nodiscard]] bool closing() const noexcept { return closing_; }
   // No transaction open and not waiting: safe to close on shutdown.
@@ -118,6 +134,11 @@ class session final : delivery_listener {
   void do_data(std::string_view arg, bool bare_lf);
   void do_rset(std::string_view arg);
   void do_quit(std::string_view arg);
+  void do_starttls(std::string_view arg);
+  void do_auth(std::string_view arg);
+  void sasl_response(std::string_view line);
+  void sasl_plain(std::string_view response);
+  void check_credentials(std::string user, std::string_view password);
 
   void reply(reply_id id, std::string_view detail = {});
   void refuse(reply_id id, std::string_view detail = {});
@@ -128,6 +149,8 @@ class session final : delivery_listener {
   // delivery_listener
   void writable() noexcept override;
   void committed(std::span<const store_outcome> per_recipient) noexcept override;
+  // auth_listener
+  void auth_checked(bool ok) noexcept override;
 
   const session_config& limits() const noexcept { return cfg_->limits; }
 
@@ -148,6 +171,18 @@ class session final : delivery_listener {
   bool committing_ = false;  // waiting for committed()
   bool closing_ = false;
   bool draining_ = false;
+  bool starttls_ = false;
+
+  std::string tls_;   // empty, or how TLS was negotiated
+  std::string user_;  // the authenticated identity, or empty
+  // SASL (RFC 4954): what the next line answers, if a challenge is open.
+  enum class sasl : std::uint8_t { none, plain, login_user, login_password };
+  sasl sasl_ = sasl::none;
+  std::string sasl_user_;     // LOGIN's user name, between its two challenges
+  std::string pending_user_;  // the user whose password is being checked
+  auth_check* auth_check_ = nullptr;
+  std::size_t auth_failures_ = 0;
+  bool sleeping_ = false;
 };
 
 }  // namespace inboxd::proto

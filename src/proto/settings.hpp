@@ -9,6 +9,7 @@
 
 #include <memory>
 
+#include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
@@ -19,6 +20,8 @@ struct settings {
   session_config limits;
   std::shared_ptr<const recipient_policy> policy;  // never null
   std::shared_ptr<sink> store;                     // never null
+  std::shared_ptr<const authenticator> auth;       // null: no AUTH
+  std::shared_ptr<const tls_credentials> tls;      // null: no STARTTLS
 };
 
 using settings_ptr = std::shared_ptr<const settings>;

@@ -1,0 +1,158 @@
+// bench/run.hpp: one inboxd-bench run: the clients, the schedule, the clock
+// and the counters.
+//
+// The run owns its clients, its handles (a 100 ms tick for timeouts,
+// reconnects, the deadline and the progress line; with --rate, a timerfd
+// polled by the loop; SIGINT) and the stats. Everything happens on the loop
+// thread. start() opens every connection; the loop then runs until every
+// client has closed and the run has closed its own handles, so uv_run()
+// returns by itself and uv_loop_close() finds the loop empty.
+//
+// The schedule: closed loop (no --rate), a client starts its next message as
+// soon as the previous one is answered. Open loop, message k is due at
+// t0 + k / rate; a due message goes to a ready client at once, or waits for
+// the first one to become ready, and its latency counts from when it was due
+// (so a stalled server cannot hide behind fewer sends: coordinated omission).
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench/client.hpp"
+#include "bench/message.hpp"
+#include "bench/options.hpp"
+#include "bench/stats.hpp"
+
+namespace inboxd::bench {
+
+struct message_plan {
+  std::uint64_t number = 0;    // {n}, from 1
+  std::uint64_t start_ns = 0;  // latency origin (uv_hrtime)
+  std::size_t size_index = 0;
+  bool measured = false;
+};
+
+class run {
+ public:
+  run(uv_loop_t* loop, const options& opt);
+  ~run();
+  run(const run&) = delete;
+  run& operator=(const run&) = delete;
+
+  // Resolves the server's address and opens every connection. Returns false,
+  // with a message in error, when the address does not resolve.
+  [[nodiscard]] bool start(std::string& error);
+
+  // What the clients use.
+  enum class next { start, wait, stop };
+  [[nodiscard]] next next_message(message_plan& plan);
+  // A ready client with nothing due: it gets the next due message.
+  void park(client& c);
+  void message_accepted(bool measured, std::uint64_t start_ns, int code, std::size_t size_index,
+                        unsigned recipients_refused);
+  void message_refused(bool measured, int code);
+  void message_failed(bool measured);
+  void transaction_done() noexcept { failure_streak_ = 0; }
+  void session_up(std::uint64_t connect_ns, bool pipelining);
+  void session_refused(int code);
+  void connection_error(conn_error why, int uv_code);
+  void count_write(std::size_t bytes) noexcept {
+    live_.bytes_written += bytes;
+    ++live_.writes;
+  }
+  // Called from the client's close_cb: reconnect it, or count it out.
+  void client_closed(client& c, bool session_failed);
+
+  [[nodiscard]] uv_loop_t* loop() const noexcept { return loop_; }
+  [[nodiscard]] const sockaddr* address() const noexcept {
+    return reinterpret_cast<const sockaddr*>(&address_);
+  }
+  [[nodiscard]] const options& opt() const noexcept { return opt_; }
+  [[nodiscard]] const message_text& text() const noexcept { return text_; }
+  [[nodiscard]] const address_template& from() const noexcept { return from_; }
+  [[nodiscard]] const address_template& to() const noexcept { return to_; }
+  [[nodiscard]] std::uint64_t now_ms() const noexcept { return uv_now(loop_); }
+  [[nodiscard]] std::uint64_t timeout_ms() const noexcept { return timeout_ms_; }
+
+  // Results, once uv_run() has returned.
+  [[nodiscard]] const stats& results() const noexcept { return stats_; }
+  [[nodiscard]] const live_counters& live() const noexcept { return live_; }
+  // Seconds from start() to the end of the run, and of the measured part
+  // (from the end of the warm-up to the last measured answer).
+  [[nodiscard]] double wall_seconds() const noexcept;
+  [[nodiscard]] double measured_seconds() const noexcept;
+  // Why the run stopped early, empty when it ran to its end.
+  [[nodiscard]] const std::string& stopped_because() const noexcept { return stopped_because_; }
+  [[nodiscard]] const std::string& last_error() const noexcept { return last_error_; }
+
+ private:
+  [[nodiscard]] bool exhausted(std::uint64_t now_ns) const noexcept;
+  [[nodiscard]] std::uint64_t scheduled_ns(std::uint64_t k) const noexcept;
+  void dispatch();
+  void arm_rate_timer();
+  void stop_idle_clients();
+  void stop(std::string why, bool abort_clients);
+  void tick();
+  void print_progress(std::uint64_t now_ns);
+  void finish();
+
+  static void tick_cb(uv_timer_t* timer) noexcept;
+  static void rate_cb(uv_poll_t* poll, int status, int events) noexcept;
+  static void rate_close_cb(uv_handle_t* handle) noexcept;
+  static void signal_cb(uv_signal_t* handle, int signum) noexcept;
+
+  uv_loop_t* loop_;
+  const options& opt_;
+  message_text text_;
+  address_template from_, to_;
+  random_source random_;
+  sockaddr_storage address_{};
+  std::uint64_t timeout_ms_;
+
+  std::vector<std::unique_ptr<client>> clients_;
+  unsigned active_ = 0;     // clients with a socket or a reconnect pending
+  client* idle_ = nullptr;  // parked clients, linked through next_idle
+
+  uv_timer_t tick_{};
+  // --rate: a timerfd set to the next due time (absolute, CLOCK_MONOTONIC
+  // like uv_hrtime), so messages start within microseconds of their
+  // schedule; libuv's own timers have millisecond resolution.
+  int rate_fd_ = -1;
+  uv_poll_t rate_poll_{};
+  bool rate_armed_ = false;
+  uv_signal_t signal_{};
+  bool handles_open_ = false;
+  unsigned ticks_ = 0;
+  unsigned signals_ = 0;
+
+  // The clock, in uv_hrtime() nanoseconds.
+  std::uint64_t t0_ns_ = 0;
+  std::uint64_t warmup_end_ns_ = 0;
+  std::uint64_t end_ns_ = 0;       // duration mode: no message starts after this
+  std::uint64_t deadline_ns_ = 0;  // duration mode: everything closes at this
+  std::uint64_t finish_ns_ = 0;
+  std::uint64_t last_answer_ns_ = 0;  // the last measured answer
+  double interval_ns_ = 0;            // --rate: between scheduled starts
+
+  std::uint64_t numbered_ = 0;   // messages started, warm-up included ({n})
+  std::uint64_t scheduled_ = 0;  // --rate: messages handed out so far
+  unsigned failure_streak_ = 0;  // sessions that failed in a row
+  bool stopping_ = false;
+  std::string stopped_because_;
+  std::string last_error_;
+
+  stats stats_;
+  live_counters live_;
+  // The live progress line.
+  bool progress_ = false;
+  std::uint64_t progress_ns_ = 0;
+  live_counters progress_last_;
+};
+
+}  // namespace inboxd::bench
