@@ -161,7 +161,10 @@ bool load_config_file(const std::string& path, app_config& cfg, std::string& err
     cfg = std::move(next);
     return true;
   } catch (const toml::parse_error& e) {
-    error = fmt::format(FMT_STRING("{}: {}"), position(path, e.source()), e.description());
+    if (e.source().begin.line == 0)  // The file could not be read: point at its start.
+      error = fmt::format(FMT_STRING("{}:1:1: {}"), path, e.description());
+    else
+      error = fmt::format(FMT_STRING("{}: {}"), position(path, e.source()), e.description());
   } catch (const config_error& e) {
     error = fmt::format(FMT_STRING("{}: {}"), position(path, e.where), e.what);
   }

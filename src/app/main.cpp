@@ -208,6 +208,7 @@ struct runtime {
   uv_signal_t sighup{};
   int stop_signals = 0;
   bool reloading = false;
+  bool reload_again = false;  // a SIGHUP came during a reload
 };
 
 // A reload reads files and makes folders, so it runs on the thread pool.
@@ -230,9 +231,14 @@ void reload_work_cb(uv_work_t* req) noexcept {
   }
 }
 
+void start_reload(runtime* rt);
+
 void reload_after_cb(uv_work_t* req, int) noexcept {
   std::unique_ptr<reload_job> job(static_cast<reload_job*>(req->data));
-  job->rt->reloading = false;
+  runtime* rt = job->rt;
+  rt->reloading = false;
+  // The file may have changed since this reload read it: read it again.
+  if (std::exchange(rt->reload_again, false) && !rt->stop_signals) start_reload(rt);
   if (!job->sink) {
     say(inboxd::log_level::error, "reload failed, the old config stays: {}", job->error);
     return;
@@ -245,7 +251,15 @@ void reload_after_cb(uv_work_t* req, int) noexcept {
 
 void on_sighup(uv_signal_t* handle, int) noexcept {
   auto* rt = static_cast<runtime*>(handle->data);
-  if (rt->reloading || rt->stop_signals) return;
+  if (rt->stop_signals) return;
+  if (rt->reloading) {
+    rt->reload_again = true;
+    return;
+  }
+  start_reload(rt);
+}
+
+void start_reload(runtime* rt) {
   rt->reloading = true;
   auto* job = new reload_job;
   job->rt = rt;

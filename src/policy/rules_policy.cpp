@@ -43,6 +43,8 @@ class rules_policy final : public recipient_policy {
       domain = lower(domain_part);
     }
     std::string name = unquote_and_fold(local);
+    // RFC 5321 4.5.1: "postmaster" is case-insensitive, whatever the config says.
+    if (lower(name) == "postmaster") name = "postmaster";
     if (tables_.empty()) {
       out.push_back({std::string(address), base_of(name), domain});
       return rcpt_verdict::accept;

@@ -89,6 +89,8 @@ class maildir_delivery final : public pooled_delivery {
       if (fd_ < 0 && errno == ENOENT && make_maildir(dir) == 0)
         fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
       if (fd_ >= 0) {
+        // An earlier Maildir that failed fails only its own recipients, at link time.
+        error_ = 0;
         tmp_path_ = std::move(path);
         return;
       }

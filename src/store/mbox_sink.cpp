@@ -173,11 +173,16 @@ class mbox_delivery final : public pooled_delivery {
     int e = lock_fcntl(fd);
     struct stat st {};
     if (!e && ::fstat(fd, &st) != 0) e = errno;
+    if (e) {
+      ::close(fd);  // Nothing was written: nothing to take back.
+      return e;
+    }
     off_t old_size = st.st_size;
-    if (!e) e = store::write_all(fd, separator(fd, old_size) + from_line_);
+    e = store::write_all(fd, separator(fd, old_size) + from_line_);
     if (!e) e = copy_spool(fd);
     if (!e) e = store::write_all(fd, tail);
     if (!e && ::fsync(fd) != 0) e = errno;
+    // Take back what this delivery appended, and only that.
     if (e && ::ftruncate(fd, old_size) == 0) ::fsync(fd);
     ::close(fd);  // Also drops the fcntl lock.
     return e;

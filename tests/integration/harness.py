@@ -42,21 +42,64 @@ def run_cli(*args, timeout=TIMEOUT):
 
 
 class Server:
-    """One inboxd process listening on 127.0.0.1:<free port>."""
+    """One inboxd process listening on 127.0.0.1:<free port>.
 
-    def __init__(self, *args, sink="maildir"):
+    sink: passed as --sink; None passes no --sink (so that --mbox or the
+    config file chooses). maildir: False passes no --maildir (so that the
+    config file's maildir applies). config: TOML text written to
+    <dir>/inboxd.toml and passed with -c. run_as: (uid, gid) to run the
+    binary as, through setpriv; the temp dir is then owned by that user.
+    """
+
+    def __init__(self, *args, sink="maildir", maildir=True, config=None, run_as=None):
         if not os.access(BIN, os.X_OK):
             raise RuntimeError(f"inboxd binary not found at {BIN} (set INBOXD_BIN)")
         self.dir = tempfile.mkdtemp(prefix="inboxd-it-")
         self.maildir = os.path.join(self.dir, "maildir")
         self.log_path = os.path.join(self.dir, "stderr.log")
-        cmd = [BIN, "--listen", "127.0.0.1:0", "--maildir", self.maildir,
-               "--sink", sink, "--hostname", HOSTNAME, *args]
+        self.config_path = os.path.join(self.dir, "inboxd.toml")
+        cmd = [BIN, "--listen", "127.0.0.1:0", "--hostname", HOSTNAME]
+        if maildir:
+            cmd += ["--maildir", self.maildir]
+        if sink is not None:
+            cmd += ["--sink", sink]
+        if config is not None:
+            self.write_config(config)
+            cmd += ["-c", self.config_path]
+        cmd += list(args)
+        if run_as is not None:
+            uid, gid = run_as
+            os.chmod(self.dir, 0o755)
+            os.chown(self.dir, uid, gid)
+            if config is not None:
+                os.chown(self.config_path, uid, gid)
+            cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log)
         self.stopped = False
         self.port = self._wait_port()
+
+    def write_config(self, text):
+        """(Re)writes the config file, atomically (a reload never sees half a file)."""
+        tmp = self.config_path + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config_path)
+
+    def reload(self, timeout=TIMEOUT):
+        """SIGHUP; waits for the 'reloaded' or 'reload failed' log line it causes
+        and returns that line (None if none came within `timeout` s)."""
+        pattern = r"^.*\b(?:reloaded|reload failed)\b.*$"
+        before = len(re.findall(pattern, self.log(), re.M))
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = re.findall(pattern, self.log(), re.M)
+            if len(lines) > before:
+                return lines[before]
+            time.sleep(0.02)
+        return None
 
     def _wait_port(self):
         deadline = time.monotonic() + TIMEOUT
@@ -115,14 +158,18 @@ class Server:
 
     def files(self, sub):
         """{name: bytes} of the regular files in maildir/<sub>/ (empty if missing)."""
-        path = os.path.join(self.maildir, sub)
-        if not os.path.isdir(path):
-            return {}
-        out = {}
-        for name in os.listdir(path):
-            with open(os.path.join(path, name), "rb") as f:
-                out[name] = f.read()
-        return out
+        return read_files(os.path.join(self.maildir, sub))
+
+
+def read_files(path):
+    """{name: bytes} of the files in the folder `path` (empty if it is missing)."""
+    if not os.path.isdir(path):
+        return {}
+    out = {}
+    for name in os.listdir(path):
+        with open(os.path.join(path, name), "rb") as f:
+            out[name] = f.read()
+    return out
 
 
 class Reply:
@@ -143,6 +190,11 @@ class Client:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self.buf = b""
+
+    def set_timeout(self, timeout):
+        """For replies that are slow on purpose (waiting for a lock...)."""
+        self.timeout = timeout
+        self.sock.settimeout(timeout)
 
     def send(self, data):
         self.sock.sendall(data)
@@ -232,10 +284,17 @@ class InboxdTestCase(unittest.TestCase):
     server_args = ()
     sink = "maildir"
 
+    server_kwargs = {}    # more keyword arguments for Server (maildir, config, run_as)
+
     def setUp(self):
-        self.server = Server(*self.server_args, sink=self.sink)
-        self.addCleanup(self.server.cleanup)
         self.clients = []
+        self.server = self.start_server(*self.server_args, sink=self.sink, **self.server_kwargs)
+
+    def start_server(self, *args, **kwargs):
+        """Starts a Server that is killed and removed when the test ends."""
+        server = Server(*args, **kwargs)
+        self.addCleanup(server.cleanup)
+        return server
 
     def tearDown(self):
         for c in self.clients:
@@ -279,14 +338,16 @@ class InboxdTestCase(unittest.TestCase):
         return m.group(1)
 
     # ---- Maildir ----
-    def stored(self):
-        """Messages in new/ (sorted by name), after checking the Maildir invariants:
-        names end in ',S=<file size>', nothing left in tmp/, nothing in cur/."""
-        new = self.server.files("new")
+    def stored(self, maildir=None):
+        """Messages in new/ (sorted by name) of `maildir` (default: the server's),
+        after checking the Maildir invariants: names end in ',S=<file size>',
+        nothing left in tmp/, nothing in cur/."""
+        maildir = maildir or self.server.maildir
+        new = read_files(os.path.join(maildir, "new"))
         for name, data in new.items():
             self.assertMaildirName(name, data)
-        self.assertEqual(self.server.files("tmp"), {}, "files left in tmp/")
-        self.assertEqual(self.server.files("cur"), {}, "files in cur/")
+        self.assertEqual(read_files(os.path.join(maildir, "tmp")), {}, f"files left in {maildir}/tmp/")
+        self.assertEqual(read_files(os.path.join(maildir, "cur")), {}, f"files in {maildir}/cur/")
         return [new[k] for k in sorted(new)]
 
     def assertMaildirName(self, name, data):

@@ -171,6 +171,10 @@ void event_recorder::session_log(log_level, std::string_view line) noexcept {
   log.emplace_back(line);
 }
 
+void event_recorder::session_sleep(std::uint32_t milliseconds) noexcept {
+  sleeps.push_back(milliseconds);
+}
+
 // test_connection
 
 namespace {

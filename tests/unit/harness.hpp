@@ -114,6 +114,9 @@ class event_recorder final : public proto::session_events {
 
   void session_ready() noexcept override;
   void session_log(log_level level, std::string_view line) noexcept override;
+  // Records the delay asked for; the test calls session.wake() itself.
+  void session_sleep(std::uint32_t milliseconds) noexcept override;
+  std::vector<std::uint32_t> sleeps;
 };
 
 // One session with its sink, events and input buffer.
