@@ -15,6 +15,7 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
 #include <memory>
@@ -43,6 +44,7 @@ class tls_credentials {
   mbedtls_ctr_drbg_context drbg_;
   mbedtls_x509_crt chain_;
   mbedtls_pk_context key_;
+  mbedtls_ssl_ticket_context tickets_;
   mbedtls_ssl_config conf_;
 };
 
