@@ -156,7 +156,8 @@ def main():
     if args.sink_vs_sink:
         servers = [("inboxd", sink_argv(ports["inboxd"]), None)]
     else:
-        servers = [("inboxd", [inboxd_bin, "--sink", "null", "--listen",
+        root = ["--allow-root"] if os.geteuid() == 0 else []
+        servers = [("inboxd", [inboxd_bin, *root, "--sink", "null", "--listen",
                                f"127.0.0.1:{ports['inboxd']}"],
                     f"listening on 127.0.0.1:{ports['inboxd']}")]
     servers.append(("smtp-sink", sink_argv(ports["smtp-sink"]), None))

@@ -31,6 +31,10 @@ struct session_config {
   bool require_auth = false;          // MAIL before AUTH: 530 5.7.0
   bool allow_plaintext_auth = false;  // offer AUTH without TLS (RFC 4954 4 says don't)
   std::size_t max_auth_failures = 3;  // then 421 and close
+  std::size_t max_errors = 20;        // protocol errors in a session, then 421 4.7.0
+  // Tarpit: each error reply past the first waits this long times the
+  // number of errors so far (10 s at most); 0 is off.
+  std::uint32_t error_delay_ms = 0;
 };
 
 class tls_credentials;
@@ -49,6 +53,23 @@ struct server_config {
   std::shared_ptr<const recipient_policy> policy;
   // How long SIGTERM waits for transactions in flight before closing them.
   std::chrono::milliseconds drain_timeout{30'000};
+
+  // RFC 5321 4.5.3.2: how long a client may keep us waiting for its next
+  // command (and for the greeting's first), and for more DATA.
+  std::chrono::milliseconds command_timeout{300'000};
+  std::chrono::milliseconds data_timeout{180'000};
+  // Below this average rate (bytes/s) after the first minute of DATA the
+  // client is cut off; 0 is off.
+  std::size_t min_data_rate = 500;
+  // The greeting waits this long; a client that talks first is refused.
+  std::chrono::milliseconds greeting_delay{0};
+
+  std::size_t max_connections = 10'000;
+  std::size_t max_connections_per_ip = 50;
+  std::size_t connection_rate_per_ip = 0;  // new connections per minute; 0 is off
+  // Per-IP limits skip loopback clients (local programs), as Postfix skips
+  // $mynetworks; set to apply them there too.
+  bool limit_loopback = false;
 };
 
 }  // namespace inboxd

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <toml++/toml.h>
+#include <algorithm>
 #include <set>
 
 namespace inboxd::app {
@@ -45,6 +46,24 @@ class reader {
         throw config_error{n->source(),
                            fmt::format(FMT_STRING("{} must be a whole number of at least 1"), key)};
       out = static_cast<std::size_t>(*v);
+    }
+  }
+  void get_number(std::string_view key, std::size_t& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value<std::int64_t>();
+      if (!v || *v < 0)
+        throw config_error{n->source(),
+                           fmt::format(FMT_STRING("{} must be a whole number, 0 or more"), key)};
+      out = static_cast<std::size_t>(*v);
+    }
+  }
+  void get_seconds(std::string_view key, std::chrono::milliseconds& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value<double>();
+      if (!v || *v < 0)
+        throw config_error{n->source(),
+                           fmt::format(FMT_STRING("{} must be seconds, 0 or more"), key)};
+      out = std::chrono::milliseconds(static_cast<long long>(*v * 1000));
     }
   }
   void get(std::string_view key, std::vector<std::string>& out) {
@@ -129,11 +148,22 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("case-insensitive-local-parts", rules.case_insensitive);
   r.get("sub-address-delimiter", rules.sub_address_delimiter);
   r.get("postmaster-domain", rules.postmaster_domain);
-  if (const toml::node* n = r.find("drain-timeout")) {
-    auto v = n->value<double>();
-    if (!v || *v < 0) throw config_error{n->source(), "drain-timeout must be seconds, 0 or more"};
-    cfg.server.drain_timeout = std::chrono::milliseconds(static_cast<long long>(*v * 1000));
-  }
+  r.get_seconds("drain-timeout", cfg.server.drain_timeout);
+  r.get_seconds("command-timeout", cfg.server.command_timeout);
+  r.get_seconds("data-timeout", cfg.server.data_timeout);
+  r.get_seconds("greeting-delay", cfg.server.greeting_delay);
+  r.get_count("max-connections", cfg.server.max_connections);
+  r.get_count("max-connections-per-ip", cfg.server.max_connections_per_ip);
+  r.get_number("connection-rate-per-ip", cfg.server.connection_rate_per_ip);
+  r.get_number("min-data-rate", cfg.server.min_data_rate);
+  r.get("limit-loopback", cfg.server.limit_loopback);
+  r.get_count("max-errors", s.max_errors);
+  std::size_t error_delay_ms = s.error_delay_ms;
+  r.get_number("error-delay-ms", error_delay_ms);
+  s.error_delay_ms = static_cast<std::uint32_t>(std::min<std::size_t>(error_delay_ms, 10'000));
+  r.get("user", cfg.user);
+  r.get("group", cfg.group);
+  r.get("allow-root", cfg.allow_root);
   if (const toml::node* n = r.find("domain")) {
     const toml::array* a = n->as_array();
     if (!a) throw config_error{n->source(), "domain must be a list of tables: [[domain]]"};

@@ -23,7 +23,10 @@ struct app_config {
   std::string tls_cert;  // PEM files; none: a self-signed pair in state_dir
   std::string tls_key;
   std::string state_dir = "var/state";
-  std::string auth_users;  // a file of user:hash lines; none: no AUTH
+  std::string auth_users;   // a file of user:hash lines; none: no AUTH
+  std::string user;         // started as root: run as this user once bound
+  std::string group;        // and this group (default: the user's)
+  bool allow_root = false;  // keep running as root (not recommended)
 };
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).

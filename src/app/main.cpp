@@ -4,6 +4,9 @@
 // server on the default libuv loop. SIGHUP reloads the config file (on the
 // thread pool; a bad file keeps the old settings); SIGTERM/SIGINT drain, and
 // a second one closes every connection at once.
+#include <grp.h>
+#include <pwd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -12,6 +15,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <iostream>
 
@@ -82,6 +86,34 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_flag("--allow-plaintext-auth", v.server.session.allow_plaintext_auth,
                "offer AUTH without TLS too");
   app.add_flag("--require-auth", v.server.session.require_auth, "MAIL before AUTH gets 530 5.7.0");
+  double command_timeout = 0, data_timeout = 0, greeting_delay = 0, drain_timeout = 0;
+  app.add_option("--max-connections", v.server.max_connections, "in all (default 10000)")
+      ->check(at_least_one);
+  app.add_option("--max-connections-per-ip", v.server.max_connections_per_ip,
+                 "from one address (default 50; loopback exempt unless --limit-loopback)")
+      ->check(at_least_one);
+  app.add_option("--connection-rate-per-ip", v.server.connection_rate_per_ip,
+                 "new connections per minute from one address (default 0: no limit)");
+  app.add_flag("--limit-loopback", v.server.limit_loopback,
+               "apply per-address limits to loopback too");
+  app.add_option("--max-errors", v.server.session.max_errors,
+                 "protocol errors, then 421 (default 20)")
+      ->check(at_least_one);
+  app.add_option("--error-delay-ms", v.server.session.error_delay_ms,
+                 "tarpit: each error reply waits this long times the errors so far (default 0)");
+  app.add_option("--command-timeout", command_timeout, "seconds (default 300, RFC 5321 4.5.3.2)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--data-timeout", data_timeout, "seconds between DATA reads (default 180)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--min-data-rate", v.server.min_data_rate,
+                 "bytes/s in DATA after a minute (default 500; 0 off)");
+  app.add_option("--greeting-delay", greeting_delay, "seconds; early talkers get 554 (default 0)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--drain-timeout", drain_timeout, "seconds SIGTERM waits (default 30)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--user", v.user, "started as root: run as this user once the ports are bound");
+  app.add_option("--group", v.group, "and this group (default: the user's)");
+  app.add_flag("--allow-root", v.allow_root, "keep running as root (not recommended)");
   app.add_option("--max-message-size", v.server.session.max_message_size,
                  "in bytes (default 10240000)")
       ->check(at_least_one);
@@ -133,6 +165,38 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([](app_config& c) { c.server.session.allow_plaintext_auth = true; });
   if (given("--require-auth"))
     o.push_back([](app_config& c) { c.server.session.require_auth = true; });
+  auto seconds = [](double s) {
+    return std::chrono::milliseconds(static_cast<long long>(s * 1000));
+  };
+  if (given("--max-connections"))
+    o.push_back([=](app_config& c) { c.server.max_connections = v.server.max_connections; });
+  if (given("--max-connections-per-ip"))
+    o.push_back(
+        [=](app_config& c) { c.server.max_connections_per_ip = v.server.max_connections_per_ip; });
+  if (given("--connection-rate-per-ip"))
+    o.push_back(
+        [=](app_config& c) { c.server.connection_rate_per_ip = v.server.connection_rate_per_ip; });
+  if (given("--limit-loopback")) o.push_back([](app_config& c) { c.server.limit_loopback = true; });
+  if (given("--max-errors"))
+    o.push_back([=](app_config& c) { c.server.session.max_errors = v.server.session.max_errors; });
+  if (given("--error-delay-ms"))
+    o.push_back([=](app_config& c) {
+      c.server.session.error_delay_ms =
+          std::min<std::uint32_t>(v.server.session.error_delay_ms, 10'000);
+    });
+  if (given("--command-timeout"))
+    o.push_back([=](app_config& c) { c.server.command_timeout = seconds(command_timeout); });
+  if (given("--data-timeout"))
+    o.push_back([=](app_config& c) { c.server.data_timeout = seconds(data_timeout); });
+  if (given("--min-data-rate"))
+    o.push_back([=](app_config& c) { c.server.min_data_rate = v.server.min_data_rate; });
+  if (given("--greeting-delay"))
+    o.push_back([=](app_config& c) { c.server.greeting_delay = seconds(greeting_delay); });
+  if (given("--drain-timeout"))
+    o.push_back([=](app_config& c) { c.server.drain_timeout = seconds(drain_timeout); });
+  if (given("--user")) o.push_back([=](app_config& c) { c.user = v.user; });
+  if (given("--group")) o.push_back([=](app_config& c) { c.group = v.group; });
+  if (given("--allow-root")) o.push_back([](app_config& c) { c.allow_root = true; });
   if (given("--hostname"))
     o.push_back([=](app_config& c) { c.server.session.hostname = v.server.session.hostname; });
   if (given("--max-message-size"))
@@ -180,6 +244,55 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::
     return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir}, error);
   return inboxd::open_maildir_sink(
       loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname}, error);
+}
+
+// Raises the soft limit on open files to the hard one: each connection is a
+// file descriptor. Returns the limit now in force.
+rlim_t raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  return rl.rlim_cur;
+}
+
+// Started as root: the ports are bound, now become the configured user
+// (setgid, initgroups, setuid: in that order, or the groups stay root's).
+// Without a user, going on as root needs --allow-root.
+bool drop_privileges(const app_config& cfg, std::string& error) {
+  if (::geteuid() != 0) return true;
+  if (cfg.user.empty()) {
+    if (cfg.allow_root) return true;
+    error = "refusing to run as root: give --user (or --allow-root)";
+    return false;
+  }
+  const passwd* pw = ::getpwnam(cfg.user.c_str());
+  if (!pw) {
+    error = fmt::format(FMT_STRING("no such user: {}"), cfg.user);
+    return false;
+  }
+  gid_t gid = pw->pw_gid;
+  if (!cfg.group.empty()) {
+    const group* gr = ::getgrnam(cfg.group.c_str());
+    if (!gr) {
+      error = fmt::format(FMT_STRING("no such group: {}"), cfg.group);
+      return false;
+    }
+    gid = gr->gr_gid;
+  }
+  if (::setgid(gid) != 0 || ::initgroups(pw->pw_name, gid) != 0 || ::setuid(pw->pw_uid) != 0) {
+    error = fmt::format(FMT_STRING("cannot become {}: {}"), cfg.user, std::strerror(errno));
+    return false;
+  }
+  // setuid(0) must fail now, or the drop did not take.
+  if (::setuid(0) == 0) {
+    error = "still able to become root after dropping privileges";
+    return false;
+  }
+  return true;
 }
 
 // "inboxd passwd": a hash for the password file, from a password on stdin.
@@ -318,6 +431,13 @@ int main(int argc, char** argv) {
     uv_run(loop, UV_RUN_DEFAULT);
     return 2;
   }
+  if (!drop_privileges(cfg, error)) {
+    fmt::print(stderr, "inboxd: {}\n", error);
+    return 2;
+  }
+  if (::geteuid() != 0 || !cfg.user.empty())
+    say(inboxd::log_level::info, "running as uid {} gid {}", ::getuid(), ::getgid());
+  say(inboxd::log_level::info, "open files limit: {}", raise_fd_limit());
   if (!note.empty()) say(inboxd::log_level::info, "{}", note);
   runtime rt{.loop = loop, .cl = &cl, .srv = &srv};
   for (auto [h, sig] : {std::pair{&rt.sigterm, SIGTERM}, std::pair{&rt.sigint, SIGINT},

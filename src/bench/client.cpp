@@ -385,7 +385,7 @@ void client::send_quit() {
 void client::send_text() {
   state_ = state::text;
   expect_reply();
-  if (pipelining_) chain_next();
+  if (pipelining_ && run_.opt().chain) chain_next();
   // The previous write may still be in flight (its callback can come after
   // the reply it caused): then write_cb sends the text.
   if (writing_) {

@@ -11,7 +11,7 @@ of each, their ratio, and smtp-sink's CPU time per 1,000 messages under each
 client. smtp-sink is stopped by its PID whatever happens.
 
 Usage: compare_smtp_source.py [--bench PATH] [--messages N] [--runs N]
-                              [--connections 1,20]
+                              [--connections 1,20] [--bench-args '--pipelining off']
 """
 
 import argparse
@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--connections", default="1,20")
     ap.add_argument("--timeout", type=float, default=300, help="per run, seconds")
+    ap.add_argument("--bench-args", default="",
+                    help="more inboxd-bench flags, e.g. '--pipelining off'")
     args = ap.parse_args()
     if not args.bench:
         sys.exit("compare_smtp_source: no inboxd-bench binary; build it or pass --bench")
@@ -105,6 +107,7 @@ def main():
                           "--messages", str(args.messages), "--size",
                           str(SMTP_SOURCE_TEXT_BYTES), "--from", "a@b.example",
                           "--to", "c@d.example", "--progress", "off", "--json"]
+            bench_argv += args.bench_args.split()
             rates = {"smtp-source": [], "inboxd-bench": []}
             sink_cpu = {"smtp-source": [], "inboxd-bench": []}
             inner = []
@@ -141,7 +144,7 @@ def main():
 
     print(f"smtp-sink on 127.0.0.1:{port}, {args.messages} messages of "
           f"{SMTP_SOURCE_TEXT_BYTES} bytes per run, median of {args.runs} runs, "
-          "timed around each process")
+          f"timed around each process{'; inboxd-bench ' + args.bench_args if args.bench_args else ''}")
     print(f"{'conns':>5}  {'smtp-source msg/s':>17}  {'inboxd-bench msg/s':>18}  {'ratio':>6}  "
           f"{'(bench inner)':>13}  {'sink CPU ms/1k: source':>22}  {'bench':>6}")
     worst = None

@@ -102,8 +102,9 @@ int parse_options(int argc, char** argv, options& opt) {
   app.add_option("--recipients,-r", opt.recipients, "recipients per message (default 1)")
       ->check(CLI::Range(1u, 100000u));
   app.add_option("--pipelining", pipelining,
-                 "on (default): MAIL, RCPT and DATA in one write when the server offers it")
-      ->check(CLI::IsMember({"on", "off"}));
+                 "on (default): MAIL+RCPT+DATA in one write, and with the previous text; "
+                 "group: not with the text; off: one command per round trip")
+      ->check(CLI::IsMember({"on", "group", "off"}));
   app.add_option("--messages-per-connection", opt.messages_per_connection,
                  "QUIT and reconnect after this many messages (default: never)")
       ->check(CLI::Range(std::uint64_t{1}, UINT64_MAX));
@@ -142,7 +143,8 @@ int parse_options(int argc, char** argv, options& opt) {
     print_error("--tls: not implemented yet (the server has no TLS)");
     return 2;
   }
-  opt.pipelining = pipelining == "on";
+  opt.pipelining = pipelining != "off";
+  opt.chain = pipelining == "on";
   if (opt.messages == 0 && opt.duration == 0) opt.messages = 1000;
   if (!size_file.empty()) {
     if (auto error = read_size_file(size_file, opt.sizes); !error.empty()) {

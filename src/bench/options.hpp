@@ -30,6 +30,9 @@ struct options {
   std::vector<std::size_t> sizes;
   unsigned recipients = 1;
   bool pipelining = true;
+  // With pipelining: send the next transaction's commands with the message
+  // text (RFC 2920 3.1). --pipelining group turns this off.
+  bool chain = true;
   // 0: unlimited (one session per connection slot for the whole run).
   std::uint64_t messages_per_connection = 0;
   // Messages per second over all connections; 0: closed loop (as fast as the

@@ -79,6 +79,10 @@ std::string latency_json(const histogram& h) {
       h.value_at_percentile(99), h.value_at_percentile(99.9), h.max());
 }
 
+const char* pipelining_name(const options& opt) {
+  return !opt.pipelining ? "off" : opt.chain ? "on" : "group";
+}
+
 std::string sizes_text(const options& opt) {
   if (opt.sizes.size() == 1) return fmt::format("{}-byte messages", opt.sizes[0]);
   return fmt::format("{} sizes from --size-file", opt.sizes.size());
@@ -105,7 +109,7 @@ void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usag
   std::string mode = opt.rate > 0 ? fmt::format("open loop at {:g}/s", opt.rate) : "closed loop";
   fmt::print(out, "inboxd-bench: {}:{}, {} connection{}, {}, {} recipient{}, pipelining {}, {}\n",
              opt.host, opt.port, opt.connections, opt.connections == 1 ? "" : "s", sizes_text(opt),
-             opt.recipients, opt.recipients == 1 ? "" : "s", opt.pipelining ? "on" : "off", mode);
+             opt.recipients, opt.recipients == 1 ? "" : "s", pipelining_name(opt), mode);
   fmt::print(out, "  messages    {} sent, {} accepted, {} refused, {} failed", st.started,
              st.accepted, st.refused, st.failed);
   if (st.warmup) fmt::print(out, " (and {} in the warm-up)", st.warmup);
@@ -172,7 +176,7 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("rate", opt.rate > 0 ? number(opt.rate) : "null");
   field("sizes", "[" + sizes + "]");
   field("recipients", std::to_string(opt.recipients));
-  field("pipelining", opt.pipelining ? "true" : "false");
+  field("pipelining", json_string(pipelining_name(opt)));
   field("messages_per_connection",
         opt.messages_per_connection ? std::to_string(opt.messages_per_connection) : "null");
   field("started", std::to_string(st.started));

@@ -9,6 +9,15 @@ namespace inboxd::net {
 namespace {
 // A client that starts TLS and stops halfway costs one connection, not more.
 constexpr std::uint64_t handshake_timeout_ms = 30'000;
+// A client that sends commands but never reads its replies is not read any
+// further once this much waits for it: memory per connection stays bounded.
+constexpr std::size_t max_unsent = 256 * 1024;
+// The minimum data rate is judged once DATA has run this long.
+constexpr std::uint64_t data_rate_window_ms = 60'000;
+
+bool is_loopback(std::string_view ip) {
+  return ip.starts_with("127.") || ip == "::1" || ip.starts_with("::ffff:127.");
+}
 }  // namespace
 
 connection::connection(server::state& srv, std::string peer)
@@ -41,22 +50,67 @@ void connection::accept(server::state& srv, uv_stream_t* listening, bool implici
     c->peer_ = format_address(reinterpret_cast<const sockaddr*>(&addr));
     ip = format_address(reinterpret_cast<const sockaddr*>(&addr), false);
   }
+  c->ip_ = ip;
   c->session_.set_client_address(std::move(ip));
   // Replies are small and pipelined batches go out in one write: no Nagle delay.
   uv_tcp_nodelay(&c->tcp_, 1);
   srv.logf(log_level::info, "conn={} connect from {}{}", c->id_, c->peer_,
            implicit_tls ? " (implicit TLS)" : "");
+  if (c->over_limits()) return;
+  c->admit();
+  if (srv.config.greeting_delay.count() > 0 && !implicit_tls && !srv.shutting_down) {
+    // The greeting waits; a client that talks meanwhile is an early talker.
+    c->start_timer(timer_use::greeting,
+                   static_cast<std::uint64_t>(srv.config.greeting_delay.count()));
+    c->update_reading();
+    return;
+  }
   if (implicit_tls) {
     // RFC 8314: TLS first; the greeting comes once the handshake is done.
     c->implicit_tls_ = true;
     c->tls_ = std::make_unique<tls_stream>(srv.settings->tls);
-    c->start_timer(handshake_timeout_ms);
+    c->start_timer(timer_use::handshake, handshake_timeout_ms);
   } else if (srv.shutting_down) {
     c->session_.shutdown();
   } else {
     c->session_.start();
   }
   c->run();
+}
+
+// Refuses a client over a connection limit: one 421 line, written without
+// reading anything from it, then close. Returns true when refused.
+bool connection::over_limits() {
+  server::state& srv = srv_;
+  const server_config& cfg = srv.config;
+  std::string_view why;
+  bool per_ip = cfg.limit_loopback || !is_loopback(ip_);
+  if (srv.admitted >= cfg.max_connections) {
+    why = "too many connections";
+  } else if (per_ip && cfg.max_connections_per_ip &&
+             srv.per_ip[ip_] >= cfg.max_connections_per_ip) {
+    why = "too many connections from this address";
+  } else if (per_ip && cfg.connection_rate_per_ip) {
+    auto& w = srv.rates[ip_];
+    std::uint64_t now = uv_now(srv.loop);
+    if (now - w.start >= 60'000) w = {now, 0};
+    if (++w.count > cfg.connection_rate_per_ip)
+      why = "too many connections per minute from this address";
+  }
+  if (why.empty()) return false;
+  srv.logf(log_level::warning, "conn={} refused: {} ({})", id_, why, ip_);
+  std::string line = fmt::format(FMT_STRING("421 4.7.0 {} Error: {}, try again later\r\n"),
+                                 srv.settings->limits.hostname, why);
+  uv_buf_t buf = uv_buf_init(line.data(), static_cast<unsigned>(line.size()));
+  (void)uv_try_write(stream(), &buf, 1);
+  close();
+  return true;
+}
+
+void connection::admit() {
+  admitted_ = true;
+  ++srv_.admitted;
+  ++srv_.per_ip[ip_];
 }
 
 void connection::shutdown() {
@@ -72,7 +126,7 @@ void connection::run() {
     if (tls_ && !advance_tls()) return;
     std::size_t pulled = tls_ ? pull_plaintext() : 0;
     if (closing_) return;
-    if (in_len_ > 0 && !session_.waiting() && !session_.closing()) {
+    if (in_len_ > 0 && !session_.waiting() && !session_.closing() && unsent() < max_unsent) {
       std::size_t used = session_.feed({in_, in_len_});
       // Compact between commands only: what is left is a partial command line.
       if (used < in_len_) std::memmove(in_, in_ + used, in_len_ - used);
@@ -93,8 +147,38 @@ void connection::run() {
     flush();
   }
   if (closing_) return;
-  if ((session_.closing() || (eof_ && !session_.waiting())) && !writing_) return close();
+  // A client gone mid-handshake is gone: nothing more can come.
+  bool handshake_over = eof_ && tls_ && !tls_->established();
+  if ((session_.closing() || (eof_ && !session_.waiting()) || handshake_over) && !writing_)
+    return close();
   update_reading();
+  if (timer_use_ == timer_use::none || timer_use_ == timer_use::idle) arm_idle();
+}
+
+// RFC 5321 4.5.3.2: the client has this long for its next command, or for
+// more DATA. While the session waits for the sink, the wait is ours.
+void connection::arm_idle() {
+  if (session_.closing() || closing_) return;
+  auto ms = session_.in_data() ? srv_.config.data_timeout : srv_.config.command_timeout;
+  start_timer(timer_use::idle, static_cast<std::uint64_t>(ms.count()));
+}
+
+// Cuts off a client that trickles its DATA below the minimum rate.
+void connection::note_data_rate(std::size_t bytes) {
+  if (!session_.in_data()) {
+    data_start_ = 0;
+    return;
+  }
+  std::uint64_t now = uv_now(srv_.loop);
+  if (data_start_ == 0) {
+    data_start_ = now;
+    data_bytes_ = 0;
+  }
+  data_bytes_ += bytes;
+  std::uint64_t elapsed = now - data_start_;
+  std::size_t min_rate = srv_.config.min_data_rate;
+  if (min_rate && elapsed >= data_rate_window_ms && data_bytes_ * 1000 / elapsed < min_rate)
+    session_.time_out(proto::reply_id::too_slow);
 }
 
 // Drives the handshake; false when the connection is done for.
@@ -109,6 +193,7 @@ bool connection::advance_tls() {
     return false;
   }
   if (st == tls_stream::status::ok) {
+    timer_use_ = timer_use::none;
     uv_timer_stop(&timer_);
     session_.tls_started(
         fmt::format(FMT_STRING("{} with cipher {}"), tls_->version(), tls_->cipher()));
@@ -155,7 +240,7 @@ void connection::begin_starttls() {
     in_len_ = 0;
   }
   tls_ = std::make_unique<tls_stream>(srv_.settings->tls);
-  start_timer(handshake_timeout_ms);
+  start_timer(timer_use::handshake, handshake_timeout_ms);
 }
 
 void connection::flush() {
@@ -206,7 +291,8 @@ void connection::send() {
 void connection::update_reading() {
   // During a handshake the session waits (for TLS), but the handshake reads.
   bool handshaking = tls_ && !tls_->established();
-  bool want = !eof_ && !session_.closing() && (handshaking || !session_.waiting());
+  bool want =
+      !eof_ && !session_.closing() && unsent() < max_unsent && (handshaking || !session_.waiting());
   if (want == reading_) return;
   reading_ = want;
   if (want) {
@@ -226,7 +312,8 @@ void connection::release_buffer() {
   in_len_ = 0;
 }
 
-void connection::start_timer(std::uint64_t ms) {
+void connection::start_timer(timer_use use, std::uint64_t ms) {
+  timer_use_ = use;
   uv_timer_start(&timer_, timer_cb, ms, 0);
 }
 
@@ -249,7 +336,7 @@ void connection::session_log(log_level level, std::string_view line) noexcept {
 }
 
 void connection::session_sleep(std::uint32_t milliseconds) noexcept {
-  start_timer(milliseconds);
+  start_timer(timer_use::sleep, milliseconds);
 }
 
 void connection::timer_cb(uv_timer_t* timer) noexcept {
@@ -258,7 +345,23 @@ void connection::timer_cb(uv_timer_t* timer) noexcept {
     self->srv_.logf(log_level::info, "conn={} TLS handshake timed out", self->id_);
     return self->close();
   }
-  self->session_.wake();
+  timer_use use = std::exchange(self->timer_use_, timer_use::none);
+  switch (use) {
+    case timer_use::greeting:
+      if (self->srv_.shutting_down)
+        self->session_.shutdown();
+      else
+        self->session_.start();
+      break;
+    case timer_use::sleep: self->session_.wake(); break;
+    case timer_use::idle:
+      if (self->session_.waiting()) break;  // Waiting for the sink: our delay, not theirs.
+      self->session_.time_out(proto::reply_id::timeout);
+      break;
+    case timer_use::handshake:
+    case timer_use::none: break;
+  }
+  self->run();
 }
 
 void connection::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) noexcept {
@@ -276,7 +379,17 @@ void connection::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) noexcept {
 
 void connection::read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) noexcept {
   auto* self = static_cast<connection*>(stream->data);
+  if (nread > 0 && self->timer_use_ == timer_use::greeting) {
+    // RFC 5321 4.3.1: the client waits for the greeting. One that does not
+    // is a spam engine or a misconfigured program (Postfix's postscreen).
+    self->session_.refuse_pregreet();
+    self->timer_use_ = timer_use::none;
+    uv_timer_stop(&self->timer_);
+    self->in_len_ = 0;
+    return self->run();
+  }
   if (nread > 0) {
+    self->note_data_rate(static_cast<std::size_t>(nread));
     if (self->raw_ && buf->base == self->raw_)
       self->tls_->feed({self->raw_, static_cast<std::size_t>(nread)});
     else
@@ -316,6 +429,11 @@ void connection::close_cb(uv_handle_t* handle) noexcept {
       srv.connections = self->next;
     if (self->next) self->next->prev = self->prev;
     --srv.connection_count;
+    if (self->admitted_) {
+      --srv.admitted;
+      if (auto it = srv.per_ip.find(self->ip_); it != srv.per_ip.end() && --it->second == 0)
+        srv.per_ip.erase(it);
+    }
     srv.logf(log_level::info, "conn={} disconnect from {}", self->id_, self->peer_);
   }
   delete self;

@@ -47,7 +47,14 @@ class connection final : proto::session_events {
   void send();
   void update_reading();
   void release_buffer();
-  void start_timer(std::uint64_t ms);
+  // The connection's one timer serves one purpose at a time.
+  enum class timer_use : std::uint8_t { none, greeting, handshake, sleep, idle };
+  void start_timer(timer_use use, std::uint64_t ms);
+  void arm_idle();
+  void note_data_rate(std::size_t bytes);
+  [[nodiscard]] std::size_t unsent() const noexcept { return out_.size() + sending_.size(); }
+  void admit();
+  [[nodiscard]] bool over_limits();
 
   void session_ready() noexcept override;
   void session_log(log_level level, std::string_view line) noexcept override;
@@ -63,8 +70,13 @@ class connection final : proto::session_events {
 
   server::state& srv_;
   uv_tcp_t tcp_{};
-  uv_timer_t timer_{};  // a delay the session asked for, or the handshake deadline
+  uv_timer_t timer_{};
+  timer_use timer_use_ = timer_use::none;
   int open_handles_ = 0;
+  bool admitted_ = false;  // counted against the connection limits
+  std::string ip_;
+  std::uint64_t data_start_ = 0;  // uv_now() when DATA began, 0 outside DATA
+  std::uint64_t data_bytes_ = 0;
   std::uint64_t id_;
   std::string peer_;  // "127.0.0.1:5555" for the log
   proto::session session_;

@@ -80,8 +80,15 @@ void listener::close() {
 void listener::connection_cb(uv_stream_t* server, int status) noexcept {
   auto* self = static_cast<listener*>(server->data);
   if (status < 0) {
-    self->srv_.logf(log_level::warning, "accept failed: {} ({})", uv_strerror(status),
-                    uv_err_name(status));
+    // Out of file descriptors (EMFILE): libuv sheds the pending connection
+    // itself and accepting resumes when descriptors free up. Say so once a
+    // second at most, not once per client.
+    std::uint64_t now = uv_now(self->srv_.loop);
+    if (now - self->last_accept_error_ >= 1000 || self->last_accept_error_ == 0) {
+      self->last_accept_error_ = now;
+      self->srv_.logf(log_level::warning, "accept failed: {} ({}); {} connection(s) open",
+                      uv_strerror(status), uv_err_name(status), self->srv_.connection_count);
+    }
     return;
   }
   connection::accept(self->srv_, server, self->implicit_tls_);

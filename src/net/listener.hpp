@@ -32,6 +32,7 @@ class listener {
 
   server::state& srv_;
   bool implicit_tls_;
+  std::uint64_t last_accept_error_ = 0;  // uv_now() of the last one logged
   uv_tcp_t tcp_{};
 };
 

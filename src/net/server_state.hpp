@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "inboxd/server.hpp"
@@ -28,6 +29,13 @@ struct server::state {
   std::vector<net::listener*> listeners;
   net::connection* connections = nullptr;  // intrusive list, newest first
   std::size_t connection_count = 0;
+  std::size_t admitted = 0;  // connections within the limits
+  std::unordered_map<std::string, std::size_t> per_ip;
+  struct rate_window {
+    std::uint64_t start = 0;  // uv_now() when this minute began
+    std::size_t count = 0;
+  };
+  std::unordered_map<std::string, rate_window> rates;
   std::uint64_t next_connection_id = 0;
 
   bool shutting_down = false;

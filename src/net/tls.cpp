@@ -75,6 +75,17 @@ int tls_credentials::load(const std::string& cert_file, const std::string& key_f
     error = fmt::format(FMT_STRING("cannot load key {}: {}"), key_file, tls_error_text(rc));
     return rc;
   }
+  // mbedtls_ssl_conf_own_cert takes any pair: check that the key is the certificate's.
+#if MBEDTLS_VERSION_MAJOR >= 3
+  rc = mbedtls_pk_check_pair(&chain_.pk, &key_, mbedtls_ctr_drbg_random, &drbg_);
+#else
+  rc = mbedtls_pk_check_pair(&chain_.pk, &key_);
+#endif
+  if (rc != 0) {
+    error = fmt::format(FMT_STRING("the key {} is not the key of certificate {}: {}"), key_file,
+                        cert_file, tls_error_text(rc));
+    return rc;
+  }
   rc = mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
                                    MBEDTLS_SSL_PRESET_DEFAULT);
   if (rc == 0) rc = mbedtls_ssl_conf_own_cert(&conf_, &chain_, &key_);

@@ -66,6 +66,10 @@ constexpr std::array rows{
     row{auth_bad_base64, {501, "5.5.2", "Cannot decode the response"}},
     row{auth_failed, {535, "5.7.8", "Authentication credentials invalid"}},
     row{auth_too_many, {421, "4.7.0", "Too many authentication failures, closing connection"}},
+    row{too_many_errors, {421, "4.7.0", "Too many errors, closing connection"}},
+    row{timeout, {421, "4.4.2", "Timeout exceeded, closing connection"}},
+    row{too_slow, {421, "4.4.2", "Data arrives too slowly, closing connection"}},
+    row{pregreet, {554, "5.5.1", "Protocol error: you talked before the greeting"}},
 };
 
 constexpr bool in_enum_order() {

@@ -60,6 +60,10 @@ enum class reply_id : std::uint8_t {
   auth_bad_base64,   // 501 5.5.2
   auth_failed,       // 535 5.7.8
   auth_too_many,     // 421 4.7.0
+  too_many_errors,   // 421 4.7.0
+  timeout,           // 421 4.4.2
+  too_slow,          // 421 4.4.2
+  pregreet,          // 554 5.5.1
 };
 
 struct reply_entry {

@@ -11,6 +11,9 @@
 
 namespace inboxd::proto {
 
+// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+constexpr std::size_t command_line_limit = 512;
+
 queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid)
     : prefix_(fmt::format(FMT_STRING("{:08X}{:04X}"), start_time & 0xffffffffU, pid & 0xffffU)) {}
 
@@ -51,11 +54,28 @@ void session::reply(reply_id id, std::string_view detail) {
 }
 
 // A refusal is a reply and a log line that says why (DESIGN.md principle 5).
+// Too many of them end the session; with a tarpit, each waits a little more.
 void session::refuse(reply_id id, std::string_view detail) {
-  reply(id, detail);
   const reply_entry& e = reply_of(id);
   events_.session_log(log_level::info, fmt::format(FMT_STRING("refused: {} {} {}{}"), e.code,
                                                    e.enhanced, e.text, detail));
+  if (++errors_ >= limits().max_errors) {
+    reply(id, detail);
+    events_.session_log(log_level::warning, fmt::format(FMT_STRING("{} errors: closing"), errors_));
+    return close_with(reply_id::too_many_errors);
+  }
+  std::uint32_t delay = limits().error_delay_ms;
+  if (delay == 0 || errors_ < 2) return reply(id, detail);
+  reply_after(std::min<std::uint32_t>(delay * static_cast<std::uint32_t>(errors_ - 1), 10'000), id,
+              detail);
+}
+
+// Holds a reply back for a while; feed() stops meanwhile, so replies keep
+// their order. A timer of the connection, never a sleep.
+void session::reply_after(std::uint32_t milliseconds, reply_id id, std::string_view detail) {
+  append_reply(held_, id, detail);
+  sleeping_ = true;
+  events_.session_sleep(milliseconds);
 }
 
 void session::close_with(reply_id id) {
@@ -80,7 +100,10 @@ std::size_t session::feed(std::span<char> input) {
       case line_reader::status::need_more:
         if (r.consumed == 0) goto out;  // A partial line: wait for its end.
         break;
-      case line_reader::status::too_long: refuse(reply_id::line_too_long); break;
+      case line_reader::status::too_long:
+        sasl_ = sasl::none;  // RFC 4954 4: an error reply ends the exchange.
+        refuse(reply_id::line_too_long);
+        break;
       case line_reader::status::line: handle_line(r.line, r.bare_lf); break;
     }
   }
@@ -95,6 +118,9 @@ void session::handle_line(std::string_view line, bool bare_lf) {
     if (line.find('\r') != line.npos) return refuse(reply_id::bare_cr);
   }
   if (sasl_ != sasl::none) return sasl_response(line);
+  if (line.size() + 2 > command_line_limit &&
+      !(line.size() >= 5 && iequals(line.substr(0, 5), "AUTH ")))
+    return refuse(reply_id::line_too_long);
   // Between transactions, take up a reloaded configuration.
   if (!tx_ && cfg_ != current_) cfg_ = current_;
   command cmd = parse_command(line);
@@ -349,8 +375,7 @@ void session::auth_checked(bool ok) noexcept {
       close_with(reply_id::auth_too_many);
     } else {
       // A growing delay before the refusal slows down guessing (0.5 s, 1 s, 2 s, ... 8 s).
-      sleeping_ = true;
-      events_.session_sleep(500U << std::min<std::size_t>(auth_failures_ - 1, 4));
+      reply_after(500U << std::min<std::size_t>(auth_failures_ - 1, 4), reply_id::auth_failed);
     }
   }
   if (!in_feed_) events_.session_ready();
@@ -359,8 +384,32 @@ void session::auth_checked(bool ok) noexcept {
 void session::wake() {
   if (!sleeping_) return;
   sleeping_ = false;
-  reply(reply_id::auth_failed);
+  out_ += held_;
+  held_.clear();
   events_.session_ready();
+}
+
+void session::time_out(reply_id why) {
+  if (closing_) return;
+  events_.session_log(
+      log_level::info,
+      fmt::format(FMT_STRING("{} {}"), why == reply_id::timeout ? "timeout" : "data too slow",
+                  in_data() ? "in DATA" : "waiting for a command"));
+  if (tx_ && in_data()) {
+    drop_delivery();
+    events_.session_log(
+        log_level::info,
+        fmt::format(FMT_STRING("id={} status=dropped (client too slow)"), tx_->queue_id));
+  }
+  sleeping_ = false;
+  held_.clear();
+  close_with(why);
+}
+
+void session::refuse_pregreet() {
+  events_.session_log(log_level::warning, "pregreet: the client talked before the greeting");
+  out_.clear();
+  close_with(reply_id::pregreet);
 }
 
 std::size_t session::feed_data(std::span<char> input) {

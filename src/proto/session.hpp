@@ -98,6 +98,12 @@ class session final : delivery_listener, auth_listener {
   void tls_started(std::string description);
   // The delay asked for with session_sleep() is over.
   void wake();
+  // The client kept us waiting too long (reply: timeout or too_slow): 421, close.
+  void time_out(reply_id why);
+  // The client talked before the greeting: 554, close.
+  void refuse_pregreet();
+  // In DATA: the connection applies the data timeout and minimum rate.
+  [[nodiscard]] bool in_data() const noexcept { return mode_ == mode::data; }
   // Send the output, then close.
   [[nodiscard]] bool closing() const noexcept { return closing_; }
   // No transaction open and not waiting: safe to close on shutdown.
@@ -141,6 +147,7 @@ class session final : delivery_listener, auth_listener {
   void check_credentials(std::string user, std::string_view password);
 
   void reply(reply_id id, std::string_view detail = {});
+  void reply_after(std::uint32_t milliseconds, reply_id id, std::string_view detail = {});
   void refuse(reply_id id, std::string_view detail = {});
   void finish_transaction(reply_id id, std::string_view detail, std::string_view status);
   void close_with(reply_id id);
@@ -163,7 +170,9 @@ class session final : delivery_listener, auth_listener {
   bool esmtp_ = false;
   std::optional<transaction> tx_;
   mode mode_ = mode::command;
-  line_reader reader_;
+  // RFC 4954 4: SASL lines may run to 12288 octets; the session holds every
+  // other command to RFC 5321's 512 (4.5.3.1.4).
+  line_reader reader_{12288};
   data_decoder decoder_;
   std::string out_;
   bool in_feed_ = false;
@@ -182,7 +191,9 @@ class session final : delivery_listener, auth_listener {
   std::string pending_user_;  // the user whose password is being checked
   auth_check* auth_check_ = nullptr;
   std::size_t auth_failures_ = 0;
+  std::size_t errors_ = 0;  // protocol errors in this session
   bool sleeping_ = false;
+  std::string held_;  // a reply waiting for the end of a delay
 };
 
 }  // namespace inboxd::proto

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -24,13 +25,19 @@ HELO = "client.test"             # what our clients say in EHLO/HELO
 TIMEOUT = 5.0                    # seconds, for any single wait on the server
 CRLF = b"\r\n"
 
-LISTEN_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+# The plain listeners' lines; the implicit-TLS ones end in " (implicit TLS)".
+LISTEN_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+)(?!\d| \(implicit TLS\))")
+TLS_LISTEN_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+) \(implicit TLS\)")
 QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as ([!-~]+)$")
-# Return-Path line, then the folded Received header, then the body.
+# Return-Path line, then the folded Received header, then the body. With TLS
+# and AUTH the header has "(using TLSv1.2 with cipher ...)" and
+# "(Authenticated sender: USER)" lines, and the protocol is ESMTPS/ESMTPSA.
 STORED_RE = re.compile(
     rb"Return-Path: (?P<return_path><[^\n]*>)\n"
     rb"Received: from (?P<helo>\S+) \(\[127\.0\.0\.1\]\)\n"
-    rb"\tby (?P<host>\S+) \(inboxd\) with (?P<proto>E?SMTP) id (?P<id>\S+?)"
+    rb"(?:\t\(using (?P<tls>[^\n]*)\)\n)?"
+    rb"(?:\t\(Authenticated sender: (?P<auth>[^\n]*)\)\n)?"
+    rb"\tby (?P<host>\S+) \(inboxd\) with (?P<proto>E?SMTPS?A?) id (?P<id>\S+?)"
     rb"(?:\n\tfor (?P<for><[^\n]*>|[^\s;]+))?;(?: |\n\t)(?P<date>[^\n]+)\n",
 )
 
@@ -41,6 +48,17 @@ def run_cli(*args, timeout=TIMEOUT):
                           stdin=subprocess.DEVNULL)
 
 
+def client_tls_context(**kw):
+    """A client TLS context that does not verify (the test certs are self-signed).
+    Keyword arguments are set as attributes (e.g. maximum_version=...)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
 class Server:
     """One inboxd process listening on 127.0.0.1:<free port>.
 
@@ -49,6 +67,7 @@ class Server:
     config file's maildir applies). config: TOML text written to
     <dir>/inboxd.toml and passed with -c. run_as: (uid, gid) to run the
     binary as, through setpriv; the temp dir is then owned by that user.
+    With "--listen-tls 127.0.0.1:0" in args, tls_port is that listener's port.
     """
 
     def __init__(self, *args, sink="maildir", maildir=True, config=None, run_as=None):
@@ -66,6 +85,8 @@ class Server:
         if config is not None:
             self.write_config(config)
             cmd += ["-c", self.config_path]
+        if os.geteuid() == 0 and run_as is None:
+            cmd.append("--allow-root")  # CI runs as root; inboxd refuses that by default
         cmd += list(args)
         if run_as is not None:
             uid, gid = run_as
@@ -79,6 +100,7 @@ class Server:
                                          stdout=subprocess.DEVNULL, stderr=log)
         self.stopped = False
         self.port = self._wait_port()
+        self.tls_port = self._wait_port(TLS_LISTEN_RE) if "--listen-tls" in cmd else None
 
     def write_config(self, text):
         """(Re)writes the config file, atomically (a reload never sees half a file)."""
@@ -101,10 +123,10 @@ class Server:
             time.sleep(0.02)
         return None
 
-    def _wait_port(self):
+    def _wait_port(self, regex=LISTEN_RE):
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            m = LISTEN_RE.search(self.log())
+            m = regex.search(self.log())
             if m:
                 return int(m.group(1))
             if self.proc.poll() is not None:
@@ -185,11 +207,31 @@ class Reply:
 class Client:
     """Raw SMTP client over a socket. Replies must be CRLF-terminated lines."""
 
-    def __init__(self, port, timeout=TIMEOUT):
+    def __init__(self, port, timeout=TIMEOUT, tls=None):
+        """tls: an ssl.SSLContext to start TLS at once (implicit TLS, RFC 8314)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self.buf = b""
+        if tls is not None:
+            self.start_tls(tls)
+
+    def start_tls(self, ctx=None):
+        """TLS handshake over this socket (after a 220 to STARTTLS, or at once
+        for implicit TLS). Bytes already read and not yet parsed are an error:
+        they would be plaintext the server sent after its 220."""
+        if self.buf:
+            raise AssertionError(f"plaintext left before the TLS handshake: {self.buf!r}")
+        self.sock = (ctx or client_tls_context()).wrap_socket(self.sock)
+        return self.sock
+
+    def starttls(self, ctx=None):
+        """STARTTLS, a 220, then the handshake. Returns the 220 reply."""
+        r = self.cmd("STARTTLS")
+        if r.code != 220:
+            raise AssertionError(f"STARTTLS refused: {r!r}")
+        self.start_tls(ctx)
+        return r
 
     def set_timeout(self, timeout):
         """For replies that are slow on purpose (waiting for a lock...)."""
@@ -310,8 +352,9 @@ class InboxdTestCase(unittest.TestCase):
         if not ok:
             self.fail(msg or f"expected {prefix!r}..., got {reply!r}")
 
-    def connect(self, port=None):
-        c = Client(port or self.server.port)
+    def connect(self, port=None, tls=None):
+        """A client that has read the greeting; tls: an ssl.SSLContext for implicit TLS."""
+        c = Client(port or self.server.port, tls=tls)
         self.clients.append(c)
         self.assertEqual(c.reply().lines, [f"220 {HOSTNAME} ESMTP inboxd"])
         return c
