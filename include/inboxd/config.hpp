@@ -58,9 +58,10 @@ struct server_config {
   // command (and for the greeting's first), and for more DATA.
   std::chrono::milliseconds command_timeout{300'000};
   std::chrono::milliseconds data_timeout{180'000};
-  // Below this average rate (bytes/s) after the first minute of DATA the
+  // Below this average rate (bytes/s) after the first window of DATA the
   // client is cut off; 0 is off.
   std::size_t min_data_rate = 500;
+  std::chrono::milliseconds min_data_rate_window{60'000};
   // The greeting waits this long; a client that talks first is refused.
   std::chrono::milliseconds greeting_delay{0};
 

@@ -156,6 +156,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get_count("max-connections-per-ip", cfg.server.max_connections_per_ip);
   r.get_number("connection-rate-per-ip", cfg.server.connection_rate_per_ip);
   r.get_number("min-data-rate", cfg.server.min_data_rate);
+  r.get_seconds("min-data-rate-window", cfg.server.min_data_rate_window);
   r.get("limit-loopback", cfg.server.limit_loopback);
   r.get_count("max-errors", s.max_errors);
   std::size_t error_delay_ms = s.error_delay_ms;

@@ -86,7 +86,8 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_flag("--allow-plaintext-auth", v.server.session.allow_plaintext_auth,
                "offer AUTH without TLS too");
   app.add_flag("--require-auth", v.server.session.require_auth, "MAIL before AUTH gets 530 5.7.0");
-  double command_timeout = 0, data_timeout = 0, greeting_delay = 0, drain_timeout = 0;
+  double command_timeout = 0, data_timeout = 0, greeting_delay = 0, drain_timeout = 0,
+         rate_window = 0;
   app.add_option("--max-connections", v.server.max_connections, "in all (default 10000)")
       ->check(at_least_one);
   app.add_option("--max-connections-per-ip", v.server.max_connections_per_ip,
@@ -107,6 +108,8 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(CLI::PositiveNumber);
   app.add_option("--min-data-rate", v.server.min_data_rate,
                  "bytes/s in DATA after a minute (default 500; 0 off)");
+  app.add_option("--min-data-rate-window", rate_window, "seconds of DATA before the rate counts (60)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--greeting-delay", greeting_delay, "seconds; early talkers get 554 (default 0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--drain-timeout", drain_timeout, "seconds SIGTERM waits (default 30)")
@@ -190,6 +193,8 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([=](app_config& c) { c.server.data_timeout = seconds(data_timeout); });
   if (given("--min-data-rate"))
     o.push_back([=](app_config& c) { c.server.min_data_rate = v.server.min_data_rate; });
+  if (given("--min-data-rate-window"))
+    o.push_back([=](app_config& c) { c.server.min_data_rate_window = seconds(rate_window); });
   if (given("--greeting-delay"))
     o.push_back([=](app_config& c) { c.server.greeting_delay = seconds(greeting_delay); });
   if (given("--drain-timeout"))

@@ -177,7 +177,8 @@ void connection::note_data_rate(std::size_t bytes) {
   data_bytes_ += bytes;
   std::uint64_t elapsed = now - data_start_;
   std::size_t min_rate = srv_.config.min_data_rate;
-  if (min_rate && elapsed >= data_rate_window_ms && data_bytes_ * 1000 / elapsed < min_rate)
+  auto window = static_cast<std::uint64_t>(srv_.config.min_data_rate_window.count());
+  if (min_rate && elapsed >= window && elapsed > 0 && data_bytes_ * 1000 / elapsed < min_rate)
     session_.time_out(proto::reply_id::too_slow);
 }
 
