@@ -125,15 +125,20 @@ path_parse parse_path_arg(std::string_view arg, std::string_view keyword, path_k
   arg.remove_prefix(keyword.size());
   if (!arg.empty() && arg.front() == ' ') arg.remove_prefix(1);
   if (arg.empty() || arg.front() != '<') return {path_error::bad_path, {}};
-  // The path ends at the first '>' outside a quoted string.
+  // The path ends at the first '>' outside a quoted string and outside an
+  // address literal (a general literal may hold '>' and '"').
   std::size_t close = std::string_view::npos;
-  bool quoted = false;
+  bool quoted = false, literal = false;
   for (std::size_t i = 1; i < arg.size(); ++i) {
     char c = arg[i];
-    if (quoted && c == '\\') {
+    if (literal) {
+      literal = c != ']';
+    } else if (quoted && c == '\\') {
       ++i;
     } else if (c == '"') {
       quoted = !quoted;
+    } else if (!quoted && c == '[' && arg[i - 1] == '@') {
+      literal = true;
     } else if (c == '>' && !quoted) {
       close = i;
       break;
@@ -201,6 +206,12 @@ bool is_domain(std::string_view s) noexcept {
 bool is_address_literal(std::string_view s) noexcept {
   if (s.size() < 3 || s.front() != '[' || s.back() != ']') return false;
   std::string_view body = s.substr(1, s.size() - 2);
+  // dcontent is printable ASCII (RFC 5321 4.1.3); checked first, so that no
+  // NUL can end the text inet_pton() sees early.
+  for (char c : body) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 33 || u > 126) return false;
+  }
   std::array<char, 64> buf{};
   unsigned char addr[16];
   auto parse = [&](int family, std::string_view text) {

@@ -21,6 +21,18 @@ std::string queue_id_source::next() {
   return fmt::format(FMT_STRING("{}{:06X}"), prefix_, ++counter_ & 0xffffffU);
 }
 
+std::string printable(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u >= 32 && u < 127 && c != '\\')
+      out += c;
+    else
+      fmt::format_to(std::back_inserter(out), FMT_STRING("\\x{:02x}"), u);
+  }
+  return out;
+}
+
 std::string rfc5322_date(std::int64_t unix_time) {
   static constexpr std::string_view days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
   static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -364,13 +376,15 @@ void session::auth_checked(bool ok) noexcept {
   auth_check_ = nullptr;
   if (ok && !pending_user_.empty()) {
     user_ = std::move(pending_user_);
-    events_.session_log(log_level::info, fmt::format(FMT_STRING("auth: user={} ok"), user_));
+    events_.session_log(log_level::info,
+                        fmt::format(FMT_STRING("auth: user={} ok"), printable(user_)));
     reply(reply_id::auth_ok);
   } else {
     ++auth_failures_;
-    events_.session_log(log_level::warning,
-                        fmt::format(FMT_STRING("auth: user={} failed ({} of {})"), pending_user_,
-                                    auth_failures_, limits().max_auth_failures));
+    events_.session_log(
+        log_level::warning,
+        fmt::format(FMT_STRING("auth: user={} failed ({} of {})"), printable(pending_user_),
+                    auth_failures_, limits().max_auth_failures));
     if (auth_failures_ >= limits().max_auth_failures) {
       close_with(reply_id::auth_too_many);
     } else {
@@ -515,7 +529,8 @@ std::string session::received_header() const {
                               client_address_);
   auto out = std::back_inserter(h);
   if (!tls_.empty()) fmt::format_to(out, FMT_STRING("\t(using {})\n"), tls_);
-  if (!user_.empty()) fmt::format_to(out, FMT_STRING("\t(Authenticated sender: {})\n"), user_);
+  if (!user_.empty())
+    fmt::format_to(out, FMT_STRING("\t(Authenticated sender: {})\n"), printable(user_));
   // RFC 3848: ESMTP, plus S with TLS and A with AUTH.
   std::string protocol = esmtp_ ? "ESMTP" : "SMTP";
   if (esmtp_ && !tls_.empty()) protocol += 'S';

@@ -57,6 +57,10 @@ class queue_id_source {
   std::uint64_t counter_ = 0;
 };
 
+// Text safe for a log line or a header: bytes outside printable ASCII (and
+// the backslash) become \xHH.
+[[nodiscard]] std::string printable(std::string_view s);
+
 // The date of a trace header, RFC 5322 3.3, in UTC.
 [[nodiscard]] std::string rfc5322_date(std::int64_t unix_time);
 

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of tests/fuzz/corpus/<harness>/.
+
+Run from anywhere: python3 tests/fuzz/make_corpus.py. It replaces the files it
+writes (seed-*) and leaves any other file (inputs libFuzzer found and someone
+chose to keep) alone. Each harness reads a few control bytes before the wire
+bytes; the layouts are in the comment at the top of each fuzz_<name>.cpp.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+
+
+def seed(n):
+    return struct.pack(">Q", (n * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+
+
+def write(harness, name, data):
+    d = os.path.join(CORPUS, harness)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+def crlf(*lines):
+    return b"".join(l + b"\r\n" for l in lines)
+
+
+# ---------------------------------------------------------------- line_reader
+# byte 0: the limit (0 is 512; 1..127 as is; 128.. is 512 + 4 * (b - 128)); 8 seed bytes.
+def line_reader():
+    cases = {
+        "ehlo": (0, crlf(b"EHLO client.example", b"MAIL FROM:<a@b.example>", b"QUIT")),
+        "bare-lf": (0, b"EHLO a\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\r\nDATA\n"),
+        "bare-cr": (0, b"HELO a\rb\r\nNOOP\r\r\n\r\n"),
+        "exact-512": (0, b"NOOP " + b"x" * 505 + b"\r\n" + b"NOOP\r\n"),
+        "over-512": (0, b"NOOP " + b"x" * 506 + b"\r\nQUIT\r\n"),
+        "over-no-lf": (0, b"X" * 700),
+        "over-then-more": (0, b"Y" * 600 + b"\r" + b"\nNOOP\r\n" + b"Z" * 10),
+        "small-limit": (10, b"12345678\r\n123456789\r\n1234567\n\n\r\n"),
+        "limit-1": (1, b"\n\r\nA\r\n"),
+        "empty-lines": (0, b"\r\n\n\r\n\r\r\n"),
+        "partial": (0, b"MAIL FROM:<a@b.example"),
+        "nul-8bit": (0, b"EHLO \x00\xff\xfe\r\nNOOP \x80\r\n"),
+        "cr-at-limit": (20, b"A" * 18 + b"\r\nB" * 3 + b"A" * 19 + b"\r\n"),
+        "long-limit": (200, (b"W" * 800 + b"\r\n") * 3),
+        "pipeline": (0, crlf(b"EHLO x", b"MAIL FROM:<>", b"RCPT TO:<postmaster>", b"DATA") + b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n"),
+    }
+    for i, (name, (limit, wire)) in enumerate(cases.items()):
+        write("line_reader", name, bytes([limit]) + seed(i + 1) + wire)
+
+
+# -------------------------------------------------------------------- command
+def command():
+    lines = {
+        "mail": b"MAIL FROM:<alice@example.com> SIZE=1000 BODY=8BITMIME",
+        "mail-null": b"MAIL FROM:<>",
+        "mail-space": b"mail from: <bob@example.org>",
+        "rcpt": b"RCPT TO:<bob@example.org>",
+        "rcpt-postmaster": b"RCPT TO:<Postmaster>",
+        "rcpt-source-route": b"RCPT TO:<@relay.example,@b.example:user@example.com>",
+        "quoted": b"TO:<\"john q. public\"@example.com>",
+        "quoted-escapes": b"TO:<\"a\\\"b\\\\c\"@example.com>",
+        "quoted-at": b"FROM:<\"a@b\"@example.com>",
+        "ipv4": b"user@[192.0.2.1]",
+        "ipv6": b"user@[IPv6:2001:db8::1]",
+        "general-literal": b"user@[x-tag:some@content]",
+        "literal-gt": b"a@[x:>]",
+        "literal-quote": b"a@[x:\"]",
+        "local-64": b"l" * 64 + b"@example.com",
+        "local-65": b"l" * 65 + b"@example.com",
+        "label-63": b"user@" + b"d" * 63 + b".example",
+        "domain-255": b"u@" + b".".join([b"a" * 63] * 4),
+        "path-256": b"TO:<" + b"u" * 60 + b"@" + b".".join([b"b" * 60] * 3) + b"." + b"c" * 10 + b">",
+        "params": b"A=1 B-2=x BODY=7BIT  SIZE=  =v -K=1",
+        "dots": b"a..b@example.com",
+        "trailing-dot": b"a.@example.com.",
+        "helo": b"EHLO  [192.0.2.1]  ",
+        "tabs": b"rcpt\tTO:<a@b>",
+        "verbs": b"VRFY postmaster",
+        "noparam-junk": b"FROM:<a@b>junk",
+        "ipv6-long": b"x@[IPv6:" + b"1:" * 40 + b"1]",
+    }
+    for name, line in lines.items():
+        write("command", name, line)
+
+
+# --------------------------------------------------------------- data_decoder
+# byte 0: bit 0 set means the DATA line ended in a bare LF; 8 seed bytes.
+def data_decoder():
+    bodies = {
+        "simple": (0, b"Subject: hi\r\n\r\nHello\r\n.\r\n"),
+        "empty": (0, b".\r\n"),
+        "empty-after-lf": (1, b".\r\n.\r\nx\r\n.\r\n"),
+        "stuffed": (0, b"..leading dot\r\n...\r\n.\r\n"),
+        "smuggle-lf": (0, b"text\n.\nMAIL FROM:<evil@x>\r\n.\r\n"),
+        "smuggle-mixed": (0, b"a\r\n.\nb\n.\r\nc\r.\r\nd\r\n.\r\n"),
+        "smuggle-cr": (0, b"a\r.\rMAIL FROM:<e@x>\r\n.\r\n"),
+        "bare-cr": (0, b"a\rb\r\r\n\r\r\n.\r\n"),
+        "bare-lf": (0, b"a\nb\n\n.\r\n"),
+        "two-messages": (0, b"one\r\n.\r\ntwo\r\n..\r\n.\r\n"),
+        "dot-cr-tail": (0, b"line\r\n.\r"),
+        "dot-tail": (0, b"line\r\n."),
+        "cr-tail": (0, b"line\r"),
+        "dot-cr-x": (0, b"\r\n.\rx\r\n.\r\n"),
+        "long": (0, (b"x" * 1000 + b"\r\n") * 4 + b".\r\n"),
+        "nul-8bit": (0, b"\x00\xff\r\n\x80.\r\n.\r\n"),
+        "crcrlf": (0, b"\r\r\n.\r\n"),
+        "after-bare-dot": (1, b".\r\n.\r\n"),
+    }
+    for i, (name, (flags, body)) in enumerate(bodies.items()):
+        write("data_decoder", name, bytes([flags]) + seed(i + 100) + body)
+
+
+# -------------------------------------------------------------------- session
+# byte 0: bit 0 reject bare newlines; bits 1-3 size index; bits 4-6 recipient
+#   index; bit 7 disconnect at the end.
+# byte 1: bits 0-1 pauses; bits 2-3 commit mode; bit 4 shutdown; bit 5
+#   disconnect; bit 6 IPv6; bit 7 reload.
+# byte 2: bits 0-1 recipient rules.
+# byte 3: bit 0 AUTH; bit 1 STARTTLS; bit 2 plaintext AUTH; bit 3 require TLS;
+#   bit 4 require AUTH; bits 5-6 max AUTH failures (1, 2, 3, 1000).
+SIZE = {0: 0, 1: 1, 16: 2, 100: 3, 1000: 4, 65536: 5, 10240000: 6, 300: 7}
+RCPT = {0: 0, 1: 1, 2: 2, 3: 3, 5: 4, 100: 5, 1000: 6}
+
+
+def control(reject=False, size=10240000, rcpts=1000, disconnect_end=False, pauses=0,
+            commit=0, shutdown=False, disconnect=False, v6=False, reload=False, rules=0,
+            auth=False, tls=False, plain_auth=False, need_tls=False, need_auth=False, failures=2):
+    b0 = (1 if reject else 0) | SIZE[size] << 1 | RCPT[rcpts] << 4 | (0x80 if disconnect_end else 0)
+    b1 = (pauses | commit << 2 | (0x10 if shutdown else 0) | (0x20 if disconnect else 0)
+          | (0x40 if v6 else 0) | (0x80 if reload else 0))
+    b3 = ((1 if auth else 0) | (2 if tls else 0) | (4 if plain_auth else 0) | (8 if need_tls else 0)
+          | (16 if need_auth else 0) | failures << 5)
+    return bytes([b0, b1, rules, b3])
+
+
+def tx(sender=b"<alice@example.com>", rcpts=(b"<bob@example.org>",), body=b"Subject: t\r\n\r\nhi\r\n"):
+    out = b"MAIL FROM:" + sender + b"\r\n"
+    for r in rcpts:
+        out += b"RCPT TO:" + r + b"\r\n"
+    return out + b"DATA\r\n" + body + b".\r\n"
+
+
+def session():
+    ehlo = b"EHLO client.example\r\n"
+    cases = {
+        "basic": (control(), ehlo + tx() + b"QUIT\r\n"),
+        "helo": (control(pauses=1), b"HELO client\r\n" + tx(sender=b"<>") +
+                 b"MAIL FROM:<a@b.example> SIZE=10\r\nQUIT\r\n"),
+        "pipelined": (control(pauses=2, commit=1),
+                      ehlo + tx(rcpts=(b"<a@x.example>", b"<b@x.example>", b"<c@x.example>"))
+                      + tx(sender=b"<>", body=b"..dot\r\n.\r\n" + b"x\r\n") + b"QUIT\r\n"),
+        "smuggling": (control(commit=2), ehlo + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+                      b"x\n.\nMAIL FROM:<evil@e.example>\r\nRCPT TO:<v@d.example>\r\nDATA\r\n"
+                      b"smuggled\r\n.\n\r\n.\rRSET\r\n\r\n.\r\nQUIT\r\n"),
+        "smuggling-reject": (control(reject=True), ehlo + tx(body=b"x\n.\nMAIL FROM:<e@x>\r\n") + b"QUIT\r\n"),
+        "bare-lf-commands": (control(), b"EHLO a\nMAIL FROM:<a@b.example>\nRCPT TO:<c@d.example>\nDATA\n.\r\n.\r\nQUIT\n"),
+        "bare-lf-reject": (control(reject=True), b"EHLO a\nEHLO b\r\nNOOP\r\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nbare\rcr\r\n.\r\nQUIT\r\n"),
+        "long-lines": (control(pauses=3), ehlo + b"NOOP " + b"x" * 600 + b"\r\nMAIL FROM:<" + b"a" * 300 + b"@b>\r\n"
+                       + tx(body=(b"y" * 2000 + b"\r\n") * 3) + b"QUIT\r\n"),
+        "params": (control(size=1000), ehlo + b"MAIL FROM:<a@b.example> SIZE=999 BODY=8BITMIME\r\nRSET\r\n"
+                   b"MAIL FROM:<a@b.example> SIZE=1001\r\nMAIL FROM:<a@b.example> SIZE=x\r\n"
+                   b"MAIL FROM:<a@b.example> BODY=BINARYMIME\r\nMAIL FROM:<a@b.example> FOO=bar\r\n"
+                   b"MAIL FROM:<a@b.example> SIZE=99999999999999999999999\r\n"
+                   b"RCPT TO:<c@d.example> NOTIFY=NEVER\r\nQUIT\r\n"),
+        "too-many-rcpts": (control(rcpts=2, commit=1), ehlo + tx(rcpts=(b"<a@x.example>", b"<b@x.example>", b"<c@x.example>"))
+                           + b"QUIT\r\n"),
+        "too-big": (control(size=100, pauses=1), ehlo + tx(body=b"z" * 150 + b"\r\n") + tx(body=b"ok\r\n") + b"QUIT\r\n"),
+        "sequence": (control(), b"MAIL FROM:<a@b>\r\n" + ehlo + b"RCPT TO:<a@b.example>\r\nDATA\r\n"
+                     b"MAIL FROM:<a@b.example>\r\nMAIL FROM:<a@b.example>\r\nDATA\r\nRCPT TO:<bad>\r\nDATA\r\n"
+                     b"RSET x\r\nRSET\r\nDATA x\r\nQUIT x\r\nQUIT\r\n"),
+        "addresses": (control(pauses=1, commit=2), ehlo + tx(sender=b"<\"quoted local\"@example.com>",
+                      rcpts=(b"<user@[192.0.2.1]>", b"<u@[IPv6:2001:db8::1]>", b"<x@[tag:c@d]>",
+                             b"<@r1.example,@r2.example:s@example.com>", b"<Postmaster>", b" <sp@example.com>",
+                             b"<\"a\\\"b\"@example.com>", b"<a..b@example.com>", b"<no-at>", b"<>"))
+                      + b"QUIT\r\n"),
+        "policy-domains": (control(commit=1, rules=1), ehlo + tx(rcpts=(b"<team@example.com>", b"<ALICE+tag@Example.COM>",
+                           b"<nobody@example.com>", b"<x@sub.example.net>", b"<x@example.net>", b"<postmaster>",
+                           b"<carol@example.com>", b"<a@elsewhere.example>")) + b"QUIT\r\n"),
+        "policy-odd": (control(rules=2, pauses=2), ehlo + tx(rcpts=(b"<empty@Example.COM>",)) +
+                       tx(rcpts=(b"<dup@example.com>", b"<alice@example.com>", b"<Alice@example.com>", b"<postmaster@example.com>"))
+                       + b"QUIT\r\n"),
+        "policy-catchall": (control(rules=3, rcpts=3), ehlo + tx(rcpts=(b"<a-b@example.org>", b"<a-c@example.org>",
+                            b"<\"\"@example.org>", b"<Postmaster>", b"<x@example.com>")) + b"QUIT\r\n"),
+        "empty-message": (control(commit=1, size=0), ehlo + tx(body=b"") + tx(body=b"a\r\n") + b"QUIT\r\n"),
+        "misc-verbs": (control(), b"noop\r\nhelp\r\nvrfy\r\nVRFY a\r\nEXPN a\r\nSTARTTLS\r\n\r\nhelo\r\nehlo\r\n"
+                       b"QUIT\r\nMAIL FROM:<a@b.example>\r\n"),
+        "shutdown": (control(shutdown=True, commit=1, pauses=1), ehlo + tx() + tx() + b"NOOP\r\n" * 4 + b"QUIT\r\n"),
+        "disconnect": (control(disconnect=True, commit=1, pauses=2, disconnect_end=True),
+                       ehlo + tx(body=b"a\r\n" * 50) + tx(body=b"b\r\n" * 50) + b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\npartial"),
+        "reload": (control(reload=True, commit=2, pauses=1, v6=True), ehlo + (tx() + b"NOOP\r\n") * 6 + b"QUIT\r\n"),
+        "binary": (control(pauses=1), ehlo + tx(body=bytes(range(256)) + b"\r\n") + b"\x00\xff\r\nQUIT\r\n"),
+        "starttls": (control(tls=True, auth=True, need_tls=True), ehlo + b"MAIL FROM:<a@b.example>\r\nSTARTTLS\r\n"
+                     b"MAIL FROM:<injected@x.example>\r\n" + ehlo + b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n" + tx() + b"STARTTLS\r\nQUIT\r\n"),
+        "starttls-args": (control(tls=True), ehlo + b"STARTTLS x\r\n" + b"MAIL FROM:<a@b.example>\r\nSTARTTLS\r\nRSET\r\nSTARTTLS\r\nEHLO again\r\nQUIT\r\n"),
+        "auth-plain": (control(auth=True, plain_auth=True, need_auth=True, commit=1),
+                       ehlo + b"MAIL FROM:<a@b.example>\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nAUTH PLAIN =\r\n" + tx() + b"QUIT\r\n"),
+        "auth-plain-challenge": (control(auth=True, plain_auth=True),
+                                 ehlo + b"AUTH PLAIN\r\nYWxpY2UAYWxpY2UAc2VjcmV0\r\n" + tx() + b"QUIT\r\n"),
+        "auth-login": (control(auth=True, plain_auth=True, failures=3, pauses=1),
+                       ehlo + b"AUTH LOGIN\r\nYWxpY2U=\r\nd3Jvbmc=\r\nAUTH LOGIN YWxpY2U=\r\nc2VjcmV0\r\n" + tx() + b"QUIT\r\n"),
+        "auth-failures": (control(auth=True, plain_auth=True, failures=1),
+                          ehlo + b"AUTH LOGIN\r\n*\r\nAUTH PLAIN !!!\r\nAUTH CRAM-MD5\r\nAUTH PLAIN AHgAeQ==\r\nAUTH PLAIN AHgAeQ==\r\nQUIT\r\n"),
+        "auth-no-tls": (control(auth=True), ehlo + b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nHELO x\r\nAUTH LOGIN\r\nQUIT\r\n"),
+        "many-small": (control(size=300, commit=2, pauses=1, rcpts=1),
+                       ehlo + b"".join(tx(body=b"n%d\r\n" % i) for i in range(12)) + b"QUIT\r\n"),
+    }
+    for i, (name, (ctl, wire)) in enumerate(cases.items()):
+        write("session", name, ctl + seed(i + 200) + wire)
+
+
+if __name__ == "__main__":
+    line_reader()
+    command()
+    data_decoder()
+    session()
