@@ -4,6 +4,7 @@
 // call. The default writes to stderr with a timestamp.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 namespace inboxd {
@@ -17,5 +18,8 @@ struct logger {
 
 // A logger that writes "YYYY-mm-ddTHH:MM:SS.mmmZ inboxd[pid]: level: line" to stderr.
 logger stderr_logger();
+
+// Appends one line in that form, with its newline, to out.
+void format_log_line(std::string& out, log_level level, std::string_view line);
 
 }  // namespace inboxd

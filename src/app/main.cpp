@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -30,16 +31,67 @@ namespace {
 
 using inboxd::app::app_config;
 
+// Log lines gather during one turn of the loop and leave in one write before
+// the loop next waits for I/O (a uv_prepare handle runs just before each
+// poll): a busy server writes its log once per turn, not once per line, and
+// no line waits while the loop sleeps. Before the loop runs and after the
+// handle is closed, lines go out at once.
+class log_batch {
+ public:
+  void start(uv_loop_t* loop) {
+    uv_prepare_init(loop, &prepare_);
+    prepare_.data = this;
+    uv_prepare_start(&prepare_, [](uv_prepare_t* h) { static_cast<log_batch*>(h->data)->flush(); });
+    uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));  // The log keeps no loop alive.
+    open_ = true;
+  }
+  void stop() {
+    if (!open_) return;
+    flush();
+    open_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&prepare_), nullptr);
+  }
+  void write(inboxd::log_level level, std::string_view line) {
+    inboxd::format_log_line(lines_, level, line);
+    if (!open_ || lines_.size() > 64 * 1024) flush();
+  }
+  void flush() {
+    std::string_view rest = lines_;
+    while (!rest.empty()) {
+      ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // Nowhere to log to: drop the lines, keep serving.
+      rest.remove_prefix(static_cast<std::size_t>(n));
+    }
+    lines_.clear();
+  }
+  inboxd::logger logger() {
+    return {[](void* ctx, inboxd::log_level level, std::string_view line) {
+              static_cast<log_batch*>(ctx)->write(level, line);
+            },
+            this};
+  }
+
+ private:
+  uv_prepare_t prepare_{};
+  std::string lines_;
+  bool open_ = false;
+};
+
+log_batch& the_log() {
+  static log_batch batch;
+  return batch;
+}
+
 // The program's own lines go where the library's do, in the same form.
 template <typename... Args>
 void say(inboxd::log_level level, fmt::format_string<Args...> f, Args&&... args) {
-  static const inboxd::logger log = inboxd::stderr_logger();
-  log.write(log.ctx, level, fmt::format(f, std::forward<Args>(args)...));
+  the_log().write(level, fmt::format(f, std::forward<Args>(args)...));
 }
 
 struct command_line {
   std::string config_file;
-  bool check_config = false;
+  bool prepare_config = false;
   // The flags that were given, applied over the config file (again on reload).
   std::vector<std::function<void(app_config&)>> overrides;
 };
@@ -64,7 +116,7 @@ int parse(int argc, char** argv, command_line& cl) {
   std::vector<std::string> listen, domains;
   std::string bare_newline;
   app.add_option("-c,--config", cl.config_file, "TOML config file (see inboxd.example.toml)");
-  app.add_flag("--check-config", cl.check_config, "validate the config and exit: 0 ok, 2 not");
+  app.add_flag("--check-config", cl.prepare_config, "validate the config and exit: 0 ok, 2 not");
   app.add_option("--listen", listen, "ADDR:PORT to listen on, repeatable (default 127.0.0.1:2525)");
   app.add_option("--domain", domains, "a domain to accept mail for, repeatable (default: any)");
   app.add_option("--maildir", v.maildir, "Maildir, or a template with {domain} and {user}");
@@ -108,7 +160,8 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(CLI::PositiveNumber);
   app.add_option("--min-data-rate", v.server.min_data_rate,
                  "bytes/s in DATA after a minute (default 500; 0 off)");
-  app.add_option("--min-data-rate-window", rate_window, "seconds of DATA before the rate counts (60)")
+  app.add_option("--min-data-rate-window", rate_window,
+                 "seconds of DATA before the rate counts (60)")
       ->check(CLI::PositiveNumber);
   app.add_option("--greeting-delay", greeting_delay, "seconds; early talkers get 554 (default 0)")
       ->check(CLI::NonNegativeNumber);
@@ -394,6 +447,7 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
           auto* r = static_cast<runtime*>(ctx);
           for (uv_signal_t* h : {&r->sigterm, &r->sigint, &r->sighup})
             uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
+          the_log().stop();
         },
         rt);
   } else {
@@ -414,7 +468,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}\n", error);
     return 2;
   }
-  if (cl.check_config) {
+  if (cl.prepare_config) {
     fmt::print(stderr, "{}: ok\n", cl.config_file.empty() ? "(command line)" : cl.config_file);
     return 0;
   }
@@ -429,7 +483,8 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
   }
-  inboxd::server srv(loop, cfg.server, sink);
+  the_log().start(loop);
+  inboxd::server srv(loop, cfg.server, sink, the_log().logger());
   sink.reset();
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
