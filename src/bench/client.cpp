@@ -32,6 +32,7 @@ client::client(run& r, unsigned index) : run_(r), index_(index) {
   std::size_t batch = 64 + (r.opt().recipients + 1) * 96;
   out_.reserve(batch);
   sending_.reserve(batch);
+  if (r.opt().tls != tls_mode::none) tls_ = std::make_unique<tls_client_stream>(*r.tls_config());
 }
 
 void client::connect() {
@@ -45,6 +46,8 @@ void client::connect() {
   session_failed_ = session_ok_ = false;
   session_messages_ = 0;
   tx_ = next_tx_ = {};
+  tls_on_ = false;
+  cipher_sending_.clear();
   uv_tcp_init(run_.loop(), &tcp_);
   tcp_.data = this;
   connect_req_.data = this;
@@ -68,12 +71,20 @@ void client::on_connected(int status) {
   uv_tcp_nodelay(&tcp_, 1);
   if (int rc = uv_read_start(stream(), alloc_cb, read_cb); rc != 0)
     return fail(classify(rc, false), rc);
+  // RFC 8314 3.3: with implicit TLS the handshake comes first, the greeting inside.
+  if (run_.opt().tls == tls_mode::implicit) return begin_tls();
   state_ = state::greeting;
   expect_reply();
 }
 
 void client::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) noexcept {
   auto* c = static_cast<client*>(handle->data);
+  if (c->tls_on_) {
+    // Ciphertext goes to the stream's fixed buffer, empty between reads.
+    auto space = c->tls_->read_space();
+    *buf = uv_buf_init(space.data(), static_cast<unsigned>(space.size()));
+    return;
+  }
   // on_read() fails the connection before the buffer is ever full.
   *buf = uv_buf_init(c->in_.data() + c->in_len_, static_cast<unsigned>(in_capacity - c->in_len_));
 }
@@ -91,17 +102,53 @@ void client::on_read(ssize_t nread) {
     if (state_ == state::quit) return close();
     return fail(classify(static_cast<int>(nread), false), static_cast<int>(nread));
   }
-  in_len_ += static_cast<std::size_t>(nread);
+  if (!tls_on_) {
+    in_len_ += static_cast<std::size_t>(nread);
+    process_lines();
+    return;
+  }
+  tls_->received(static_cast<std::size_t>(nread));
+  if (state_ == state::handshake && !advance_handshake()) return;
+  if (state_ == state::handshake) return;
+  // Decrypt into in_ and handle whole lines, until mbedTLS has taken every
+  // byte of ciphertext (it keeps a partial record itself).
+  while (state_ != state::closing) {
+    std::size_t n = 0;
+    auto st = tls_->read(in_.data() + in_len_, in_capacity - in_len_, n);
+    if (st == tls_client_stream::status::want_read) break;
+    if (st == tls_client_stream::status::closed) return fail(conn_error::closed);
+    if (st == tls_client_stream::status::failed) return fail_tls(tls_->error());
+    in_len_ += n;
+    if (!process_lines()) return;
+  }
+}
+
+bool client::process_lines() {
+  const bool was_tls = tls_on_;
   std::size_t pos = 0;
   while (pos < in_len_) {
     reply_line line;
     std::size_t used = 0;
     auto status = parse_reply_line({in_.data() + pos, in_len_ - pos}, line, used);
     if (status == reply_status::incomplete) break;
-    if (status == reply_status::malformed) return fail(conn_error::protocol);
+    if (status == reply_status::malformed) {
+      fail(conn_error::protocol);
+      return false;
+    }
     pos += used;
     // The line's text is borrowed from in_; on_reply_line() uses it before returning.
-    if (!on_reply_line(line)) return;
+    if (!on_reply_line(line)) return false;
+    if (tls_on_ != was_tls) {
+      // RFC 3207 4: the 220 to STARTTLS is the last plaintext. Anything after
+      // it was not protected by TLS (a man in the middle could have put it
+      // there), so it is not taken as a reply.
+      if (pos != in_len_) {
+        fail(conn_error::protocol);
+        return false;
+      }
+      in_len_ = 0;
+      return true;
+    }
   }
   // Compact between lines only: what is left is the start of a line.
   if (pos > 0) {
@@ -109,7 +156,11 @@ void client::on_read(ssize_t nread) {
     in_len_ -= pos;
   }
   // A reply line longer than the whole buffer is not SMTP (RFC 5321 4.5.3.1.5: 512).
-  if (in_len_ == in_capacity) fail(conn_error::protocol);
+  if (in_len_ == in_capacity) {
+    fail(conn_error::protocol);
+    return false;
+  }
+  return true;
 }
 
 bool client::on_reply_line(const reply_line& line) {
@@ -129,20 +180,16 @@ bool client::on_reply(int code) {
     case state::closing: fail(conn_error::protocol); break;
     case state::greeting:
       if (!ok) {
-        run_.session_refused(code);
+        run_.session_refused(code, "the session");
         fail(conn_error::rejected);
         break;
       }
-      out_.append("EHLO ").append(run_.opt().helo).append(crlf);
-      ehlo_pipelining_ = false;
-      state_ = state::ehlo;
-      expect_reply();
-      flush();
+      send_ehlo();
       break;
     case state::ehlo:
       if (ok) {
         pipelining_ = ehlo_pipelining_ && run_.opt().pipelining;
-        on_session_up();
+        after_ehlo();
       } else if (code >= 500 && code <= 502) {
         // An old server: RFC 5321 4.1.4 lets the client fall back to HELO.
         out_.append("HELO ").append(run_.opt().helo).append(crlf);
@@ -150,17 +197,40 @@ bool client::on_reply(int code) {
         expect_reply();
         flush();
       } else {
-        run_.session_refused(code);
+        run_.session_refused(code, "the session");
         fail(conn_error::rejected);
       }
       break;
     case state::helo:
       if (!ok) {
-        run_.session_refused(code);
+        run_.session_refused(code, "the session");
         fail(conn_error::rejected);
         break;
       }
       pipelining_ = false;
+      after_ehlo();
+      break;
+    case state::starttls:
+      if (code != 220) {
+        run_.session_refused(code, "STARTTLS");
+        fail(conn_error::tls);
+        break;
+      }
+      begin_tls();
+      break;
+    case state::handshake:
+      // Lines are parsed only from plaintext, so this is a reply that
+      // arrived unasked in the clear before the handshake (see process_lines).
+      fail(conn_error::protocol);
+      break;
+    case state::auth:
+      if (code != 235) {
+        // RFC 4954 6: 535 is bad credentials; every refusal counts by code.
+        run_.session_refused(code, "AUTH");
+        fail(conn_error::auth);
+        break;
+      }
+      run_.auth_accepted();
       on_session_up();
       break;
     case state::ready:
@@ -277,10 +347,74 @@ void client::end_refused(int code) {
   tx_.active = false;
 }
 
+void client::send_ehlo() {
+  out_.append("EHLO ").append(run_.opt().helo).append(crlf);
+  ehlo_pipelining_ = false;
+  state_ = state::ehlo;
+  expect_reply();
+  flush();
+}
+
+// After EHLO (or HELO): STARTTLS first when asked for and not done yet,
+// then AUTH, each one round trip (RFC 3207 4: STARTTLS ends a pipelined
+// group; nothing goes with it).
+void client::after_ehlo() {
+  if (run_.opt().tls == tls_mode::starttls && !tls_on_) {
+    out_.append("STARTTLS\r\n");
+    state_ = state::starttls;
+    expect_reply();
+    flush();
+    return;
+  }
+  if (!run_.opt().auth_user.empty()) {
+    out_.append(run_.auth_line());
+    state_ = state::auth;
+    expect_reply();
+    flush();
+    return;
+  }
+  on_session_up();
+}
+
+// The ClientHello leaves now; reads go to the stream from here on.
+void client::begin_tls() {
+  if (int rc = tls_->start(run_.opt().tls_resume); rc != 0) return fail_tls(rc);
+  tls_on_ = true;
+  state_ = state::handshake;
+  handshake_ns_ = uv_hrtime();
+  expect_reply();
+  advance_handshake();
+}
+
+// Returns false when the client is closing.
+bool client::advance_handshake() {
+  auto st = tls_->handshake();
+  send_cipher();
+  if (state_ == state::closing) return false;
+  switch (st) {
+    case tls_client_stream::status::want_read: return true;
+    case tls_client_stream::status::closed: fail(conn_error::closed); return false;
+    case tls_client_stream::status::failed: fail_tls(tls_->error()); return false;
+    case tls_client_stream::status::ok: break;
+  }
+  run_.handshake_done(handshake_ns_, tls_->resumed(), tls_->version(), tls_->cipher());
+  if (run_.opt().tls == tls_mode::implicit) {
+    state_ = state::greeting;
+    expect_reply();
+  } else {
+    // RFC 3207 4.2: the server forgot everything; EHLO again.
+    send_ehlo();
+  }
+  return state_ != state::closing;
+}
+
+void client::fail_tls(int mbedtls_code) {
+  run_.tls_failed(mbedtls_code);
+  fail(conn_error::tls);
+}
+
 void client::on_session_up() {
-  run_.session_up(connect_ns_, ehlo_pipelining_ && state_ == state::ehlo);
-  // STARTTLS (then EHLO again) and AUTH go here once the client has them:
-  // each is one more state before ready, driven by on_reply like EHLO.
+  run_.session_up(connect_ns_, ehlo_pipelining_);
   state_ = state::ready;
   start_message();
 }
@@ -450,6 +584,16 @@ void client::flush() {
 // sending_ first (the caller clears out_ at once); that happens only when the
 // socket buffer is full. Other buffers are static message text.
 void client::write_bufs(uv_buf_t* bufs, unsigned count, bool last_is_out) {
+  if (tls_on_) {
+    // Encrypted at once (the stream copies), so out_ and the text are free
+    // again on return, as below.
+    for (unsigned i = 0; i < count; ++i) {
+      if (tls_->add({bufs[i].base, bufs[i].len}) != tls_client_stream::status::ok)
+        return fail_tls(tls_->error());
+    }
+    if (tls_->flush() != tls_client_stream::status::ok) return fail_tls(tls_->error());
+    return send_cipher();
+  }
   std::size_t total = 0;
   for (unsigned i = 0; i < count; ++i) total += bufs[i].len;
   run_.count_write(total);
@@ -474,6 +618,33 @@ void client::write_bufs(uv_buf_t* bufs, unsigned count, bool last_is_out) {
   }
 }
 
+// Writes the stream's ciphertext: what the socket takes now, the rest with
+// uv_write from cipher_sending_ (swapped in, not copied), so that mbedTLS can
+// go on appending to output() while it is out. Called again from write_cb
+// for what collected meanwhile (handshake messages, records made while a
+// write was out).
+void client::send_cipher() {
+  std::string& out = tls_->output();
+  if (out.empty() || writing_ || state_ == state::closing) return;
+  run_.count_write(out.size());
+  uv_buf_t buf = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
+  int n = uv_try_write(stream(), &buf, 1);
+  if (n == UV_EAGAIN) n = 0;
+  if (n < 0) return fail(classify(n, false), n);
+  if (static_cast<std::size_t>(n) == out.size()) {
+    out.clear();
+    return;
+  }
+  cipher_sending_.swap(out);
+  out.clear();
+  buf = uv_buf_init(cipher_sending_.data() + n, static_cast<unsigned>(cipher_sending_.size() - n));
+  writing_ = true;
+  if (int rc = uv_write(&write_req_, stream(), &buf, 1, write_cb); rc != 0) {
+    writing_ = false;
+    fail(classify(rc, false), rc);
+  }
+}
+
 void client::write_cb(uv_write_t* req, int status) noexcept {
   auto* c = static_cast<client*>(req->data);
   c->writing_ = false;
@@ -481,6 +652,9 @@ void client::write_cb(uv_write_t* req, int status) noexcept {
   if (status < 0) return c->fail(classify(status, false), status);
   // The server has everything now; its reply is due within the timeout.
   if (c->deadline_ms_) c->expect_reply();
+  // Ciphertext made while the write was out goes first: records must leave
+  // in the order they were made.
+  if (c->tls_on_) c->send_cipher();
   if (c->text_queued_) {
     c->text_queued_ = false;
     c->write_text();

@@ -10,11 +10,18 @@
 // Hot path: replies are parsed in place in the client's fixed read buffer;
 // commands are appended to out_, whose capacity is kept, and leave in one
 // write per batch; message text is written straight from message_text's
-// slices. No allocation per message.
+// slices. No allocation per message. With TLS, the slot's tls_client_stream
+// (made once, kept for every session of the slot) sits between these
+// buffers and the socket: the socket reads into its fixed ciphertext buffer
+// and plaintext is decrypted into in_; what write_bufs() would write is
+// encrypted into its output buffer instead (one copy of the message text),
+// which is written and then swapped with cipher_sending_ if the socket
+// takes only part of it. Capacities are kept, so this allocates nothing per
+// message either; a handshake allocates inside mbedTLS, once per session.
 //
-// The session, in order: connect → greeting → EHLO (HELO when EHLO is
-// refused) → [STARTTLS → handshake → EHLO → AUTH: not yet, see
-// on_session_up()] → transactions → QUIT. A transaction is MAIL, RCPT × K,
+// The session, in order: connect → [implicit TLS: handshake] → greeting →
+// EHLO (HELO when EHLO is refused) → [STARTTLS → handshake → EHLO again] →
+// [AUTH PLAIN] → transactions → QUIT. A transaction is MAIL, RCPT × K,
 // DATA, message text, or with PIPELINING (RFC 2920) MAIL + RCPT × K + DATA
 // in one write, then the message text after the 354 together with the next
 // transaction's MAIL + RCPT × K + DATA (RFC 2920 3.1 lets message content
@@ -25,10 +32,12 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "bench/reply.hpp"
 #include "bench/stats.hpp"
+#include "bench/tls_client.hpp"
 
 namespace inboxd::bench {
 
@@ -64,19 +73,21 @@ class client {
   enum class state {
     closed,      // no socket: before the first session or between sessions
     connecting,  // uv_tcp_connect pending
-    greeting,    // waiting for the 220
-    ehlo,        // EHLO sent
+    greeting,    // waiting for the 220 (inside TLS with implicit TLS)
+    ehlo,        // EHLO sent (again, after STARTTLS, when tls_on_)
     helo,        // EHLO refused; HELO sent
-    // TLS and AUTH states go here: starttls, handshake, ehlo_again, auth.
-    ready,      // a session with no transaction; waiting for the scheduler
-    mail,       // one command per round trip: MAIL sent
-    rcpt,       // RCPT number tx_.replies sent
-    data,       // DATA sent
-    pipelined,  // MAIL + RCPT × K + DATA sent together: counting replies
-    text,       // message text sent, waiting for the final reply
-    rset,       // RSET after a refused transaction
-    quit,       // QUIT sent, waiting for 221 or the server's close
-    closing,    // uv_close called, close_cb pending
+    starttls,    // STARTTLS sent, waiting for its 220
+    handshake,   // TLS handshake under way
+    auth,        // AUTH PLAIN sent
+    ready,       // a session with no transaction; waiting for the scheduler
+    mail,        // one command per round trip: MAIL sent
+    rcpt,        // RCPT number tx_.replies sent
+    data,        // DATA sent
+    pipelined,   // MAIL + RCPT × K + DATA sent together: counting replies
+    text,        // message text sent, waiting for the final reply
+    rset,        // RSET after a refused transaction
+    quit,        // QUIT sent, waiting for 221 or the server's close
+    closing,     // uv_close called, close_cb pending
   };
 
   // The transaction in flight; reset by start_message().
@@ -95,6 +106,14 @@ class client {
 
   void on_connected(int status);
   void on_read(ssize_t nread);
+  // Handles every whole reply line in in_; false when the client is closing.
+  bool process_lines();
+  void send_ehlo();
+  void after_ehlo();
+  void begin_tls();
+  bool advance_handshake();
+  void send_cipher();
+  void fail_tls(int mbedtls_code);
   // Handles one whole reply line; returns false when the client is closing.
   bool on_reply_line(const reply_line& line);
   bool on_reply(int code);
@@ -149,6 +168,13 @@ class client {
   bool finishing_ = false;        // QUIT after the current transaction
   bool session_failed_ = false;   // ended before any transaction finished
   bool session_ok_ = false;       // a transaction finished in this session
+
+  // TLS (--tls only): the stream is made once per slot and kept for the run.
+  std::unique_ptr<tls_client_stream> tls_;
+  bool tls_on_ = false;  // this session's bytes go through tls_
+  std::uint64_t handshake_ns_ = 0;
+  // Ciphertext handed to uv_write, until write_cb; swapped with tls_'s output.
+  std::string cipher_sending_;
 
   // Writes: at most one uv_write in flight. Commands gather in out_ while it
   // is; the message text waits in text_queued_ (its memory is static).

@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
     run r(&loop, opt);
     std::string error;
     if (!r.start(error)) {
-      fmt::print(stderr, "inboxd-bench: --host: {} (try --help)\n", error);
+      fmt::print(stderr, "inboxd-bench: {}\n", error);
       uv_run(&loop, UV_RUN_DEFAULT);
       uv_loop_close(&loop);
       return 2;

@@ -79,6 +79,8 @@ int parse_options(int argc, char** argv, options& opt) {
   std::string size_file;
   std::string pipelining = "on";
   std::string tls;
+  std::string tls_resume = "on";
+  std::string auth;
   auto* host = app.add_option("--host", opt.host, "server address (default 127.0.0.1)");
   host->type_name("ADDR");
   app.add_option("--port", opt.port, "server port (default 2525)")->check(CLI::Range(1, 65535));
@@ -124,8 +126,15 @@ int parse_options(int argc, char** argv, options& opt) {
   app.add_option("--progress", opt.progress, "live progress line: auto (on a terminal), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   app.add_option("--seed", opt.seed, "seed for the size draw (default 1)");
-  // Reserved so that scripts get a clear error rather than "unknown option".
-  app.add_option("--tls", tls, "starttls or implicit (not implemented yet)");
+  app.add_option("--tls", tls,
+                 "starttls: STARTTLS after EHLO; implicit: TLS from the first byte on --port")
+      ->check(CLI::IsMember({"starttls", "implicit"}));
+  app.add_option("--tls-resume", tls_resume,
+                 "on (default): a slot's reconnects resume its TLS session (ticket); "
+                 "off: full handshakes")
+      ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--auth", auth, "AUTH PLAIN with these credentials after EHLO")
+      ->type_name("USER:PASS");
   app.set_version_flag("--version", "inboxd-bench 0.1.0");
   try {
     app.parse(argc, argv);
@@ -139,9 +148,18 @@ int parse_options(int argc, char** argv, options& opt) {
     print_error(e.what());
     return 2;
   }
-  if (!tls.empty()) {
-    print_error("--tls: not implemented yet (the server has no TLS)");
-    return 2;
+  opt.tls = tls == "starttls"   ? tls_mode::starttls
+            : tls == "implicit" ? tls_mode::implicit
+                                : tls_mode::none;
+  opt.tls_resume = tls_resume == "on";
+  if (!auth.empty()) {
+    auto colon = auth.find(':');
+    if (colon == 0 || colon == std::string::npos) {
+      print_error("--auth: want USER:PASS");
+      return 2;
+    }
+    opt.auth_user = auth.substr(0, colon);
+    opt.auth_password = auth.substr(colon + 1);
   }
   opt.pipelining = pipelining != "off";
   opt.chain = pipelining == "on";

@@ -12,8 +12,8 @@
 
 namespace inboxd::bench {
 
-// How the client may start a TLS session. Only none is implemented; the
-// client's state machine has the spot where the others go (see client.hpp).
+// How the client starts TLS: not at all, with STARTTLS after EHLO (RFC 3207),
+// or from the first byte (implicit TLS, RFC 8314 3.3).
 enum class tls_mode { none, starttls, implicit };
 
 struct options {
@@ -48,6 +48,12 @@ struct options {
   std::string progress = "auto";
   std::uint64_t seed = 1;
   tls_mode tls = tls_mode::none;
+  // Resume the slot's previous TLS session (RFC 5077 ticket) on reconnect.
+  bool tls_resume = true;
+  // --auth user:pass: AUTH PLAIN after EHLO (inside TLS with --tls). Empty
+  // user: no AUTH.
+  std::string auth_user;
+  std::string auth_password;
 };
 
 // Returns -1 to run, or the exit code to exit with now: 0 after --help or

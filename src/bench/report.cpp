@@ -83,6 +83,15 @@ const char* pipelining_name(const options& opt) {
   return !opt.pipelining ? "off" : opt.chain ? "on" : "group";
 }
 
+const char* tls_name(const options& opt) {
+  switch (opt.tls) {
+    case tls_mode::none: return "none";
+    case tls_mode::starttls: return "starttls";
+    case tls_mode::implicit: return "implicit";
+  }
+  return "none";
+}
+
 std::string sizes_text(const options& opt) {
   if (opt.sizes.size() == 1) return fmt::format("{}-byte messages", opt.sizes[0]);
   return fmt::format("{} sizes from --size-file", opt.sizes.size());
@@ -107,9 +116,12 @@ void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usag
   const live_counters& live = r.live();
   double measured = r.measured_seconds(), wall = r.wall_seconds();
   std::string mode = opt.rate > 0 ? fmt::format("open loop at {:g}/s", opt.rate) : "closed loop";
-  fmt::print(out, "inboxd-bench: {}:{}, {} connection{}, {}, {} recipient{}, pipelining {}, {}\n",
+  fmt::print(out,
+             "inboxd-bench: {}:{}, {} connection{}, {}, {} recipient{}, pipelining {}, {}{}{}\n",
              opt.host, opt.port, opt.connections, opt.connections == 1 ? "" : "s", sizes_text(opt),
-             opt.recipients, opt.recipients == 1 ? "" : "s", pipelining_name(opt), mode);
+             opt.recipients, opt.recipients == 1 ? "" : "s", pipelining_name(opt), mode,
+             opt.tls != tls_mode::none ? fmt::format(", TLS {}", tls_name(opt)) : "",
+             opt.auth_user.empty() ? "" : ", AUTH PLAIN");
   fmt::print(out, "  messages    {} sent, {} accepted, {} refused, {} failed", st.started,
              st.accepted, st.refused, st.failed);
   if (st.warmup) fmt::print(out, " (and {} in the warm-up)", st.warmup);
@@ -141,6 +153,21 @@ void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usag
                ms(st.setup.max()));
   fmt::print(out, "\n");
   double writes = live.completed ? static_cast<double>(live.writes) / live.completed : 0;
+  if (opt.tls != tls_mode::none) {
+    const histogram& hs = st.handshake;
+    std::string negotiated = r.tls_version() ? fmt::format("{} {}", r.tls_version(), r.tls_cipher())
+                                             : std::string("no handshake completed");
+    fmt::print(out, "  tls         {}, {}, resumption {}\n", tls_name(opt), negotiated,
+               opt.tls_resume ? "on" : "off");
+    fmt::print(out,
+               "  handshakes  {} ({} resumed), {:.1f}/s, ms p50 {}  p90 {}  p99 {}  max {}  "
+               "(mean {:.3f})\n",
+               st.handshakes, st.handshakes_resumed, per_second(st.handshakes, measured),
+               ms(hs.value_at_percentile(50)), ms(hs.value_at_percentile(90)),
+               ms(hs.value_at_percentile(99)), ms(hs.max()), hs.mean() / 1000);
+  }
+  if (!opt.auth_user.empty())
+    fmt::print(out, "  auth        PLAIN as {}: {} accepted\n", opt.auth_user, st.auth_accepted);
   fmt::print(out, "  wire        {:.1f} MB written in {} writes ({:.2f} per transaction)\n",
              static_cast<double>(live.bytes_written) / 1e6, live.writes, writes);
   double cpu_total = cpu.user_seconds + cpu.system_seconds;
@@ -179,6 +206,9 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("pipelining", json_string(pipelining_name(opt)));
   field("messages_per_connection",
         opt.messages_per_connection ? std::to_string(opt.messages_per_connection) : "null");
+  field("tls", opt.tls != tls_mode::none ? json_string(tls_name(opt)) : "null");
+  field("tls_resume", opt.tls_resume ? "true" : "false");
+  field("auth_user", opt.auth_user.empty() ? "null" : json_string(opt.auth_user));
   field("started", std::to_string(st.started));
   field("accepted", std::to_string(st.accepted));
   field("refused", std::to_string(st.refused));
@@ -201,6 +231,13 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("latency_us", latency_json(st.latency));
   field("setup_latency_us", latency_json(st.setup));
   field("start_lag_us", opt.rate > 0 ? latency_json(st.start_lag) : "null");
+  field("tls_version", r.tls_version() ? json_string(r.tls_version()) : "null");
+  field("tls_cipher", r.tls_cipher() ? json_string(r.tls_cipher()) : "null");
+  field("handshakes", std::to_string(st.handshakes));
+  field("handshakes_resumed", std::to_string(st.handshakes_resumed));
+  field("handshakes_per_second", number(per_second(st.handshakes, measured)));
+  field("handshake_latency_us", latency_json(st.handshake));
+  field("auth_accepted", std::to_string(st.auth_accepted));
   field("wall_seconds", number(wall));
   field("measured_seconds", number(measured));
   field("cpu_user_seconds", number(cpu.user_seconds));

@@ -18,6 +18,29 @@ constexpr std::uint64_t tick_ms = 100;
 constexpr unsigned progress_ticks = 5;  // one line every 0.5 s
 constexpr std::uint64_t reconnect_backoff_ns = 100'000'000;
 
+// RFC 4648 4, with padding.
+std::string base64(std::string_view in) {
+  static constexpr char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::size_t i = 0;
+  for (; i + 3 <= in.size(); i += 3) {
+    unsigned v = (static_cast<unsigned char>(in[i]) << 16) |
+                 (static_cast<unsigned char>(in[i + 1]) << 8) |
+                 static_cast<unsigned char>(in[i + 2]);
+    for (int shift : {18, 12, 6, 0}) out += alphabet[(v >> shift) & 63];
+  }
+  if (std::size_t rest = in.size() - i; rest > 0) {
+    unsigned v = static_cast<unsigned char>(in[i]) << 16;
+    if (rest == 2) v |= static_cast<unsigned char>(in[i + 1]) << 8;
+    out += alphabet[(v >> 18) & 63];
+    out += alphabet[(v >> 12) & 63];
+    out += rest == 2 ? alphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
 std::uint64_t seconds_to_ns(double s) {
   return static_cast<std::uint64_t>(std::llround(s * 1e9));
 }
@@ -51,12 +74,26 @@ run::run(uv_loop_t* loop, const options& opt)
       from_(opt.from),
       to_(opt.to),
       random_(opt.seed),
-      timeout_ms_(static_cast<std::uint64_t>(std::ceil(opt.timeout * 1000))) {}
+      timeout_ms_(static_cast<std::uint64_t>(std::ceil(opt.timeout * 1000))) {
+  if (!opt.auth_user.empty()) {
+    // RFC 4616 2: authzid NUL authcid NUL passwd, the authzid empty.
+    std::string plain;
+    plain.append(1, '\0').append(opt.auth_user).append(1, '\0').append(opt.auth_password);
+    auth_line_ = "AUTH PLAIN " + base64(plain) + "\r\n";
+  }
+}
 
 run::~run() = default;
 
 bool run::start(std::string& error) {
-  if (!resolve(opt_.host, opt_.port, address_, error)) return false;
+  if (!resolve(opt_.host, opt_.port, address_, error)) {
+    error = "--host: " + error;
+    return false;
+  }
+  if (opt_.tls != tls_mode::none) {
+    tls_config_ = std::make_unique<tls_client_config>();
+    if (tls_config_->setup(error) != 0) return false;
+  }
   t0_ns_ = uv_hrtime();
   warmup_end_ns_ = t0_ns_ + seconds_to_ns(opt_.warmup);
   if (opt_.duration > 0) {
@@ -241,16 +278,37 @@ void run::session_up(std::uint64_t connect_ns, bool pipelining) {
   if (connect_ns >= warmup_end_ns_) stats_.setup.record((uv_hrtime() - connect_ns) / 1000);
 }
 
-void run::session_refused(int code) {
-  last_error_ = fmt::format("the server refused the session with {}", code);
+void run::session_refused(int code, std::string_view what) {
+  last_error_ = fmt::format("the server refused {} with {}", what, code);
   if (uv_hrtime() >= warmup_end_ns_) ++stats_.session_codes[static_cast<std::size_t>(code)];
+}
+
+void run::handshake_done(std::uint64_t started_ns, bool resumed, const char* version,
+                         const char* cipher) {
+  ++live_.handshakes;
+  if (!tls_version_) {
+    tls_version_ = version;
+    tls_cipher_ = cipher;
+  }
+  if (started_ns < warmup_end_ns_) return;
+  ++stats_.handshakes;
+  stats_.handshakes_resumed += resumed;
+  stats_.handshake.record((uv_hrtime() - started_ns) / 1000);
+}
+
+void run::tls_failed(int mbedtls_code) {
+  last_error_ = "TLS: " + tls_error_text(mbedtls_code);
+}
+
+void run::auth_accepted() noexcept {
+  if (uv_hrtime() >= warmup_end_ns_) ++stats_.auth_accepted;
 }
 
 void run::connection_error(conn_error why, int uv_code) {
   ++live_.errors;
   if (uv_code != 0)
     last_error_ = fmt::format("{} ({})", uv_strerror(uv_code), uv_err_name(uv_code));
-  else if (why != conn_error::rejected)
+  else if (why != conn_error::rejected && why != conn_error::tls && why != conn_error::auth)
     last_error_ = conn_error_names[static_cast<unsigned>(why)];
   if (uv_hrtime() >= warmup_end_ns_) ++stats_.errors[static_cast<unsigned>(why)];
 }

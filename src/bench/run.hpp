@@ -28,6 +28,7 @@
 #include "bench/message.hpp"
 #include "bench/options.hpp"
 #include "bench/stats.hpp"
+#include "bench/tls_client.hpp"
 
 namespace inboxd::bench {
 
@@ -60,7 +61,14 @@ class run {
   void message_failed(bool measured);
   void transaction_done() noexcept { failure_streak_ = 0; }
   void session_up(std::uint64_t connect_ns, bool pipelining);
-  void session_refused(int code);
+  // what: "the session", "STARTTLS", "AUTH": for the last error.
+  void session_refused(int code, std::string_view what);
+  // A TLS handshake ended; started_ns is when its ClientHello left. version
+  // and cipher are mbedTLS's static strings.
+  void handshake_done(std::uint64_t started_ns, bool resumed, const char* version,
+                      const char* cipher);
+  void tls_failed(int mbedtls_code);
+  void auth_accepted() noexcept;
   void connection_error(conn_error why, int uv_code);
   void count_write(std::size_t bytes) noexcept {
     live_.bytes_written += bytes;
@@ -77,6 +85,10 @@ class run {
   [[nodiscard]] const message_text& text() const noexcept { return text_; }
   [[nodiscard]] const address_template& from() const noexcept { return from_; }
   [[nodiscard]] const address_template& to() const noexcept { return to_; }
+  // With --tls: shared by every client's stream; null otherwise.
+  [[nodiscard]] const tls_client_config* tls_config() const noexcept { return tls_config_.get(); }
+  // With --auth: "AUTH PLAIN <base64>\r\n", made once (RFC 4954 4, RFC 4616).
+  [[nodiscard]] const std::string& auth_line() const noexcept { return auth_line_; }
   [[nodiscard]] std::uint64_t now_ms() const noexcept { return uv_now(loop_); }
   [[nodiscard]] std::uint64_t timeout_ms() const noexcept { return timeout_ms_; }
 
@@ -90,6 +102,9 @@ class run {
   // Why the run stopped early, empty when it ran to its end.
   [[nodiscard]] const std::string& stopped_because() const noexcept { return stopped_because_; }
   [[nodiscard]] const std::string& last_error() const noexcept { return last_error_; }
+  // The first TLS handshake's protocol and cipher suite; null before one.
+  [[nodiscard]] const char* tls_version() const noexcept { return tls_version_; }
+  [[nodiscard]] const char* tls_cipher() const noexcept { return tls_cipher_; }
 
  private:
   [[nodiscard]] bool exhausted(std::uint64_t now_ns) const noexcept;
@@ -114,6 +129,10 @@ class run {
   random_source random_;
   sockaddr_storage address_{};
   std::uint64_t timeout_ms_;
+  std::unique_ptr<tls_client_config> tls_config_;
+  std::string auth_line_;
+  const char* tls_version_ = nullptr;
+  const char* tls_cipher_ = nullptr;
 
   std::vector<std::unique_ptr<client>> clients_;
   unsigned active_ = 0;     // clients with a socket or a reconnect pending
