@@ -47,6 +47,8 @@ class connection final : proto::session_events {
   void send();
   void update_reading();
   void release_buffer();
+  void stash_partial();
+  void take_buffer();
   // The connection's one timer serves one purpose at a time.
   enum class timer_use : std::uint8_t { none, greeting, handshake, sleep, idle };
   void start_timer(timer_use use, std::uint64_t ms);
@@ -77,6 +79,8 @@ class connection final : proto::session_events {
   std::string ip_;
   std::uint64_t data_start_ = 0;  // uv_now() when DATA began, 0 outside DATA
   std::uint64_t data_bytes_ = 0;
+  std::uint64_t commands_seen_ = 0;  // session_.commands() when the timer was armed
+  bool got_bytes_ = false;           // bytes read since the last run()
   std::uint64_t id_;
   std::string peer_;  // "127.0.0.1:5555" for the log
   proto::session session_;
@@ -86,6 +90,8 @@ class connection final : proto::session_events {
   // Borrowed from srv_.buffers while in_len_ > 0: plaintext for the session.
   char* in_ = nullptr;
   std::size_t in_len_ = 0;
+  // A partial command line kept between reads without the buffer.
+  std::string partial_;
   // With TLS, libuv reads ciphertext into this pooled buffer instead.
   char* raw_ = nullptr;
 

@@ -1,4 +1,7 @@
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <ctime>
 #include <utility>
@@ -47,8 +50,28 @@ server::server(uv_loop_t* loop, server_config config, std::shared_ptr<inboxd::si
 
 server::~server() = default;
 
+// Each connection is a file descriptor, and delivery needs a few more (files,
+// directories, the loop's own). Past the open-files limit accept() fails
+// with EMFILE and libuv drops the client without a word; below it a client
+// over the limit gets a 421 and the log says why. So the connection limit
+// is kept under the descriptor limit, with room to spare.
+void server::state::fit_connection_limit() {
+  max_connections = config.max_connections;
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+  auto limit = static_cast<std::size_t>(rl.rlim_cur);
+  std::size_t reserve = std::max<std::size_t>(32, limit / 8);
+  std::size_t fits = limit > reserve ? limit - reserve : 1;
+  if (fits < max_connections) {
+    max_connections = fits;
+    logf(log_level::warning, "max-connections lowered to {} to fit the open files limit of {}",
+         fits, limit);
+  }
+}
+
 bool server::start(std::string& error) {
   state& s = *state_;
+  s.fit_connection_limit();
   if (!s.config.listen_tls.empty() && !s.settings->tls) {
     error = "an implicit-TLS listener needs TLS credentials";
     return false;
@@ -110,6 +133,7 @@ void server::reconfigure(const server_config& config, std::shared_ptr<inboxd::si
   std::vector<std::string> listen = std::move(s.config.listen);
   s.config = config;
   s.config.listen = std::move(listen);
+  s.fit_connection_limit();
 }
 
 void server::abort() {

@@ -30,6 +30,9 @@ struct server::state {
   net::connection* connections = nullptr;  // intrusive list, newest first
   std::size_t connection_count = 0;
   std::size_t admitted = 0;  // connections within the limits
+  // config.max_connections, lowered to fit the open-files limit.
+  std::size_t max_connections = 0;
+  void fit_connection_limit();
   std::unordered_map<std::string, std::size_t> per_ip;
   struct rate_window {
     std::uint64_t start = 0;  // uv_now() when this minute began

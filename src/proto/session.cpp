@@ -13,6 +13,8 @@ namespace inboxd::proto {
 
 // RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 constexpr std::size_t command_line_limit = 512;
+// feed() stops running commands once this much output waits.
+constexpr std::size_t max_output = 64 * 1024;
 
 queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid)
     : prefix_(fmt::format(FMT_STRING("{:08X}{:04X}"), start_time & 0xffffffffU, pid & 0xffffU)) {}
@@ -98,7 +100,9 @@ void session::close_with(reply_id id) {
 std::size_t session::feed(std::span<char> input) {
   in_feed_ = true;
   std::size_t pos = 0;
-  while (pos < input.size() && !closing_ && !waiting()) {
+  // Replies are bounded too: a client that pipelines faster than it reads
+  // gets the rest of its commands run once these have left.
+  while (pos < input.size() && !closing_ && !waiting() && out_.size() < max_output) {
     if (mode_ == mode::data) {
       std::size_t used = feed_data(input.subspan(pos));
       pos += used;
@@ -125,6 +129,7 @@ out:
 }
 
 void session::handle_line(std::string_view line, bool bare_lf) {
+  ++commands_;
   if (limits().bare_newline == bare_newline_policy::reject) {
     if (bare_lf) return refuse(reply_id::bare_lf);
     if (line.find('\r') != line.npos) return refuse(reply_id::bare_cr);
@@ -458,6 +463,7 @@ void session::drop_delivery() noexcept {
 }
 
 void session::end_of_data() {
+  ++commands_;  // The end of data counts as a command: the wait for the next starts.
   mode_ = mode::command;
   reader_.reset();
   // Whatever the sink still holds, it takes with commit(): no more writable().
@@ -476,6 +482,7 @@ void session::end_of_data() {
 }
 
 void session::committed(std::span<const store_outcome> per_recipient) noexcept {
+  ++commands_;  // The reply leaves now: the client's time runs from here.
   committing_ = false;
   tx_->sink_delivery = nullptr;
   // One failed mailbox fails the message, so the sender retries it whole.

@@ -106,6 +106,10 @@ class session final : delivery_listener, auth_listener {
   void time_out(reply_id why);
   // The client talked before the greeting: 554, close.
   void refuse_pregreet();
+  // How many command lines (and ends of data) the session has handled: the
+  // command timeout restarts when this moves, not on every byte (RFC 5321
+  // 4.5.3.2).
+  [[nodiscard]] std::uint64_t commands() const noexcept { return commands_; }
   // In DATA: the connection applies the data timeout and minimum rate.
   [[nodiscard]] bool in_data() const noexcept { return mode_ == mode::data; }
   // Send the output, then close.
@@ -196,6 +200,7 @@ class session final : delivery_listener, auth_listener {
   auth_check* auth_check_ = nullptr;
   std::size_t auth_failures_ = 0;
   std::size_t errors_ = 0;  // protocol errors in this session
+  std::uint64_t commands_ = 0;
   bool sleeping_ = false;
   std::string held_;  // a reply waiting for the end of a delay
 };
