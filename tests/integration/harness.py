@@ -10,6 +10,7 @@ import email.utils
 import mailbox
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -68,9 +69,13 @@ class Server:
     <dir>/inboxd.toml and passed with -c. run_as: (uid, gid) to run the
     binary as, through setpriv; the temp dir is then owned by that user.
     With "--listen-tls 127.0.0.1:0" in args, tls_port is that listener's port.
+    allow_root: False passes no --allow-root even when run as root (to test
+    --user and the refusal to run as root). nofile: the server's RLIMIT_NOFILE
+    (soft and hard), to run it out of file descriptors.
     """
 
-    def __init__(self, *args, sink="maildir", maildir=True, config=None, run_as=None):
+    def __init__(self, *args, sink="maildir", maildir=True, config=None, run_as=None,
+                 allow_root=True, nofile=None):
         if not os.access(BIN, os.X_OK):
             raise RuntimeError(f"inboxd binary not found at {BIN} (set INBOXD_BIN)")
         self.dir = tempfile.mkdtemp(prefix="inboxd-it-")
@@ -85,7 +90,7 @@ class Server:
         if config is not None:
             self.write_config(config)
             cmd += ["-c", self.config_path]
-        if os.geteuid() == 0 and run_as is None:
+        if os.geteuid() == 0 and run_as is None and allow_root:
             cmd.append("--allow-root")  # CI runs as root; inboxd refuses that by default
         cmd += list(args)
         if run_as is not None:
@@ -95,9 +100,14 @@ class Server:
             if config is not None:
                 os.chown(self.config_path, uid, gid)
             cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd]
+        preexec = None
+        if nofile is not None:
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=log)
+                                         stdout=subprocess.DEVNULL, stderr=log,
+                                         preexec_fn=preexec)
         self.stopped = False
         self.port = self._wait_port()
         self.tls_port = self._wait_port(TLS_LISTEN_RE) if "--listen-tls" in cmd else None
@@ -133,8 +143,10 @@ class Server:
                 break
             time.sleep(0.01)
         self.kill()
+        log = self.log()
+        self.cleanup()      # nobody else will: the constructor fails
         raise RuntimeError(f"inboxd did not report 'listening on' (rc={self.proc.returncode}); "
-                           f"log:\n{self.log()}")
+                           f"log:\n{log}")
 
     def log(self):
         with open(self.log_path, "rb") as f:
@@ -164,6 +176,27 @@ class Server:
                 return None   # did not exit on SIGTERM
         return self.proc.returncode
 
+    def status(self, field):
+        """A field of /proc/PID/status (e.g. "Uid", "VmRSS"), as its text; None once gone."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    name, _, value = line.partition(":")
+                    if name == field:
+                        return value.strip()
+        except OSError:
+            pass
+        return None
+
+    def rss(self, field="VmRSS"):
+        """Resident memory in bytes (VmRSS; "VmHWM" for the peak so far)."""
+        value = self.status(field)
+        if value is None:
+            raise AssertionError(f"no {field} for pid {self.proc.pid} (exited?)")
+        kb, unit = value.split()
+        assert unit == "kB", value
+        return int(kb) * 1024
+
     def kill(self):
         if self.alive():
             self.proc.kill()
@@ -181,6 +214,22 @@ class Server:
     def files(self, sub):
         """{name: bytes} of the regular files in maildir/<sub>/ (empty if missing)."""
         return read_files(os.path.join(self.maildir, sub))
+
+
+def raise_nofile_limit(want=None):
+    """Raises this process's soft RLIMIT_NOFILE to the hard limit (for tests
+    that open many sockets; servers started later inherit it); as root, also
+    the hard limit up to `want`. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want and hard != resource.RLIM_INFINITY and hard < want and os.geteuid() == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            soft, hard = want, want
+        except (ValueError, OSError):
+            pass
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def read_files(path):
@@ -207,9 +256,11 @@ class Reply:
 class Client:
     """Raw SMTP client over a socket. Replies must be CRLF-terminated lines."""
 
-    def __init__(self, port, timeout=TIMEOUT, tls=None):
-        """tls: an ssl.SSLContext to start TLS at once (implicit TLS, RFC 8314)."""
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=TIMEOUT, tls=None, source=None):
+        """tls: an ssl.SSLContext to start TLS at once (implicit TLS, RFC 8314).
+        source: the local address to connect from (e.g. "127.0.0.2")."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self.buf = b""
@@ -300,6 +351,33 @@ class Client:
             return True
         finally:
             self.sock.settimeout(self.timeout)
+
+    def read_to_eof(self, timeout=TIMEOUT):
+        """Everything the server sends until it closes: (bytes, how), how being
+        "eof", "reset" (ECONNRESET after the bytes) or "timeout" (still open
+        after `timeout` s). Includes what was read but not yet parsed."""
+        data, self.buf = self.buf, b""
+        deadline = time.monotonic() + timeout
+        how = "timeout"
+        try:
+            while time.monotonic() < deadline:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chunk = self.sock.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    how = "eof"
+                    break
+                data += chunk
+        except ConnectionResetError:
+            how = "reset"
+        finally:
+            try:
+                self.sock.settimeout(self.timeout)
+            except OSError:
+                pass
+        return data, how
 
     def close(self):
         self.sock.close()
