@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import selectors
 import shutil
@@ -34,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import free_port, greets, pinned, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -67,29 +68,6 @@ def log(msg):
 
 # ---------------------------------------------------------------------------------------------
 # Processes: start, readiness, CPU accounting from /proc, stop by PID.
-
-
-def free_port():
-    # Released again before the server binds it; a race is possible but harmless on a quiet
-    # machine (the server then fails to start and we say so).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu):
-    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-
-
-def greets(port, timeout=1.0):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            if s.recv(512).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                return True
-    except OSError:
-        pass
-    return False
 
 
 def proc_stat(pid):
@@ -147,16 +125,6 @@ def vm_rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def stop_proc(proc, grace=10.0):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Server:
@@ -240,7 +208,7 @@ class Server:
 
     def stop(self):
         if self.proc is not None:
-            stop_proc(self.proc)
+            stop(self.proc)
 
     def tail(self):
         try:
@@ -374,7 +342,7 @@ postlog unix-dgram n - n - 1 postlogd
                         os.kill(pid, signal.SIGTERM)
                     except OSError:
                         pass
-                stop_proc(self.proc)
+                stop(self.proc)
         self.proc = None
 
     def master_pid(self):
@@ -695,7 +663,7 @@ def run_callgrind(args, workdir):
                         log(f"# callgrind {name}: bench failed: {err or r['accepted']}")
                         break
             finally:
-                stop_proc(s.proc, grace=60)
+                stop(s.proc, grace=60)
             totals[label] = callgrind_total(out)
         if len(totals) == 2:
             per = (totals["run"] - totals["baseline"]) / messages

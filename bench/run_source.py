@@ -10,12 +10,13 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import free_port, greets, pinned, stop, tail
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -39,18 +40,6 @@ def parse_args():
     return p.parse_args()
 
 
-def free_port():
-    # The port is released again before the server binds it; a race is possible but harmless
-    # on a quiet benchmark machine (the server then fails to start and we say so).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu):
-    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-
-
 def start(name, argv, port, needle, log, cpu, procs):
     """Starts a server with its output in `log`, appends it to `procs`; returns (proc, ready).
 
@@ -68,29 +57,9 @@ def start(name, argv, port, needle, log, cpu, procs):
             with open(log, errors="replace") as f:
                 if needle not in f.read():
                     continue
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return proc, True
-        except OSError:
-            pass
+        if greets(port):
+            return proc, True
     return proc, False
-
-
-def tail(log):
-    with open(log, errors="replace") as f:
-        return f.read()[-2000:]
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_source(port, sessions, messages, args, cpu):

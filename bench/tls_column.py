@@ -12,12 +12,13 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import free_port, greets, pinned, stop, tail
 
 START_TIMEOUT = 10.0  # Seconds the server gets to start listening.
 TICK = os.sysconf("SC_CLK_TCK")
@@ -61,18 +62,6 @@ def scenarios(args, plain_port, tls_port):
     ]
 
 
-def free_port():
-    # Released again before the server binds it; a race is possible but harmless on a quiet
-    # benchmark machine (the server then fails to start and we say so).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu):
-    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-
-
 def wait_ready(proc, log, ports):
     """True once the log shows every listener and the plain port greets with 220."""
     deadline = time.monotonic() + START_TIMEOUT
@@ -83,30 +72,9 @@ def wait_ready(proc, log, ports):
             text = f.read()
         if not all(n in text for n in needles):
             continue
-        try:
-            with socket.create_connection(("127.0.0.1", ports[0]), timeout=1) as s:
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return True
-        except OSError:
-            pass
+        if greets(ports[0]):
+            return True
     return False
-
-
-def tail(log):
-    with open(log, errors="replace") as f:
-        return f.read()[-2000:]
-
-
-def stop(proc):
-    """Stops the server we started, by its PID: SIGTERM, then SIGKILL after 5 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_seconds(pid):
