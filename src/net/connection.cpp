@@ -91,8 +91,11 @@ bool connection::over_limits() {
              srv.per_ip[ip_] >= cfg.max_connections_per_ip) {
     why = "too many connections from this address";
   } else if (per_ip && cfg.connection_rate_per_ip) {
-    auto& w = srv.rates[ip_];
     std::uint64_t now = uv_now(srv.loop);
+    // Addresses seen once would pile up under a scan: drop the minutes that are over.
+    if (srv.rates.size() > 10'000)
+      std::erase_if(srv.rates, [now](const auto& e) { return now - e.second.start >= 60'000; });
+    auto& w = srv.rates[ip_];
     if (now - w.start >= 60'000) w = {now, 0};
     if (++w.count > cfg.connection_rate_per_ip)
       why = "too many connections per minute from this address";
@@ -377,12 +380,11 @@ void connection::session_sleep(std::uint32_t milliseconds) noexcept {
 
 void connection::timer_cb(uv_timer_t* timer) noexcept {
   auto* self = static_cast<connection*>(timer->data);
-  if (self->tls_ && !self->tls_->established()) {
-    self->srv_.logf(log_level::info, "conn={} TLS handshake timed out", self->id_);
-    return self->close();
-  }
   timer_use use = std::exchange(self->timer_use_, timer_use::none);
   switch (use) {
+    case timer_use::handshake:
+      self->srv_.logf(log_level::info, "conn={} TLS handshake timed out", self->id_);
+      return self->close();
     case timer_use::greeting:
       if (self->srv_.shutting_down)
         self->session_.shutdown();
@@ -394,7 +396,6 @@ void connection::timer_cb(uv_timer_t* timer) noexcept {
       if (self->session_.waiting()) break;  // Waiting for the sink: our delay, not theirs.
       self->session_.time_out(proto::reply_id::timeout);
       break;
-    case timer_use::handshake:
     case timer_use::none: break;
   }
   self->run();

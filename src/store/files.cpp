@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+
+#include "store/pooled_delivery.hpp"
 
 namespace inboxd::store {
 namespace {
@@ -41,6 +44,20 @@ std::string expand_path(std::string_view tpl, const recipient& r) {
     }
   }
   return out;
+}
+
+mailbox_places::mailbox_places(std::string_view path_template,
+                               std::span<const recipient> recipients) {
+  for (const recipient& r : recipients) {
+    std::string path = expand_path(path_template, r);
+    auto it = std::find(paths.begin(), paths.end(), path);
+    of.push_back(static_cast<std::size_t>(it - paths.begin()));
+    if (it == paths.end()) paths.push_back(std::move(path));
+  }
+}
+
+void mailbox_places::fill(std::span<store_outcome> outcomes, const std::vector<int>& errors) const {
+  for (std::size_t r = 0; r < outcomes.size(); ++r) outcomes[r] = outcome_of(errors[of[r]]);
 }
 
 bool is_template(std::string_view path) noexcept {

@@ -3,8 +3,10 @@
 // the thread pool (or at start-up), never on the loop.
 #pragma once
 
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "inboxd/sink.hpp"
 
@@ -14,6 +16,18 @@ namespace inboxd::store {
 // values are made safe as one path component each: '/' and a leading '.'
 // are escaped (%2F, %2E), so no address can point outside the template.
 [[nodiscard]] std::string expand_path(std::string_view path_template, const recipient& r);
+
+// The distinct mailboxes (files or folders) a message goes to, from a path
+// template, and which of them is each recipient's: a message for two
+// recipients of one mailbox is stored there once.
+struct mailbox_places {
+  mailbox_places(std::string_view path_template, std::span<const recipient> recipients);
+  // One outcome per recipient from one errno value (0: stored) per place.
+  void fill(std::span<store_outcome> outcomes, const std::vector<int>& errors) const;
+
+  std::vector<std::string> paths;
+  std::vector<std::size_t> of;  // recipient -> index in paths
+};
 
 // Whether a template names a different place per recipient.
 [[nodiscard]] bool is_template(std::string_view path) noexcept;

@@ -61,19 +61,12 @@ class maildir_sink final : public sink {
 class maildir_delivery final : public pooled_delivery {
  public:
   maildir_delivery(maildir_sink& sink, const envelope& env, delivery_listener& listener)
-      : pooled_delivery(sink.loop_, listener, env.recipients.size()) {
+      : pooled_delivery(sink.loop_, listener, env.recipients.size()),
+        dirs_(sink.path_, env.recipients) {
     timeval tv{};
     ::gettimeofday(&tv, nullptr);
     name_ = fmt::format(FMT_STRING("{}.M{}P{}Q{}.{}"), tv.tv_sec, tv.tv_usec, ::getpid(),
                         ++sink.counter_, sink.host_);
-    for (const recipient& r : env.recipients) {
-      std::string dir =
-          store::is_template(sink.path_) ? store::expand_path(sink.path_, r) : sink.path_;
-      std::size_t i = 0;
-      while (i < dirs_.size() && dirs_[i] != dir) ++i;
-      if (i == dirs_.size()) dirs_.push_back(std::move(dir));
-      dir_of_.push_back(i);
-    }
     // Final delivery adds Return-Path (RFC 5321 4.4).
     write(fmt::format(FMT_STRING("Return-Path: <{}>\n"), env.reverse_path));
   }
@@ -83,7 +76,7 @@ class maildir_delivery final : public pooled_delivery {
 
   // Opens tmp/<unique> in the first Maildir that takes it.
   void open_staging() noexcept {
-    for (const auto& dir : dirs_) {
+    for (const auto& dir : dirs_.paths) {
       std::string path = dir + "/tmp/" + name_;
       fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
       if (fd_ < 0 && errno == ENOENT && make_maildir(dir) == 0)
@@ -110,21 +103,20 @@ class maildir_delivery final : public pooled_delivery {
     if (!error_ && ::fsync(fd_) != 0) error_ = errno;
     if (fd_ >= 0 && ::close(fd_) != 0 && !error_) error_ = errno;
     fd_ = -1;
-    std::vector<int> dir_error(dirs_.size(), error_);
+    std::vector<int> dir_error(dirs_.paths.size(), error_);
     if (!error_) {
       std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
-      for (std::size_t i = 0; i < dirs_.size(); ++i) {
-        std::string target = dirs_[i] + final_name;
+      for (std::size_t i = 0; i < dirs_.paths.size(); ++i) {
+        std::string target = dirs_.paths[i] + final_name;
         int rc = ::link(tmp_path_.c_str(), target.c_str());
-        if (rc != 0 && errno == ENOENT && make_maildir(dirs_[i]) == 0)
+        if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
           rc = ::link(tmp_path_.c_str(), target.c_str());
         // The link is durable only once its directory is.
-        dir_error[i] = rc != 0 ? errno : store::fsync_dir(dirs_[i] + "/new");
+        dir_error[i] = rc != 0 ? errno : store::fsync_dir(dirs_.paths[i] + "/new");
       }
     }
     if (!tmp_path_.empty()) ::unlink(tmp_path_.c_str());
-    for (std::size_t r = 0; r < outcomes.size(); ++r)
-      outcomes[r] = store::outcome_of(dir_error[dir_of_[r]]);
+    dirs_.fill(outcomes, dir_error);
   }
 
   void discard() noexcept override {
@@ -136,8 +128,7 @@ class maildir_delivery final : public pooled_delivery {
   bool staged() const noexcept override { return fd_ >= 0 || !tmp_path_.empty(); }
 
   std::string name_;
-  std::vector<std::string> dirs_;    // distinct Maildirs
-  std::vector<std::size_t> dir_of_;  // recipient -> index in dirs_
+  store::mailbox_places dirs_;  // the distinct Maildirs
   std::string tmp_path_;
   int fd_ = -1;
   std::size_t size_ = 0;

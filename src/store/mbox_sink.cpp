@@ -106,14 +106,8 @@ class mbox_delivery final : public pooled_delivery {
  public:
   mbox_delivery(const mbox_sink& sink, const envelope& env, delivery_listener& listener)
       : pooled_delivery(sink.loop_, listener, env.recipients.size()),
-        spool_dir_(sink.options_.spool_dir) {
-    for (const recipient& r : env.recipients) {
-      std::string path = store::expand_path(sink.options_.path, r);
-      std::size_t i = 0;
-      while (i < paths_.size() && paths_[i] != path) ++i;
-      if (i == paths_.size()) paths_.push_back(std::move(path));
-      path_of_.push_back(i);
-    }
+        spool_dir_(sink.options_.spool_dir),
+        mboxes_(sink.options_.path, env.recipients) {
     std::string_view sender = env.reverse_path.empty() ? "MAILER-DAEMON" : env.reverse_path;
     from_line_ = fmt::format(FMT_STRING("From {} {}\n"), sender, asctime_now());
     write(fmt::format(FMT_STRING("Return-Path: <{}>\n"), env.reverse_path));
@@ -156,11 +150,11 @@ class mbox_delivery final : public pooled_delivery {
     // Every message ends in a newline, then a blank line parts it from the next.
     if (last_ != '\n') tail += '\n';
     tail += '\n';
-    std::vector<int> path_error(paths_.size(), error_);
+    std::vector<int> path_error(mboxes_.paths.size(), error_);
     if (!error_)
-      for (std::size_t i = 0; i < paths_.size(); ++i) path_error[i] = append_to(paths_[i], tail);
-    for (std::size_t r = 0; r < outcomes.size(); ++r)
-      outcomes[r] = store::outcome_of(path_error[path_of_[r]]);
+      for (std::size_t i = 0; i < path_error.size(); ++i)
+        path_error[i] = append_to(mboxes_.paths[i], tail);
+    mboxes_.fill(outcomes, path_error);
   }
 
   // Appends the From line, the spooled bytes and tail to one mbox.
@@ -216,8 +210,7 @@ class mbox_delivery final : public pooled_delivery {
   bool staged() const noexcept override { return false; }
 
   std::string spool_dir_;
-  std::vector<std::string> paths_;    // distinct mboxes
-  std::vector<std::size_t> path_of_;  // recipient -> index in paths_
+  store::mailbox_places mboxes_;  // the distinct mbox files
   std::string from_line_;
   store::mboxrd_quoter quoter_;  // loop thread, then the finish job
   char last_ = '\n';             // the last message byte seen
