@@ -26,6 +26,10 @@ struct session_config {
   std::string hostname = "localhost";
   std::size_t max_message_size = 10'240'000;  // Postfix's message_size_limit
   std::size_t max_recipients = 1000;          // RFC 5321 4.5.3.1.8 asks for >= 100
+  // RFC 5321 4.5.3.1.10: past max_recipients a RCPT gets 452 and the client
+  // sends the rest in another transaction. Such 452s count as protocol
+  // errors only past this many (Postfix's smtpd_recipient_overshoot_limit).
+  std::size_t recipient_overshoot_limit = 1000;
   bare_newline_policy bare_newline = bare_newline_policy::normalize;
   bool require_tls = false;           // MAIL before STARTTLS: 530 5.7.0
   bool require_auth = false;          // MAIL before AUTH: 530 5.7.0
@@ -71,6 +75,9 @@ struct server_config {
   // Per-IP limits skip loopback clients (local programs), as Postfix skips
   // $mynetworks; set to apply them there too.
   bool limit_loopback = false;
+  // Per-IP limits count IPv6 clients per prefix of this length (one site
+  // usually has a whole /64); IPv4 clients per address.
+  unsigned ipv6_prefix_length = 64;
 };
 
 }  // namespace inboxd

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "inboxd/owner.hpp"
 #include "inboxd/sink.hpp"
 
 typedef struct uv_loop_s uv_loop_t;
@@ -33,6 +34,9 @@ struct maildir_options {
   // recipients is written once and hard-linked into each new/.
   std::string path;
   std::string hostname;  // for unique file names
+  // What start-up creates (the Maildir, or a template's fixed leading
+  // folders) is given to this owner; see owner.hpp.
+  file_owner owner;
 };
 
 // Opens the Maildir sink; a single Maildir is created now. Returns null and
@@ -45,6 +49,9 @@ struct mbox_options {
   // Where a message larger than the in-memory batch waits until it is
   // appended (an unnamed file, removed at once).
   std::string spool_dir = "var/spool";
+  // The spool and a template's fixed leading folders, made at start-up, are
+  // given to this owner; see owner.hpp.
+  file_owner owner;
 };
 
 std::unique_ptr<sink> open_mbox_sink(uv_loop_t* loop, const mbox_options& options,

@@ -10,6 +10,8 @@
 #include <memory>
 #include <string>
 
+#include "inboxd/owner.hpp"
+
 namespace inboxd {
 
 class tls_credentials;
@@ -20,6 +22,8 @@ struct tls_options {
   // Where a self-signed certificate is made (on first start) and kept.
   std::string state_dir = "var/state";
   std::string hostname = "localhost";  // the self-signed certificate's name
+  // The state folder and a self-signed pair made here go to this owner.
+  file_owner owner;
 };
 
 // Loads the certificate and key, or with no cert_file the self-signed pair in

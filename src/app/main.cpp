@@ -290,7 +290,8 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::
   inboxd::tls_options tls{.cert_file = cfg.tls_cert,
                           .key_file = cfg.tls_key,
                           .state_dir = cfg.state_dir,
-                          .hostname = cfg.server.session.hostname};
+                          .hostname = cfg.server.session.hostname,
+                          .owner = {}};
   cfg.server.tls = inboxd::load_tls_credentials(tls, error, note);
   if (!cfg.server.tls) return nullptr;
   if (!cfg.auth_users.empty()) {
@@ -299,9 +300,9 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::
   }
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
   if (cfg.sink == "mbox")
-    return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir}, error);
+    return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .owner = {}}, error);
   return inboxd::open_maildir_sink(
-      loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname}, error);
+      loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname, .owner = {}}, error);
 }
 
 // Raises the soft limit on open files to the hard one: each connection is a

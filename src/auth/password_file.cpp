@@ -54,7 +54,7 @@ class crypt_check final : public auth_check {
 
   static void after_cb(uv_work_t* req, int) noexcept {
     auto* self = static_cast<crypt_check*>(req->data);
-    if (self->listener_) self->listener_->auth_checked(self->ok_);
+    if (self->listener_) self->listener_->auth_checked(self->ok_ ? auth_result::ok : auth_result::failed);
     delete self;
   }
 

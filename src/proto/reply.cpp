@@ -70,6 +70,8 @@ constexpr std::array rows{
     row{timeout, {421, "4.4.2", "Timeout exceeded, closing connection"}},
     row{too_slow, {421, "4.4.2", "Data arrives too slowly, closing connection"}},
     row{pregreet, {554, "5.5.1", "Protocol error: you talked before the greeting"}},
+    row{auth_busy, {454, "4.7.0", "Temporary authentication failure, try again later"}},
+    row{lookup_failed, {451, "4.3.0", "Error: temporary recipient lookup failure"}},
 };
 
 constexpr bool in_enum_order() {

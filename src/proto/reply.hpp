@@ -64,6 +64,8 @@ enum class reply_id : std::uint8_t {
   timeout,           // 421 4.4.2
   too_slow,          // 421 4.4.2
   pregreet,          // 554 5.5.1
+  auth_busy,         // 454 4.7.0
+  lookup_failed,     // 451 4.3.0
 };
 
 struct reply_entry {

@@ -16,11 +16,14 @@ constexpr std::size_t command_line_limit = 512;
 // feed() stops running commands once this much output waits.
 constexpr std::size_t max_output = 64 * 1024;
 
+// The prefix has a fixed width (8 hex digits of the start time, 6 of the
+// pid: Linux pids stay below 2^22), so the counter after it, 6 hex digits or
+// more, never wraps into another process's or another start's ids.
 queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid)
-    : prefix_(fmt::format(FMT_STRING("{:08X}{:04X}"), start_time & 0xffffffffU, pid & 0xffffU)) {}
+    : prefix_(fmt::format(FMT_STRING("{:08X}{:06X}"), start_time & 0xffffffffU, pid & 0xffffffU)) {}
 
 std::string queue_id_source::next() {
-  return fmt::format(FMT_STRING("{}{:06X}"), prefix_, ++counter_ & 0xffffffU);
+  return fmt::format(FMT_STRING("{}{:06X}"), prefix_, ++counter_);
 }
 
 std::string printable(std::string_view s) {
@@ -237,9 +240,35 @@ void session::do_rcpt(std::string_view arg) {
   param_reader params(p.value.params);
   if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
   if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
-  if (tx_->rcpt_accepted >= limits().max_recipients) return refuse(reply_id::too_many_rcpts);
+  if (tx_->rcpt_accepted >= limits().max_recipients) {
+    // RFC 5321 4.5.3.1.10: 452 asks for the rest in another transaction, so
+    // it is no protocol error, up to the overshoot allowance (Postfix's
+    // smtpd_recipient_overshoot_limit); past it each one counts.
+    if (++tx_->rcpt_overshoot > limits().recipient_overshoot_limit)
+      return refuse(reply_id::too_many_rcpts);
+    if (tx_->rcpt_overshoot == 1)
+      events_.session_log(log_level::info,
+                          fmt::format(FMT_STRING("id={} more than {} recipients: 452 to the rest"),
+                                      tx_->queue_id, limits().max_recipients));
+    return reply(reply_id::too_many_rcpts);
+  }
   std::vector<recipient> found;
-  switch (cfg_->policy->resolve(p.value.mailbox, found)) {
+  rcpt_verdict verdict = rcpt_verdict::accept;
+  // An embedder's policy may throw: the RCPT gets a temporary failure.
+  try {
+    verdict = cfg_->policy->resolve(p.value.mailbox, found);
+  } catch (const std::exception& e) {
+    events_.session_log(log_level::error,
+                        fmt::format(FMT_STRING("recipient policy failed for <{}>: {}"),
+                                    printable(p.value.mailbox), printable(e.what())));
+    return refuse(reply_id::lookup_failed);
+  } catch (...) {
+    events_.session_log(log_level::error,
+                        fmt::format(FMT_STRING("recipient policy failed for <{}>"),
+                                    printable(p.value.mailbox)));
+    return refuse(reply_id::lookup_failed);
+  }
+  switch (verdict) {
     case rcpt_verdict::accept: break;
     case rcpt_verdict::unknown_user:
       return refuse(reply_id::unknown_user, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
@@ -263,9 +292,6 @@ void session::do_data(std::string_view arg, bool bare_lf) {
   if (!tx_->rcpt_seen) return refuse(reply_id::need_rcpt);
   if (tx_->recipients.empty()) return refuse(reply_id::no_valid_rcpts);
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "DATA");
-  reply(reply_id::start_data);
-  mode_ = mode::data;
-  decoder_.reset(!bare_lf);
   envelope env{
       .queue_id = tx_->queue_id,
       .client_address = client_address_,
@@ -275,9 +301,42 @@ void session::do_data(std::string_view arg, bool bare_lf) {
       .esmtp = esmtp_,
       .body_8bit = tx_->body_8bit,
   };
-  tx_->sink_delivery = cfg_->store->begin(env, *this);
+  if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
+    return finish_transaction(reply_id::store_failed, {}, "deferred");
+  reply(reply_id::start_data);
+  mode_ = mode::data;
+  decoder_.reset(!bare_lf);
   // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
-  if (!tx_->sink_delivery->write(received_header())) paused_ = true;
+  write_to_sink(received_header());
+}
+
+// An embedder's sink may throw. The exception stops here: the log says what,
+// the message is dropped (the rest of its data is read and discarded) and
+// the client gets 451 at its end, so the sender retries.
+template <typename F>
+bool session::guard_sink(F&& call) noexcept {
+  const char* what = "an unknown exception";
+  try {
+    call();
+    return true;
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  events_.session_log(log_level::error,
+                      fmt::format(FMT_STRING("id={} sink failed: {}"),
+                                  tx_ ? std::string_view(tx_->queue_id) : "-", printable(what)));
+  if (tx_) {
+    tx_->sink_failed = true;
+    drop_delivery();
+  }
+  return false;
+}
+
+void session::write_to_sink(std::string_view bytes) {
+  guard_sink([&] {
+    if (!tx_->sink_delivery->write(bytes)) paused_ = true;
+  });
 }
 
 void session::do_rset(std::string_view arg) {
@@ -373,13 +432,30 @@ void session::sasl_plain(std::string_view response) {
 
 void session::check_credentials(std::string user, std::string_view password) {
   pending_user_ = std::move(user);
-  // A check answers later, on the loop; feed() stops until then.
-  auth_check_ = cfg_->auth->check(pending_user_, password, *this);
+  // A check answers later, on the loop, and feed() stops until then; or it
+  // answers inside check() (auth.hpp), and then the pointer is not ours.
+  checking_ = true;
+  auth_check* check = nullptr;
+  try {
+    check = cfg_->auth->check(pending_user_, password, *this);
+  } catch (...) {
+    events_.session_log(log_level::error, "authenticator failed: an exception");
+    if (checking_) auth_checked(auth_result::busy);
+    return;
+  }
+  if (checking_) auth_check_ = check;
 }
 
-void session::auth_checked(bool ok) noexcept {
+void session::auth_checked(auth_result result) noexcept {
+  checking_ = false;
   auth_check_ = nullptr;
-  if (ok && !pending_user_.empty()) {
+  if (result == auth_result::busy) {
+    // RFC 4954 6: a temporary failure; no strike against the client.
+    events_.session_log(log_level::warning,
+                        fmt::format(FMT_STRING("auth: user={} not checked: busy"),
+                                    printable(pending_user_)));
+    reply(reply_id::auth_busy);
+  } else if (result == auth_result::ok && !pending_user_.empty()) {
     user_ = std::move(pending_user_);
     events_.session_log(log_level::info,
                         fmt::format(FMT_STRING("auth: user={} ok"), printable(user_)));
@@ -443,14 +519,14 @@ void session::write_body(std::string_view bytes) {
   transaction& tx = *tx_;
   // RFC 1870 counts the message as sent, each line end as CRLF.
   tx.size += bytes.size() + static_cast<std::size_t>(std::count(bytes.begin(), bytes.end(), '\n'));
-  if (tx.too_big) return;
+  if (tx.too_big || tx.sink_failed) return;
   if (tx.size > limits().max_message_size) {
     // Read the rest and discard it; the reply comes at the end of data.
     tx.too_big = true;
     drop_delivery();
     return;
   }
-  if (!tx.sink_delivery->write(bytes)) paused_ = true;
+  write_to_sink(bytes);
 }
 
 void session::drop_delivery() noexcept {
@@ -470,6 +546,7 @@ void session::end_of_data() {
   paused_ = false;
   transaction& tx = *tx_;
   if (tx.too_big) return finish_transaction(reply_id::size_exceeded, {}, "rejected");
+  if (tx.sink_failed) return finish_transaction(reply_id::store_failed, {}, "deferred");
   bool strict = limits().bare_newline == bare_newline_policy::reject;
   if (strict && (decoder_.saw_bare_lf() || decoder_.saw_bare_cr())) {
     drop_delivery();
@@ -478,7 +555,11 @@ void session::end_of_data() {
   }
   // A 250 only once every copy is durable: wait for committed().
   committing_ = true;
-  tx.sink_delivery->commit();
+  if (!guard_sink([&] { tx.sink_delivery->commit(); }) && committing_) {
+    // The delivery threw without calling back: it is dropped, nothing stored.
+    committing_ = false;
+    finish_transaction(reply_id::store_failed, {}, "deferred");
+  }
 }
 
 void session::committed(std::span<const store_outcome> per_recipient) noexcept {
@@ -515,11 +596,16 @@ void session::writable() noexcept {
 void session::finish_transaction(reply_id id, std::string_view detail, std::string_view status) {
   const transaction& tx = *tx_;
   const reply_entry& e = reply_of(id);
+  // Aliases give one address several mailboxes: name each address once.
+  // Mailboxes of one address are adjacent (do_rcpt appends them together),
+  // so comparing with the previous one suffices and stays linear.
   std::string to;
-  for (const auto& r : tx.recipients)
-    if (to.find(fmt::format(FMT_STRING("<{}>"), r.address)) == std::string::npos)
-      fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",",
-                     r.address);
+  std::string_view last;
+  for (const auto& r : tx.recipients) {
+    if (!last.empty() && r.address == last) continue;
+    fmt::format_to(std::back_inserter(to), FMT_STRING("{}<{}>"), to.empty() ? "" : ",", r.address);
+    last = r.address;
+  }
   events_.session_log(
       log_level::info,
       fmt::format(FMT_STRING("id={} from=<{}> to={} size={} status={} ({} {} {}{})"), tx.queue_id,
@@ -561,6 +647,7 @@ void session::shutdown() {
 void session::disconnect() noexcept {
   drop_delivery();
   if (auth_check_) std::exchange(auth_check_, nullptr)->cancel();
+  checking_ = false;
   sleeping_ = false;
   committing_ = false;
   closing_ = true;

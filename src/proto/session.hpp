@@ -91,7 +91,7 @@ class session final : delivery_listener, auth_listener {
   // Waiting for the sink, a credentials check, a delay or STARTTLS: do not
   // feed until session_ready() (or tls_started()).
   [[nodiscard]] bool waiting() const noexcept {
-    return paused_ || committing_ || auth_check_ || sleeping_ || starttls_;
+    return paused_ || committing_ || checking_ || sleeping_ || starttls_;
   }
   // STARTTLS was answered with 220: send the output in plaintext, drop any
   // input after the command (CVE-2011-0411), and start the handshake.
@@ -128,11 +128,13 @@ class session final : delivery_listener, auth_listener {
     std::string reverse_path;
     std::vector<recipient> recipients;  // distinct mailboxes
     std::size_t rcpt_accepted = 0;      // RCPT commands accepted
+    std::size_t rcpt_overshoot = 0;     // RCPTs past max_recipients
     bool rcpt_seen = false;             // any RCPT, accepted or not
     bool body_8bit = false;
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
+    bool sink_failed = false;  // the sink threw: the rest is discarded, then 451
   };
   enum class mode : std::uint8_t { command, data };
 
@@ -140,6 +142,9 @@ class session final : delivery_listener, auth_listener {
   std::size_t feed_data(std::span<char> input);
   void end_of_data();
   void write_body(std::string_view bytes);
+  void write_to_sink(std::string_view bytes);
+  template <typename F>
+  bool guard_sink(F&& call) noexcept;
   void drop_delivery() noexcept;
 
   void do_helo(std::string_view arg, bool esmtp);
@@ -165,7 +170,7 @@ class session final : delivery_listener, auth_listener {
   void writable() noexcept override;
   void committed(std::span<const store_outcome> per_recipient) noexcept override;
   // auth_listener
-  void auth_checked(bool ok) noexcept override;
+  void auth_checked(auth_result result) noexcept override;
 
   const session_config& limits() const noexcept { return cfg_->limits; }
 
@@ -197,7 +202,8 @@ class session final : delivery_listener, auth_listener {
   sasl sasl_ = sasl::none;
   std::string sasl_user_;     // LOGIN's user name, between its two challenges
   std::string pending_user_;  // the user whose password is being checked
-  auth_check* auth_check_ = nullptr;
+  auth_check* auth_check_ = nullptr;  // null while the answer came inside check()
+  bool checking_ = false;             // between check() and auth_checked()
   std::size_t auth_failures_ = 0;
   std::size_t errors_ = 0;  // protocol errors in this session
   std::uint64_t commands_ = 0;

@@ -178,7 +178,7 @@ class world::check final : public auth_check {
   void answer() {
     INBOXD_FUZZ_CHECK(pending);
     pending = false;
-    listener_.auth_checked(ok_);
+    listener_.auth_checked(ok_ ? auth_result::ok : auth_result::failed);
   }
 
   bool pending = true;

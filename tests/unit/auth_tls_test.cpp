@@ -38,7 +38,7 @@ class fake_auth final : public authenticator {
   // Answers the oldest open check.
   void answer() const {
     for (auto& p : checks)
-      if (p->listener) return std::exchange(p->listener, nullptr)->auth_checked(p->ok);
+      if (p->listener) return std::exchange(p->listener, nullptr)->auth_checked(p->ok ? auth_result::ok : auth_result::failed);
   }
 };
 

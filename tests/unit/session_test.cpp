@@ -52,7 +52,7 @@ TEST_CASE("the sink gets the envelope, and the reply names its queue id") {
       "RCPT TO:<PostMaster>\r\nDATA\r\nhi\r\n.\r\n");
   REQUIRE(c.sink.messages.size() == 1);
   const auto& m = c.sink.messages[0];
-  CHECK(m.queue_id == "123456784242000001");
+  CHECK(m.queue_id == "12345678004242000001");
   CHECK(m.client_address == "192.0.2.1");
   CHECK(m.helo == "client.example");
   CHECK(m.reverse_path == "a@example.com");
@@ -73,7 +73,7 @@ TEST_CASE("the Received header comes first, with a for clause for one recipient"
   const auto& m = c.sink.messages[0];
   CHECK(
       m.bytes.starts_with("Received: from client.example ([192.0.2.1])\n"
-                          "\tby localhost (inboxd) with ESMTP id 123456784242000001\n"
+                          "\tby localhost (inboxd) with ESMTP id 12345678004242000001\n"
                           "\tfor <b@example.com>; "));
   CHECK(m.trace().ends_with(" +0000\n"));
   CHECK(m.body() == "Subject: x\n\nbody\n");
@@ -88,7 +88,7 @@ TEST_CASE("the Received header says SMTP after HELO and has no for clause for tw
   const auto& m = c.sink.messages[0];
   CHECK(
       m.bytes.starts_with("Received: from old.example ([192.0.2.1])\n"
-                          "\tby localhost (inboxd) with SMTP id 123456784242000001;\n\t"));
+                          "\tby localhost (inboxd) with SMTP id 12345678004242000001;\n\t"));
   CHECK(m.body() == "x\n");
   CHECK_FALSE(m.esmtp);
 }
@@ -156,8 +156,8 @@ TEST_CASE("each transaction gets a new queue id") {
          ".\r\nMAIL FROM:<a@example.com>\r\n"
          "RCPT TO:<b@example.com>\r\nDATA\r\n.\r\n");
   REQUIRE(c.sink.messages.size() == 2);
-  CHECK(c.sink.messages[0].queue_id == "123456784242000001");
-  CHECK(c.sink.messages[1].queue_id == "123456784242000002");
+  CHECK(c.sink.messages[0].queue_id == "12345678004242000001");
+  CHECK(c.sink.messages[1].queue_id == "12345678004242000002");
 }
 
 TEST_CASE("refusals and finished transactions are logged") {
@@ -166,8 +166,8 @@ TEST_CASE("refusals and finished transactions are logged") {
   REQUIRE(c.events.log.size() == 2);
   CHECK(c.events.log[0] == "refused: 500 5.5.2 Error: command not recognized");
   CHECK(c.events.log[1] ==
-        "id=123456784242000001 from=<a@example.com> to=<b@example.com> size=4 status=sent "
-        "(250 2.0.0 Ok: queued as 123456784242000001)");
+        "id=12345678004242000001 from=<a@example.com> to=<b@example.com> size=4 status=sent "
+        "(250 2.0.0 Ok: queued as 12345678004242000001)");
 }
 
 // Commit and store results.
@@ -403,11 +403,18 @@ TEST_CASE("after shutdown() with no transaction, a command gets 421 and QUIT get
 
 TEST_CASE("queue ids are the start time, the pid, and a counter, in hex") {
   proto::queue_id_source ids(0x1'6789abcd, 0x10002);
-  CHECK(ids.next() == "6789ABCD0002000001");
-  CHECK(ids.next() == "6789ABCD0002000002");
+  CHECK(ids.next() == "6789ABCD010002000001");
+  CHECK(ids.next() == "6789ABCD010002000002");
 }
 
 TEST_CASE("rfc5322_date writes UTC in RFC 5322 form") {
   CHECK(proto::rfc5322_date(0) == "Thu, 1 Jan 1970 00:00:00 +0000");
   CHECK(proto::rfc5322_date(1700000000) == "Tue, 14 Nov 2023 22:13:20 +0000");
+}
+
+TEST_CASE("queue ids keep the whole pid and never wrap their counter") {
+  proto::queue_id_source ids(0x6789abcd, 0x3fffff);
+  std::string last;
+  for (int i = 0; i < (1 << 24) + 1; ++i) last = ids.next();
+  CHECK(last == "6789ABCD3FFFFF1000001");
 }
