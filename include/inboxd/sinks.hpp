@@ -4,6 +4,7 @@
 // thread pool, never on the loop thread (DESIGN.md principle 2).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -14,6 +15,16 @@
 typedef struct uv_loop_s uv_loop_t;
 
 namespace inboxd {
+
+// Message bytes that file-backed deliveries hold in memory, counted for all
+// of them together (loop thread only). Past the limit a delivery writes to
+// disk sooner, or the session stops reading: memory stays bounded however
+// many clients send at once. Share one budget between every sink of a
+// server, and across reloads (a reload may change the limit).
+struct memory_budget {
+  std::size_t limit = 64 * 1024 * 1024;
+  std::size_t used = 0;
+};
 
 // Counts and discards: the reference for throughput.
 class null_sink final : public sink {
@@ -34,6 +45,7 @@ struct maildir_options {
   // recipients is written once and hard-linked into each new/.
   std::string path;
   std::string hostname;  // for unique file names
+  std::shared_ptr<memory_budget> memory;  // null: one of its own, with the default limit
   // What start-up creates (the Maildir, or a template's fixed leading
   // folders) is given to this owner; see owner.hpp.
   file_owner owner;
@@ -49,6 +61,7 @@ struct mbox_options {
   // Where a message larger than the in-memory batch waits until it is
   // appended (an unnamed file, removed at once).
   std::string spool_dir = "var/spool";
+  std::shared_ptr<memory_budget> memory;  // null: one of its own, with the default limit
   // The spool and a template's fixed leading folders, made at start-up, are
   // given to this owner; see owner.hpp.
   file_owner owner;

@@ -300,9 +300,9 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::
   }
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
   if (cfg.sink == "mbox")
-    return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .owner = {}}, error);
+    return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = {}, .owner = {}}, error);
   return inboxd::open_maildir_sink(
-      loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname, .owner = {}}, error);
+      loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname, .memory = {}, .owner = {}}, error);
 }
 
 // Raises the soft limit on open files to the hard one: each connection is a

@@ -1,0 +1,1 @@
+// app/log_writer.cpp: being written.

@@ -1,0 +1,2 @@
+"""Not written yet."""
+raise SystemExit("test_hostile.py: not written yet")
