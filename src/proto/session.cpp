@@ -263,9 +263,9 @@ void session::do_rcpt(std::string_view arg) {
                                     printable(p.value.mailbox), printable(e.what())));
     return refuse(reply_id::lookup_failed);
   } catch (...) {
-    events_.session_log(log_level::error,
-                        fmt::format(FMT_STRING("recipient policy failed for <{}>"),
-                                    printable(p.value.mailbox)));
+    events_.session_log(
+        log_level::error,
+        fmt::format(FMT_STRING("recipient policy failed for <{}>"), printable(p.value.mailbox)));
     return refuse(reply_id::lookup_failed);
   }
   switch (verdict) {
@@ -451,9 +451,9 @@ void session::auth_checked(auth_result result) noexcept {
   auth_check_ = nullptr;
   if (result == auth_result::busy) {
     // RFC 4954 6: a temporary failure; no strike against the client.
-    events_.session_log(log_level::warning,
-                        fmt::format(FMT_STRING("auth: user={} not checked: busy"),
-                                    printable(pending_user_)));
+    events_.session_log(
+        log_level::warning,
+        fmt::format(FMT_STRING("auth: user={} not checked: busy"), printable(pending_user_)));
     reply(reply_id::auth_busy);
   } else if (result == auth_result::ok && !pending_user_.empty()) {
     user_ = std::move(pending_user_);

@@ -200,8 +200,8 @@ class session final : delivery_listener, auth_listener {
   // SASL (RFC 4954): what the next line answers, if a challenge is open.
   enum class sasl : std::uint8_t { none, plain, login_user, login_password };
   sasl sasl_ = sasl::none;
-  std::string sasl_user_;     // LOGIN's user name, between its two challenges
-  std::string pending_user_;  // the user whose password is being checked
+  std::string sasl_user_;             // LOGIN's user name, between its two challenges
+  std::string pending_user_;          // the user whose password is being checked
   auth_check* auth_check_ = nullptr;  // null while the answer came inside check()
   bool checking_ = false;             // between check() and auth_checked()
   std::size_t auth_failures_ = 0;

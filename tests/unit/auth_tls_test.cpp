@@ -38,7 +38,9 @@ class fake_auth final : public authenticator {
   // Answers the oldest open check.
   void answer() const {
     for (auto& p : checks)
-      if (p->listener) return std::exchange(p->listener, nullptr)->auth_checked(p->ok ? auth_result::ok : auth_result::failed);
+      if (p->listener)
+        return std::exchange(p->listener, nullptr)
+            ->auth_checked(p->ok ? auth_result::ok : auth_result::failed);
   }
 };
 
@@ -234,4 +236,55 @@ TEST_CASE("a check still open when the client leaves is cancelled") {
   c.send("AUTH PLAIN " + plain("alice", "secret") + "\r\n");
   c.session.disconnect();
   CHECK(c.auth->checks.back()->listener == nullptr);
+}
+
+namespace {
+
+// Answers inside check() (auth.hpp allows it), with a fixed result.
+class immediate_auth final : public authenticator {
+ public:
+  explicit immediate_auth(auth_result r) : result_(r) {}
+  auth_check* check(std::string_view, std::string_view, auth_listener& l) const override {
+    l.auth_checked(result_);
+    return nullptr;
+  }
+
+ private:
+  auth_result result_;
+};
+
+struct immediate_auth_connection : test_connection {
+  explicit immediate_auth_connection(auth_result r) {
+    auto s = std::make_shared<proto::settings>(*settings);
+    s->auth = std::make_shared<immediate_auth>(r);
+    s->tls = some_credentials();
+    settings = s;
+    (void)take();
+    send("EHLO c\r\nSTARTTLS\r\n");
+    (void)take();
+    session.tls_started("TLSv1.3 with cipher TEST");
+    send("EHLO c\r\n");
+    (void)take();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an authenticator that answers inside check() does not leave the session waiting") {
+  immediate_auth_connection c(auth_result::ok);
+  c.send("AUTH PLAIN " + plain("alice", "secret") + "\r\nNOOP\r\n");
+  CHECK(c.take() == "235 2.7.0 Authentication successful\r\n250 2.0.0 Ok\r\n");
+  CHECK_FALSE(c.session.waiting());
+}
+
+TEST_CASE("a busy authenticator gets 454 4.7.0, and it is no strike against the client") {
+  immediate_auth_connection c(auth_result::busy);
+  for (int i = 0; i < 5; ++i) {
+    c.send("AUTH PLAIN " + plain("alice", "secret") + "\r\n");
+    CHECK(c.take() == "454 4.7.0 Temporary authentication failure, try again later\r\n");
+  }
+  CHECK_FALSE(c.session.closing());
+  CHECK(c.events.sleeps.empty());  // No growing delay: not a failure.
+  c.send("NOOP\r\n");
+  CHECK(c.take() == "250 2.0.0 Ok\r\n");
 }

@@ -1,5 +1,7 @@
 #include "harness.hpp"
 
+#include <stdexcept>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -68,6 +70,7 @@ class memory_sink::record final : public delivery {
       : sink_(sink), index_(index), listener_(listener) {}
 
   bool write(std::string_view bytes) override {
+    sink_.maybe_throw(throw_at::write);
     message& m = sink_.messages[index_];
     check_open();
     if (paused_) sink_.wrote_while_paused = true;
@@ -77,6 +80,7 @@ class memory_sink::record final : public delivery {
   }
 
   void commit() override {
+    sink_.maybe_throw(throw_at::commit);
     check_open();
     sink_.open_ = nullptr;
     committing_ = true;
@@ -127,7 +131,14 @@ class memory_sink::record final : public delivery {
 memory_sink::memory_sink() = default;
 memory_sink::~memory_sink() = default;
 
+void memory_sink::maybe_throw(throw_at where) {
+  if (throws != where) return;
+  throws = throw_at::none;
+  throw std::runtime_error("the test sink throws");
+}
+
 delivery* memory_sink::begin(const envelope& env, delivery_listener& listener) {
+  maybe_throw(throw_at::begin);
   message m;
   m.queue_id = env.queue_id;
   m.client_address = env.client_address;

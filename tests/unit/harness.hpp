@@ -79,6 +79,10 @@ class memory_sink final : public sink {
   std::vector<store_result> results;
   // write() returns false from this call on (1-based, per message).
   int pause_from_write = std::numeric_limits<int>::max();
+  // An embedder's sink that throws: at the next begin(), write() or commit(),
+  // once (then none again).
+  enum class throw_at { none, begin, write, commit };
+  throw_at throws = throw_at::none;
 
   std::vector<message> messages;
   // The session wrote to or committed a delivery after commit() or abort().
@@ -99,6 +103,7 @@ class memory_sink final : public sink {
 
  private:
   class record;
+  void maybe_throw(throw_at where);
   record* open_ = nullptr;  // the delivery not yet committed or aborted
   std::vector<std::unique_ptr<record>> records_;
 };

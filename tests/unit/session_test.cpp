@@ -2,6 +2,7 @@
 // covered by the transcripts (transcript_test.cpp).
 #include <doctest/doctest.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "harness.hpp"
@@ -417,4 +418,107 @@ TEST_CASE("queue ids keep the whole pid and never wrap their counter") {
   std::string last;
   for (int i = 0; i < (1 << 24) + 1; ++i) last = ids.next();
   CHECK(last == "6789ABCD3FFFFF1000001");
+}
+
+// Issue 9: the recipient limit asks for a second transaction; it is no error.
+
+namespace {
+
+std::string many_rcpts(int n) {
+  std::string s = "MAIL FROM:<a@example.com>\r\n";
+  for (int i = 0; i < n; ++i) s += "RCPT TO:<u" + std::to_string(i) + "@example.com>\r\n";
+  return s;
+}
+
+int count_of(const std::string& out, std::string_view line) {
+  int n = 0;
+  for (const auto& l : test::reply_lines(out)) n += l == line;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("RCPTs past the limit get 452 and count as errors only past the overshoot allowance") {
+  session_config cfg;
+  cfg.max_recipients = 5;
+  cfg.recipient_overshoot_limit = 3;
+  cfg.max_errors = 3;
+  SUBCASE("within the allowance: 452s, then DATA for the accepted ones") {
+    test_connection c(cfg);
+    greet(c);
+    c.send(many_rcpts(8) + "DATA\r\nhi\r\n.\r\n");
+    std::string out = c.take();
+    CHECK(count_of(out, "250 2.1.5 Ok") == 5);
+    CHECK(count_of(out, "452 4.5.3 Error: too many recipients") == 3);
+    CHECK(out.ends_with(queued(c.sink.messages.at(0))));
+    CHECK(c.sink.messages[0].recipients.size() == 5);
+    CHECK_FALSE(c.session.closing());
+  }
+  SUBCASE("past the allowance each one is an error, and the error limit closes") {
+    test_connection c(cfg);
+    greet(c);
+    c.send(many_rcpts(5 + 3 + 3));
+    std::string out = c.take();
+    CHECK(count_of(out, "452 4.5.3 Error: too many recipients") == 6);
+    CHECK(out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    CHECK(c.session.closing());
+  }
+}
+
+TEST_CASE("1,100 pipelined RCPTs with Postfix's defaults: 1,000 accepted, 100 told to retry") {
+  test_connection c;
+  greet(c);
+  c.send(many_rcpts(1100) + "DATA\r\nhi\r\n.\r\nQUIT\r\n");
+  std::string out = c.take();
+  CHECK(count_of(out, "250 2.1.5 Ok") == 1000);
+  CHECK(count_of(out, "452 4.5.3 Error: too many recipients") == 100);
+  REQUIRE(c.sink.messages.size() == 1);
+  CHECK(out.ends_with(queued(c.sink.messages[0]) + "221 2.0.0 Bye\r\n"));
+}
+
+// Issue 9: an embedder's sink or policy that throws costs a 451, not the process.
+
+TEST_CASE("a sink that throws gets 451 and the session goes on") {
+  using throw_at = memory_sink::throw_at;
+  for (throw_at where : {throw_at::begin, throw_at::write, throw_at::commit}) {
+    CAPTURE(static_cast<int>(where));
+    test_connection c;
+    greet(c);
+    c.sink.throws = where;
+    c.send(std::string(mail_to_data));
+    if (where == throw_at::begin) {
+      CHECK(c.take() ==
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+            "451 4.3.0 Error: could not store the message, try again later\r\n");
+    } else {
+      c.send("hi\r\n.\r\n");
+      CHECK(c.take() == std::string(envelope_replies) +
+                            "451 4.3.0 Error: could not store the message, try again later\r\n");
+    }
+    c.send(std::string(mail_to_data) + "again\r\n.\r\n");
+    CHECK(c.take() == std::string(envelope_replies) + queued(c.sink.messages.back()));
+    CHECK_FALSE(c.sink.misuse);
+  }
+}
+
+namespace {
+
+class throwing_policy final : public recipient_policy {
+ public:
+  rcpt_verdict resolve(std::string_view, std::vector<recipient>&) const override {
+    throw std::runtime_error("directory is down");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a recipient policy that throws gets 451 4.3.0 at RCPT") {
+  test_connection c;
+  auto s = std::make_shared<proto::settings>(*c.settings);
+  s->policy = std::make_shared<throwing_policy>();
+  c.settings = s;
+  greet(c);
+  c.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nNOOP\r\n");
+  CHECK(c.take() ==
+        "250 2.1.0 Ok\r\n451 4.3.0 Error: temporary recipient lookup failure\r\n250 2.0.0 Ok\r\n");
 }
