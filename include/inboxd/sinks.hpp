@@ -1,7 +1,7 @@
 // inboxd/sinks.hpp: the sinks that come with inboxd.
 //
 // Each completes on the loop it was made with; file work runs on libuv's
-// thread pool, never on the loop thread (DESIGN.md principle 2).
+// thread pool, never on the loop thread (docs/DESIGN.md, rule 3).
 #pragma once
 
 #include <cstddef>

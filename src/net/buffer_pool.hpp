@@ -1,6 +1,6 @@
 // net/buffer_pool.hpp: read buffers, lent to connections while they have input.
 //
-// An idle connection holds no buffer (DESIGN.md principle 4): it takes one
+// An idle connection holds no buffer (docs/DESIGN.md, rule 4): it takes one
 // from the pool in libuv's alloc callback and gives it back as soon as every
 // byte in it was consumed. The pool keeps a bounded number of free buffers.
 #pragma once
