@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
+#include <unordered_map>
 
 #include "store/pooled_delivery.hpp"
 
@@ -48,11 +48,16 @@ std::string expand_path(std::string_view tpl, const recipient& r) {
 
 mailbox_places::mailbox_places(std::string_view path_template,
                                std::span<const recipient> recipients) {
+  // A hash map from path to index keeps this linear in the recipients: a
+  // search of paths for each would be quadratic for 1000 of them.
+  std::unordered_map<std::string, std::size_t> index;
+  index.reserve(recipients.size());
+  of.reserve(recipients.size());
   for (const recipient& r : recipients) {
     std::string path = expand_path(path_template, r);
-    auto it = std::find(paths.begin(), paths.end(), path);
-    of.push_back(static_cast<std::size_t>(it - paths.begin()));
-    if (it == paths.end()) paths.push_back(std::move(path));
+    auto [it, added] = index.try_emplace(path, paths.size());
+    if (added) paths.push_back(std::move(path));
+    of.push_back(it->second);
   }
 }
 
@@ -64,13 +69,48 @@ bool is_template(std::string_view path) noexcept {
   return path.find("{user}") != path.npos || path.find("{domain}") != path.npos;
 }
 
-int make_dirs(const std::string& path) noexcept {
-  for (std::size_t i = 1; i <= path.size(); ++i) {
-    if (i < path.size() && path[i] != '/') continue;
-    std::string part = path.substr(0, i);
-    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) return errno;
+int make_dirs(const std::string& path, file_owner owner) noexcept {
+  try {
+    for (std::size_t i = 1; i <= path.size(); ++i) {
+      if (i < path.size() && path[i] != '/') continue;
+      if (path[i - 1] == '/') continue;  // "a//b" or a trailing '/'
+      std::string part = path.substr(0, i);
+      if (::mkdir(part.c_str(), 0700) != 0) {
+        if (errno != EEXIST) return errno;
+        continue;
+      }
+      // Only what this call made is handed over: a folder that was there
+      // already keeps its owner (chowning an existing /var/mail to the
+      // server's user would give that user more than the operator meant).
+      if (int e = chown_to(part, owner)) return e;
+      // The new entry is in its parent folder, which must reach the disk
+      // too, or a crash may forget the folder and every message in it.
+      if (int e = fsync_dir(parent_of(part))) return e;
+    }
+    return 0;
+  } catch (...) {
+    return ENOMEM;
   }
-  return 0;
+}
+
+int chown_to(const std::string& path, file_owner owner) noexcept {
+  if (!owner.set()) return 0;
+  return ::chown(path.c_str(), owner.uid, owner.gid) == 0 ? 0 : errno;
+}
+
+std::string fixed_prefix(std::string_view tpl) {
+  auto brace = tpl.find('{');
+  if (brace == tpl.npos) {
+    while (tpl.size() > 1 && tpl.back() == '/') tpl.remove_suffix(1);
+    return std::string(tpl);
+  }
+  // The component holding the brace starts after the last '/' before it.
+  auto slash = tpl.rfind('/', brace);
+  if (slash == tpl.npos) return {};
+  std::string_view prefix = tpl.substr(0, slash);
+  while (!prefix.empty() && prefix.back() == '/') prefix.remove_suffix(1);
+  if (prefix.empty()) return "/";
+  return std::string(prefix);
 }
 
 int write_all(int fd, std::string_view data) noexcept {

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "inboxd/owner.hpp"
 #include "inboxd/sink.hpp"
 
 namespace inboxd::store {
@@ -32,8 +33,22 @@ struct mailbox_places {
 // Whether a template names a different place per recipient.
 [[nodiscard]] bool is_template(std::string_view path) noexcept;
 
-// mkdir -p with mode 0700 for what it creates. Returns 0 or an errno value.
-[[nodiscard]] int make_dirs(const std::string& path) noexcept;
+// mkdir -p with mode 0700 for what it creates. Each folder it creates is
+// handed to owner (when owner.set()), and the parent of each is fsynced, so
+// that the new entry survives a crash: a message acknowledged into a new
+// Maildir must not vanish with the folder it is in. Returns 0 or an errno
+// value.
+[[nodiscard]] int make_dirs(const std::string& path, file_owner owner = {}) noexcept;
+
+// chown(2) to owner; a no-op (0) when !owner.set(). Returns 0 or an errno
+// value.
+[[nodiscard]] int chown_to(const std::string& path, file_owner owner) noexcept;
+
+// The leading folders of a path template before its first component that
+// holds '{': "var/mail/{domain}/{user}" gives "var/mail", "/m/{user}.mbox"
+// gives "/m", "{user}" gives "" (nothing to make). Start-up makes this part
+// and hands it to the server's user, who makes the rest per recipient.
+[[nodiscard]] std::string fixed_prefix(std::string_view path_template);
 
 // Writes all of data, retrying short writes. Returns 0 or an errno value.
 [[nodiscard]] int write_all(int fd, std::string_view data) noexcept;
