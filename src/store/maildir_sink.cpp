@@ -1,18 +1,24 @@
-// The Maildir sink: durable delivery as DESIGN.md says.
+// The Maildir sink: durable delivery as DESIGN.md says, all or nothing.
 //
 // A message is written once to <maildir>/tmp/<unique> of its first
-// recipient, fsynced, hard-linked as new/<unique>,S=<size> into the Maildir
-// of every recipient, each new/ fsynced, and the tmp/ name removed. Only
-// then does the session hear "stored". A crash at any instant leaves nothing
-// in new/ or a whole message. Maildirs named by a template ({domain},
-// {user}) get their tmp/ new/ cur/ on first delivery. All file work runs on
-// libuv's thread pool (pooled_delivery).
+// recipient and fsynced. Then a copy is staged in the tmp/ of every other
+// recipient's Maildir (a hard link, or a fsynced copy of the bytes when that
+// Maildir is on another file system). Only when every copy is staged is each
+// one linked as new/<unique>,S=<size> and each new/ fsynced; if any step
+// fails, every copy already made is taken back and every recipient fails
+// alike, so the reply is 250 with the message in every new/, or 451 (452 for
+// a full disk) with it in none: the sender's retry makes no duplicate. A
+// crash at any instant leaves in each new/ nothing or a whole message.
+// Maildirs named by a template ({domain}, {user}) get their tmp/ new/ cur/ on
+// first delivery. All file work runs on libuv's thread pool
+// (pooled_delivery).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -39,11 +45,60 @@ std::string escape_host(std::string_view host) {
   return out;
 }
 
-int make_maildir(const std::string& root) noexcept {
-  if (int e = store::make_dirs(root)) return e;
-  for (const char* sub : {"/tmp", "/new", "/cur"})
-    if (::mkdir((root + sub).c_str(), 0700) != 0 && errno != EEXIST) return errno;
-  return 0;
+// The Q part of unique names, for the whole process: a sink is made anew on
+// every reload, and a counter of its own would start again at 1 and could
+// give a name already used in the same microsecond. The name is made on the
+// loop thread, but an atomic costs nothing and keeps it right for any number
+// of loops.
+std::atomic<std::uint64_t> name_counter{0};
+
+// Makes a Maildir's root (and the folders above it) and its tmp/ new/ cur/.
+// What it creates goes to owner; each new folder's entry is fsynced into its
+// parent, so a message acknowledged into a new Maildir survives a crash.
+int make_maildir(const std::string& root, file_owner owner = {}) noexcept {
+  if (int e = store::make_dirs(root, owner)) return e;
+  try {
+    bool made = false;
+    for (const char* sub : {"/tmp", "/new", "/cur"}) {
+      std::string path = root + sub;
+      if (::mkdir(path.c_str(), 0700) != 0) {
+        if (errno != EEXIST) return errno;
+        continue;
+      }
+      made = true;
+      if (int e = store::chown_to(path, owner)) return e;
+    }
+    return made ? store::fsync_dir(root) : 0;
+  } catch (...) {
+    return ENOMEM;
+  }
+}
+
+// Copies the bytes of from into a new file to and fsyncs it: the staged copy
+// for a Maildir on another file system, where a hard link gives EXDEV.
+int copy_file(const std::string& from, const std::string& to) noexcept {
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) return errno;
+  int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (out < 0) {
+    int e = errno;
+    ::close(in);
+    return e;
+  }
+  int e = 0;
+  char buf[64 * 1024];
+  for (;;) {
+    ssize_t n = ::read(in, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) e = errno;
+    if (n <= 0) break;
+    if ((e = store::write_all(out, {buf, static_cast<std::size_t>(n)}))) break;
+  }
+  if (!e && ::fsync(out) != 0) e = errno;
+  if (::close(out) != 0 && !e) e = errno;
+  ::close(in);
+  if (e) ::unlink(to.c_str());
+  return e;
 }
 
 class maildir_sink final : public sink {
@@ -55,7 +110,6 @@ class maildir_sink final : public sink {
   uv_loop_t* loop_;
   std::string path_;  // one Maildir, or a template
   std::string host_;
-  std::uint64_t counter_ = 0;
 };
 
 class maildir_delivery final : public pooled_delivery {
@@ -66,7 +120,7 @@ class maildir_delivery final : public pooled_delivery {
     timeval tv{};
     ::gettimeofday(&tv, nullptr);
     name_ = fmt::format(FMT_STRING("{}.M{}P{}Q{}.{}"), tv.tv_sec, tv.tv_usec, ::getpid(),
-                        ++sink.counter_, sink.host_);
+                        ++name_counter, sink.host_);
     // Final delivery adds Return-Path (RFC 5321 4.4).
     write(fmt::format(FMT_STRING("Return-Path: <{}>\n"), env.reverse_path));
   }
@@ -74,21 +128,22 @@ class maildir_delivery final : public pooled_delivery {
  private:
   ~maildir_delivery() override = default;
 
-  // Opens tmp/<unique> in the first Maildir that takes it.
+  // Opens tmp/<unique> in the first Maildir: the message is written there
+  // once, and every other recipient's copy is made from it at the end.
   void open_staging() noexcept {
-    for (const auto& dir : dirs_.paths) {
-      std::string path = dir + "/tmp/" + name_;
-      fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (fd_ < 0 && errno == ENOENT && make_maildir(dir) == 0)
-        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (fd_ >= 0) {
-        // An earlier Maildir that failed fails only its own recipients, at link time.
-        error_ = 0;
-        tmp_path_ = std::move(path);
-        return;
-      }
-      error_ = errno;
+    if (dirs_.paths.empty()) {  // no recipient: the session never asks for this
+      error_ = EINVAL;
+      return;
     }
+    std::string path = dirs_.paths[0] + "/tmp/" + name_;
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd_ < 0 && errno == ENOENT && make_maildir(dirs_.paths[0]) == 0)
+      fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd_ < 0) {
+      error_ = errno;
+      return;
+    }
+    tmp_path_ = std::move(path);
   }
 
   void stage(const std::string& batch) noexcept override {
@@ -98,25 +153,88 @@ class maildir_delivery final : public pooled_delivery {
     size_ += batch.size();
   }
 
+  // Stages Maildir i's copy (i > 0) in its tmp/: a hard link to the first
+  // one, or a copy of the bytes across file systems.
+  int stage_copy(std::size_t i, std::string& path) noexcept {
+    path = dirs_.paths[i] + "/tmp/" + name_;
+    int rc = ::link(tmp_path_.c_str(), path.c_str());
+    if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
+      rc = ::link(tmp_path_.c_str(), path.c_str());
+    if (rc != 0 && errno == EXDEV) return copy_file(tmp_path_, path);
+    return rc == 0 ? 0 : errno;
+  }
+
+  // Makes the message visible in every Maildir, or in none. Returns 0, or
+  // the errno value of the first failure with failed_ set to its Maildir.
+  int publish(std::vector<std::string>& staged) noexcept {
+    const std::size_t n = dirs_.paths.size();
+    staged[0] = tmp_path_;
+    for (std::size_t i = 1; i < n; ++i) {
+      if (int e = stage_copy(i, staged[i])) {
+        staged[i].clear();
+        failed_ = i;
+        return e;
+      }
+    }
+    // Every copy is staged: publish each. link() rather than rename(): it
+    // never replaces a message already in new/ under the same name.
+    std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    std::vector<std::string> published;
+    published.reserve(n);
+    int e = 0;
+    for (std::size_t i = 0; i < n && !e; ++i) {
+      std::string target = dirs_.paths[i] + final_name;
+      int rc = ::link(staged[i].c_str(), target.c_str());
+      // A Maildir with a tmp/ but no new/ gets its missing folders.
+      if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
+        rc = ::link(staged[i].c_str(), target.c_str());
+      if (rc != 0) {
+        e = errno;
+        failed_ = i;
+        break;
+      }
+      published.push_back(std::move(target));
+    }
+    // Each link is durable only once its directory is.
+    for (std::size_t i = 0; i < n && !e; ++i) {
+      if ((e = store::fsync_dir(dirs_.paths[i] + "/new"))) failed_ = i;
+    }
+    if (e) {
+      // Take back what was published: the sender retries the whole message,
+      // so no recipient may keep a copy. Best effort to make that durable.
+      for (std::size_t i = 0; i < published.size(); ++i) {
+        ::unlink(published[i].c_str());
+        (void)store::fsync_dir(dirs_.paths[i] + "/new");
+      }
+    }
+    return e;
+  }
+
   void finish(const std::string& batch, std::vector<store_outcome>& outcomes) noexcept override {
     stage(batch);
     if (!error_ && ::fsync(fd_) != 0) error_ = errno;
     if (fd_ >= 0 && ::close(fd_) != 0 && !error_) error_ = errno;
     fd_ = -1;
-    std::vector<int> dir_error(dirs_.paths.size(), error_);
-    if (!error_) {
-      std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
-      for (std::size_t i = 0; i < dirs_.paths.size(); ++i) {
-        std::string target = dirs_.paths[i] + final_name;
-        int rc = ::link(tmp_path_.c_str(), target.c_str());
-        if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
-          rc = ::link(tmp_path_.c_str(), target.c_str());
-        // The link is durable only once its directory is.
-        dir_error[i] = rc != 0 ? errno : store::fsync_dir(dirs_.paths[i] + "/new");
-      }
+    int e = error_;
+    try {
+      std::vector<std::string> staged(dirs_.paths.size());
+      if (!e) e = publish(staged);
+      // The tmp/ names go whether the message was published or not.
+      for (const auto& path : staged)
+        if (!path.empty()) ::unlink(path.c_str());
+    } catch (...) {
+      e = ENOMEM;
     }
     if (!tmp_path_.empty()) ::unlink(tmp_path_.c_str());
-    dirs_.fill(outcomes, dir_error);
+    tmp_path_.clear();
+    // Every recipient gets the same result, so the reply is one truth for
+    // all. The Maildir that failed carries its error, the others
+    // ECANCELED ("Operation canceled"): the log names the mailbox to fix.
+    store_outcome fail = store::outcome_of(e);
+    for (std::size_t r = 0; r < outcomes.size(); ++r) {
+      outcomes[r] = fail;
+      if (e && dirs_.of[r] != failed_) outcomes[r].error = ECANCELED;
+    }
   }
 
   void discard() noexcept override {
@@ -129,9 +247,10 @@ class maildir_delivery final : public pooled_delivery {
 
   std::string name_;
   store::mailbox_places dirs_;  // the distinct Maildirs
-  std::string tmp_path_;
+  std::string tmp_path_;        // the first Maildir's tmp/<unique>, once open
   int fd_ = -1;
   std::size_t size_ = 0;
+  std::size_t failed_ = 0;  // the Maildir (index in dirs_.paths) that failed
 };
 
 delivery* maildir_sink::begin(const envelope& env, delivery_listener& listener) {
@@ -142,11 +261,20 @@ delivery* maildir_sink::begin(const envelope& env, delivery_listener& listener) 
 
 std::unique_ptr<sink> open_maildir_sink(uv_loop_t* loop, const maildir_options& options,
                                         std::string& error) {
-  // A single Maildir is made now, so that a bad path fails at start-up.
+  // A single Maildir is made now, so that a bad path fails at start-up. For
+  // a template, the folders before the first {...} are made now: the server
+  // may run as an unprivileged user later, who must be able to make each
+  // recipient's Maildir in them. What start-up makes goes to that user.
   if (!store::is_template(options.path)) {
-    if (int e = make_maildir(options.path)) {
+    if (int e = make_maildir(options.path, options.owner)) {
       error =
           fmt::format(FMT_STRING("cannot create Maildir {}: {}"), options.path, std::strerror(e));
+      return nullptr;
+    }
+  } else if (std::string prefix = store::fixed_prefix(options.path); !prefix.empty()) {
+    if (int e = store::make_dirs(prefix, options.owner)) {
+      error = fmt::format(FMT_STRING("cannot create folder {} for Maildirs {}: {}"), prefix,
+                          options.path, std::strerror(e));
       return nullptr;
     }
   }
