@@ -212,8 +212,30 @@ def session():
         write("session", name, ctl + seed(i + 200) + wire)
 
 
+# --------------------------------------------------------------------- mboxrd
+# 8 seed bytes; one byte where the bytes are cut into two messages (0: one); the LF text.
+def mboxrd():
+    run = b">" * 3000
+    cases = {
+        "from": (0, b"From a\nx From b\n>From c\n>>From d\nFromage\n"),
+        "near-misses": (0, b">Fro\nFrom\n>\n\nFrom\nFFrom x\n>F>From x\n From x\n"),
+        "end-in-prefix": (0, b"a\n>>>Fro"),
+        "end-in-from": (0, b"a\nFrom x"),
+        "long-run-from": (0, run + b"From x\n" + run + b"\n" + run + b"Fro\n"),
+        "gt-from-repeated": (0, b">From x\n" * 200),
+        "cr": (0, b"\rFrom x\n\r\r\r\n>From\r\nFrom \r\n"),
+        "two-messages": (128, b"x\n>>Fro" + b"m y\nFrom z\n"),
+        "two-cut-in-run": (200, b"a\n" + b">" * 100 + b"From b\n"),
+        "empty-lines": (0, b"\n\n\n>\n>>\n"),
+        "binary": (0, bytes(range(256)) + b"\nFrom \x00\n"),
+    }
+    for i, (name, (cut, text)) in enumerate(cases.items()):
+        write("mboxrd", name, seed(i + 400) + bytes([cut]) + text)
+
+
 if __name__ == "__main__":
     line_reader()
     command()
     data_decoder()
     session()
+    mboxrd()
