@@ -154,19 +154,33 @@ class maildir_delivery final : public pooled_delivery {
   }
 
   // Stages Maildir i's copy (i > 0) in its tmp/: a hard link to the first
-  // one, or a copy of the bytes across file systems.
-  int stage_copy(std::size_t i, std::string& path) noexcept {
+  // one, or a copy of the bytes across file systems. Leaves path empty when
+  // Maildir i is one already staged under another name (a symlink made two
+  // mailboxes one): the message goes there once, through the first name.
+  int stage_copy(std::size_t i, std::string& path) {
     path = dirs_.paths[i] + "/tmp/" + name_;
     int rc = ::link(tmp_path_.c_str(), path.c_str());
     if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
       rc = ::link(tmp_path_.c_str(), path.c_str());
     if (rc != 0 && errno == EXDEV) return copy_file(tmp_path_, path);
+    if (rc != 0 && errno == EEXIST && same_file(tmp_path_, path)) {
+      path.clear();
+      return 0;
+    }
     return rc == 0 ? 0 : errno;
+  }
+
+  static bool same_file(const std::string& a, const std::string& b) noexcept {
+    struct stat sa {};
+    struct stat sb {};
+    return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
   }
 
   // Makes the message visible in every Maildir, or in none. Returns 0, or
   // the errno value of the first failure with failed_ set to its Maildir.
-  int publish(std::vector<std::string>& staged) noexcept {
+  // May throw std::bad_alloc, which finish() turns into a failure.
+  int publish(std::vector<std::string>& staged) {
     const std::size_t n = dirs_.paths.size();
     staged[0] = tmp_path_;
     for (std::size_t i = 1; i < n; ++i) {
@@ -179,10 +193,11 @@ class maildir_delivery final : public pooled_delivery {
     // Every copy is staged: publish each. link() rather than rename(): it
     // never replaces a message already in new/ under the same name.
     std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
-    std::vector<std::string> published;
+    std::vector<std::size_t> published;  // indexes in dirs_.paths
     published.reserve(n);
     int e = 0;
-    for (std::size_t i = 0; i < n && !e; ++i) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (staged[i].empty()) continue;  // published through another name
       std::string target = dirs_.paths[i] + final_name;
       int rc = ::link(staged[i].c_str(), target.c_str());
       // A Maildir with a tmp/ but no new/ gets its missing folders.
@@ -193,17 +208,18 @@ class maildir_delivery final : public pooled_delivery {
         failed_ = i;
         break;
       }
-      published.push_back(std::move(target));
+      published.push_back(i);
     }
     // Each link is durable only once its directory is.
-    for (std::size_t i = 0; i < n && !e; ++i) {
+    for (std::size_t k = 0; k < published.size() && !e; ++k) {
+      std::size_t i = published[k];
       if ((e = store::fsync_dir(dirs_.paths[i] + "/new"))) failed_ = i;
     }
     if (e) {
       // Take back what was published: the sender retries the whole message,
       // so no recipient may keep a copy. Best effort to make that durable.
-      for (std::size_t i = 0; i < published.size(); ++i) {
-        ::unlink(published[i].c_str());
+      for (std::size_t i : published) {
+        ::unlink((dirs_.paths[i] + final_name).c_str());
         (void)store::fsync_dir(dirs_.paths[i] + "/new");
       }
     }

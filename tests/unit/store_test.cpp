@@ -466,3 +466,18 @@ TEST_CASE("Maildir unique names go on counting when the sink is made anew (reloa
   std::sort(qs.begin(), qs.end());
   CHECK(std::unique(qs.begin(), qs.end()) == qs.end());
 }
+
+TEST_CASE("two mailboxes that are one Maildir (a symlink) get the message once") {
+  temp_dir t;
+  test_loop l;
+  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}");
+  for (const char* sub : {"/mail/admin", "/mail/admin/tmp", "/mail/admin/new", "/mail/admin/cur"})
+    REQUIRE(::mkdir((t.path + sub).c_str(), 0700) == 0);
+  REQUIRE(::symlink("admin", (t.path + "/mail/postmaster").c_str()) == 0);
+  auto got = deliver(*s, &l.loop, users({"postmaster", "bob", "admin"}), "hello\n");
+  REQUIRE(got.size() == 3);
+  for (const auto& o : got) CHECK(o.result == store_result::stored);
+  CHECK(names_in(t.path + "/mail/admin/new").size() == 1);
+  CHECK(names_in(t.path + "/mail/admin/tmp").empty());
+  CHECK(names_in(t.path + "/mail/bob/new").size() == 1);
+}
