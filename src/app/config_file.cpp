@@ -57,6 +57,17 @@ class reader {
       out = static_cast<std::size_t>(*v);
     }
   }
+  void get_range(std::string_view key, std::size_t low, std::size_t high, std::size_t& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value<std::int64_t>();
+      if (!v || *v < 0 || static_cast<std::uint64_t>(*v) < low ||
+          static_cast<std::uint64_t>(*v) > high)
+        throw config_error{n->source(), fmt::format(FMT_STRING("{} must be a whole number from "
+                                                               "{} to {}"),
+                                                    key, low, high)};
+      out = static_cast<std::size_t>(*v);
+    }
+  }
   void get_seconds(std::string_view key, std::chrono::milliseconds& out) {
     if (const toml::node* n = find(key)) {
       auto v = n->value<double>();
@@ -131,6 +142,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("hostname", s.hostname);
   r.get_count("max-message-size", s.max_message_size);
   r.get_count("max-recipients", s.max_recipients);
+  r.get_number("recipient-overshoot-limit", s.recipient_overshoot_limit);
   if (const toml::node* n = r.find("bare-newline")) s.bare_newline = parse_bare_newline(*n);
   r.get("sink", cfg.sink);
   r.get("maildir", cfg.maildir);
@@ -158,6 +170,10 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get_number("min-data-rate", cfg.server.min_data_rate);
   r.get_seconds("min-data-rate-window", cfg.server.min_data_rate_window);
   r.get("limit-loopback", cfg.server.limit_loopback);
+  std::size_t prefix = cfg.server.ipv6_prefix_length;
+  r.get_range("ipv6-prefix-length", 0, 128, prefix);
+  cfg.server.ipv6_prefix_length = static_cast<unsigned>(prefix);
+  r.get_count("memory-budget", cfg.memory_budget);
   r.get_count("max-errors", s.max_errors);
   std::size_t error_delay_ms = s.error_delay_ms;
   r.get_number("error-delay-ms", error_delay_ms);

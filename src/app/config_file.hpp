@@ -6,6 +6,7 @@
 // the same flags on top, so a flag keeps winning.
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct app_config {
   std::string user;         // started as root: run as this user once bound
   std::string group;        // and this group (default: the user's)
   bool allow_root = false;  // keep running as root (not recommended)
+  // Message bytes all deliveries together may hold in memory (memory_budget
+  // in sinks.hpp): past it, data goes to disk sooner or reading pauses.
+  std::size_t memory_budget = 64 * 1024 * 1024;
 };
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).

@@ -112,6 +112,13 @@ int parse(int argc, char** argv, command_line& cl) {
         return digits && !zero ? "" : "want a whole number of at least 1";
       },
       "N");
+  // CLI11 reads "-1" into an unsigned as its largest value: digits only.
+  CLI::Validator whole(
+      [](std::string& s) -> std::string {
+        bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+        return digits ? "" : "want a whole number, 0 or more";
+      },
+      "N");
   app_config v;  // Holds the parsed values; only the flags given are applied.
   std::vector<std::string> listen, domains;
   std::string bare_newline;
@@ -174,6 +181,15 @@ int parse(int argc, char** argv, command_line& cl) {
                  "in bytes (default 10240000)")
       ->check(at_least_one);
   app.add_option("--max-recipients", v.server.session.max_recipients, "per message (default 1000)")
+      ->check(at_least_one);
+  app.add_option("--recipient-overshoot-limit", v.server.session.recipient_overshoot_limit,
+                 "RCPTs past --max-recipients (452) that are not yet errors (default 1000)")
+      ->check(whole);
+  app.add_option("--ipv6-prefix-length", v.server.ipv6_prefix_length,
+                 "per-address limits count IPv6 clients per prefix this long (default 64)")
+      ->check(CLI::Range(0, 128));
+  app.add_option("--memory-budget", v.memory_budget,
+                 "bytes of message data all clients together hold in memory (default 67108864)")
       ->check(at_least_one);
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
@@ -264,6 +280,14 @@ int parse(int argc, char** argv, command_line& cl) {
   if (given("--max-recipients"))
     o.push_back(
         [=](app_config& c) { c.server.session.max_recipients = v.server.session.max_recipients; });
+  if (given("--recipient-overshoot-limit"))
+    o.push_back([=](app_config& c) {
+      c.server.session.recipient_overshoot_limit = v.server.session.recipient_overshoot_limit;
+    });
+  if (given("--ipv6-prefix-length"))
+    o.push_back([=](app_config& c) { c.server.ipv6_prefix_length = v.server.ipv6_prefix_length; });
+  if (given("--memory-budget"))
+    o.push_back([=](app_config& c) { c.memory_budget = v.memory_budget; });
   if (given("--bare-newline"))
     o.push_back([=](app_config& c) {
       c.server.session.bare_newline = bare_newline == "reject"
@@ -284,9 +308,12 @@ bool load(const command_line& cl, app_config& cfg, std::string& error) {
 }
 
 // Opens what the config names: the sink, the TLS credentials, the password
-// file. Blocks (files, folders): call at start-up or on the thread pool.
-std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::string& error,
-                                         std::string& note) {
+// file. Both sinks count their memory in the one budget the program keeps
+// for its whole life (its limit is the loop thread's to change). Blocks
+// (files, folders): call at start-up or on the thread pool.
+std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
+                                         const std::shared_ptr<inboxd::memory_budget>& memory,
+                                         std::string& error, std::string& note) {
   inboxd::tls_options tls{.cert_file = cfg.tls_cert,
                           .key_file = cfg.tls_key,
                           .state_dir = cfg.state_dir,
@@ -300,9 +327,12 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg, std::
   }
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
   if (cfg.sink == "mbox")
-    return inboxd::open_mbox_sink(loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = {}, .owner = {}}, error);
+    return inboxd::open_mbox_sink(
+        loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = {}}, error);
   return inboxd::open_maildir_sink(
-      loop, {.path = cfg.maildir, .hostname = cfg.server.session.hostname, .memory = {}, .owner = {}}, error);
+      loop,
+      {.path = cfg.maildir, .hostname = cfg.server.session.hostname, .memory = memory, .owner = {}},
+      error);
 }
 
 // Raises the soft limit on open files to the hard one: each connection is a
@@ -375,6 +405,9 @@ struct runtime {
   uv_loop_t* loop = nullptr;
   const command_line* cl = nullptr;
   inboxd::server* srv = nullptr;
+  // Shared by every sink the program opens, so that a reload neither resets
+  // nor doubles what messages in progress hold.
+  std::shared_ptr<inboxd::memory_budget> memory;
   uv_signal_t sigterm{};
   uv_signal_t sigint{};
   uv_signal_t sighup{};
@@ -397,7 +430,7 @@ void reload_work_cb(uv_work_t* req) noexcept {
   auto* job = static_cast<reload_job*>(req->data);
   try {
     if (load(*job->rt->cl, job->cfg, job->error))
-      job->sink = open_parts(job->rt->loop, job->cfg, job->error, job->note);
+      job->sink = open_parts(job->rt->loop, job->cfg, job->rt->memory, job->error, job->note);
   } catch (const std::exception& e) {
     job->error = e.what();
   }
@@ -415,7 +448,9 @@ void reload_after_cb(uv_work_t* req, int) noexcept {
     say(inboxd::log_level::error, "reload failed, the old config stays: {}", job->error);
     return;
   }
-  job->rt->srv->reconfigure(job->cfg.server, job->sink);
+  if (!job->rt->srv->reconfigure(job->cfg.server, job->sink, job->error))
+    return say(inboxd::log_level::error, "reload failed, the old config stays: {}", job->error);
+  rt->memory->limit = job->cfg.memory_budget;  // Here: the budget is the loop thread's.
   if (!job->note.empty()) say(inboxd::log_level::info, "{}", job->note);
   say(inboxd::log_level::info, "reloaded {}",
       job->rt->cl->config_file.empty() ? "(no config file)" : job->rt->cl->config_file);
@@ -478,8 +513,10 @@ int main(int argc, char** argv) {
   ::setenv("UV_THREADPOOL_SIZE", "16", 0);
 
   uv_loop_t* loop = uv_default_loop();
+  auto memory = std::make_shared<inboxd::memory_budget>();
+  memory->limit = cfg.memory_budget;
   std::string note;
-  std::shared_ptr<inboxd::sink> sink = open_parts(loop, cfg, error, note);
+  std::shared_ptr<inboxd::sink> sink = open_parts(loop, cfg, memory, error, note);
   if (!sink) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
@@ -500,7 +537,7 @@ int main(int argc, char** argv) {
     say(inboxd::log_level::info, "running as uid {} gid {}", ::getuid(), ::getgid());
   say(inboxd::log_level::info, "open files limit: {}", raise_fd_limit());
   if (!note.empty()) say(inboxd::log_level::info, "{}", note);
-  runtime rt{.loop = loop, .cl = &cl, .srv = &srv};
+  runtime rt{.loop = loop, .cl = &cl, .srv = &srv, .memory = memory};
   for (auto [h, sig] : {std::pair{&rt.sigterm, SIGTERM}, std::pair{&rt.sigint, SIGINT},
                         std::pair{&rt.sighup, SIGHUP}}) {
     uv_signal_init(loop, h);

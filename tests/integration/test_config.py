@@ -117,6 +117,26 @@ class CheckConfigTest(unittest.TestCase):
         path, r = self.check(None, name="absent.toml")
         self.assertOneError(path, r)
 
+    def test_issue9_keys(self):
+        """recipient-overshoot-limit (0 or more), ipv6-prefix-length (0..128) and
+        memory-budget (at least 1) are known keys, checked, as are their flags."""
+        path, r = self.check('recipient-overshoot-limit = 0\nipv6-prefix-length = 128\n'
+                             'memory-budget = 1048576\n')
+        self.assertEqual(r.returncode, 0, r)
+        for text, key in (('\nrecipient-overshoot-limit = -1\n', b"recipient-overshoot-limit"),
+                          ('\nipv6-prefix-length = 129\n', b"ipv6-prefix-length"),
+                          ('\nmemory-budget = 0\n', b"memory-budget")):
+            path, r = self.check(text)
+            self.assertEqual(self.assertOneError(path, r)[0], 2, r.stderr)
+            self.assertIn(key, r.stderr)
+        for flag, bad in (("--recipient-overshoot-limit", "-1"), ("--ipv6-prefix-length", "129"),
+                          ("--memory-budget", "0")):
+            r = run_cli("--check-config", flag, bad)
+            self.assertEqual(r.returncode, 2, r)
+            self.assertIn(flag.encode(), r.stderr)
+            r = run_cli("--check-config", flag, "1")
+            self.assertEqual(r.returncode, 0, r)
+
     def test_flags_checked_too(self):
         """A valid file with a flag that makes the whole invalid (mbox sink, no path)."""
         path, _ = self.check('hostname = "mx.example.com"\n')
