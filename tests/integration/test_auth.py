@@ -427,5 +427,75 @@ class NoAuthConfigured(InboxdTestCase):
         self.assertReply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), "503")
 
 
+FLOOD = 100     # more AUTHs at once than the checks that may run plus those that may wait
+
+
+class AuthBusy(AuthCase):
+    """Past its bounded queue the authenticator answers busy at once: 454 4.7.0
+    (RFC 4954 6), a temporary failure that is neither a close nor a strike."""
+    extra_args = ("--allow-plaintext-auth",)
+
+    def flood(self):
+        """FLOOD connections each send an AUTH at once (an unknown user: it costs
+        the same hash); returns (those answered 454 at once, the others)."""
+        import selectors
+        clients = [self.ehlo() for _ in range(FLOOD)]
+        for c in clients:
+            c.send(("AUTH PLAIN " + plain("mallory", "guess") + "\r\n").encode())
+        # Within half a second only a busy answer can come: a failure is
+        # answered 0.5 s after its check.
+        sel = selectors.DefaultSelector()
+        for c in clients:
+            sel.register(c.sock, selectors.EVENT_READ, c)
+        answered = set()
+        deadline = time.monotonic() + 0.45
+        while (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                sel.unregister(key.fileobj)
+                answered.add(key.data)
+        sel.close()
+        busy = []
+        for c in clients:
+            if c in answered:
+                self.assertReply(c.reply(), "454 4.7.0")
+                busy.append(c)
+        waiting = [c for c in clients if c not in answered]
+        self.assertGreaterEqual(len(busy), 1, "no AUTH of the flood was refused as busy")
+        # Most were taken (the queue is not tiny), the rest refused.
+        self.assertGreaterEqual(len(waiting), FLOOD // 2, f"{len(busy)} of {FLOOD} refused")
+        return busy, waiting
+
+    def assertAllChecked(self, waiting):
+        """Every queued check is answered in turn, as a wrong guess."""
+        for c in waiting:
+            c.set_timeout(30)
+            self.assertReply(c.reply(), "535 5.7.8")
+
+    def test_flood_beyond_the_queue_gets_454(self):
+        busy, waiting = self.flood()
+        self.assertIsNotNone(self.server.wait_log(r"auth: user=mallory not checked: busy"),
+                             self.server.log())
+        # Not a close: the session goes on.
+        for c in busy:
+            self.assertEqual(c.cmd("NOOP").last, "250 2.0.0 Ok")
+        self.assertAllChecked(waiting)
+
+    def test_busy_is_not_a_strike(self):
+        busy, waiting = self.flood()
+        self.assertAllChecked(waiting)
+        # The queue is empty again: the refused client tries later and gets in.
+        # With max_auth_failures 3, a 454 that counted would make the second
+        # wrong password the third strike: 421 and a close.
+        c = busy[0]
+        c.set_timeout(10)
+        self.assertReply(c.cmd("AUTH PLAIN " + plain("alice", "wrong1")), "535 5.7.8")
+        self.assertReply(c.cmd("AUTH PLAIN " + plain("alice", "wrong2")), "535 5.7.8")
+        self.assertReply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), "235 2.7.0")
+        self.deliver(c, SENDER, [RCPT], BODY)
+        self.assertAuthStored(proto="ESMTPA")
+        self.assertRegex(self.server.log(), r"auth: user=alice failed \(2 of 3\)")
+        self.assertNotRegex(self.server.log(), r"\(3 of 3\)")
+
+
 if __name__ == "__main__":
     harness.main()
