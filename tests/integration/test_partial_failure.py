@@ -8,6 +8,11 @@ should be; a folder where its mbox file should be."""
 import mailbox
 import os
 import re
+import shutil
+import signal
+import subprocess
+import time
+import unittest
 
 import harness
 from harness import InboxdTestCase
@@ -221,6 +226,70 @@ class MaildirOtherFileSystemTest(InboxdTestCase):
             if os.path.isdir(path):
                 n += len(os.listdir(path))
         return n
+
+
+class MaildirDurabilityTest(InboxdTestCase):
+    """A new Maildir's folders reach the disk before its first message is
+    acknowledged (issue 9, item 5): each folder made is fsynced into its
+    parent. Seen through strace attached to the running server (skips when
+    strace is missing or may not attach); a crash cannot be had in a test."""
+    sink = None
+    server_args = ("--maildir", "mail/{user}")
+    server_kwargs = {"maildir": False}
+
+    def setUp(self):
+        if not shutil.which("strace"):
+            raise unittest.SkipTest("strace not found")
+        super().setUp()
+        self.trace = os.path.join(self.server.dir, "strace.log")
+        self.strace = subprocess.Popen(
+            ["strace", "-f", "-qq", "-yy", "-e", "trace=mkdir,mkdirat,fsync,link,linkat",
+             "-o", self.trace, "-p", str(self.server.proc.pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addCleanup(self.stop_strace)
+        deadline = time.monotonic() + harness.TIMEOUT
+        while not self.traced():
+            if self.strace.poll() is not None:
+                raise unittest.SkipTest("strace cannot attach: "
+                                        + self.strace.stderr.read().decode(errors="replace"))
+            if time.monotonic() > deadline:
+                self.fail("strace did not attach in time")
+            time.sleep(0.02)
+
+    def traced(self):
+        """Whether every thread of the server has strace as its tracer."""
+        task = f"/proc/{self.server.proc.pid}/task"
+        for tid in os.listdir(task):
+            with open(os.path.join(task, tid, "status")) as f:
+                if re.search(r"^TracerPid:\s+0$", f.read(), re.M):
+                    return False
+        return True
+
+    def stop_strace(self):
+        if self.strace.poll() is None:
+            self.strace.send_signal(signal.SIGTERM)   # detaches; the server goes on
+            try:
+                self.strace.wait(harness.TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.strace.kill()
+                self.strace.wait(harness.TIMEOUT)
+        self.strace.stderr.close()
+
+    def test_new_maildirs_are_fsynced_into_their_parents(self):
+        c = self.ehlo()
+        self.deliver(c, "a@example.net", ["alice@example.com", "bob@example.com"], BODY)
+        self.stop_strace()
+        with open(self.trace) as f:
+            trace = f.read()
+        top = os.path.realpath(self.server.dir)
+        for user in ("alice", "bob"):
+            for made, parent in ((f"mail/{user}", "mail"), (f"mail/{user}/new", f"mail/{user}")):
+                m = re.search(rf'mkdir(?:at)?\((?:[^,]*, )?"(?:{re.escape(top)}/)?{made}", .*\)\s+= 0',
+                              trace)
+                self.assertIsNotNone(m, f"no mkdir of {made} in the trace:\n{trace}")
+                fsync = re.compile(rf"fsync\(\d+<{re.escape(top)}/{parent}>")
+                self.assertRegex(trace[m.end():], fsync,
+                                 f"{made} was made but {parent} not fsynced after:\n{trace}")
 
 
 class MboxPartialFailureTest(InboxdTestCase):
