@@ -1,4 +1,4 @@
-// proto/data_decoder.hpp: the DATA body decoder, in place and byte-driven.
+// proto/data_decoder.hpp: the DATA body decoder, in place, a line at a time.
 //
 // It turns the wire form of a message body into the stored form: dot-stuffing
 // removed (RFC 5321 4.5.2) and every line end written as a single LF. The end
@@ -22,9 +22,10 @@ namespace inboxd::proto {
 class data_decoder {
  public:
   struct result {
-    std::string_view out;  // decoded bytes, at the front of the input span
-    std::size_t consumed;  // input bytes used up, including the final <CRLF>.<CRLF>
-    bool done;             // the end of data was seen
+    std::string_view out;   // decoded bytes, at the front of the input span
+    std::size_t consumed;   // input bytes used up, including the final <CRLF>.<CRLF>
+    std::size_t line_ends;  // LFs in out: RFC 1870 counts each line end as CRLF
+    bool done;              // the end of data was seen
   };
 
   // after_crlf: the DATA command line ended with CRLF (not a bare LF), so a
@@ -37,14 +38,12 @@ class data_decoder {
   [[nodiscard]] bool saw_bare_cr() const noexcept { return bare_cr_; }
 
  private:
+  // Between calls the decoder is at a line start or inside a line; what it
+  // holds back (a CR, "." or "." CR) stays unconsumed in the caller's input.
   enum class state : unsigned char {
     bol,       // start of a line after CRLF
     bol_bare,  // start of a line after a bare LF
     text,      // inside a line
-    // These three hold input back and never outlive a decode() call.
-    cr,      // inside a line, a CR held back
-    dot,     // "." at the start of a line after CRLF
-    dot_cr,  // "." CR at the start of a line after CRLF
   };
   state state_ = state::bol;
   bool bare_lf_ = false;

@@ -70,7 +70,7 @@ void session::reply(reply_id id, std::string_view detail) {
   append_reply(out_, id, detail);
 }
 
-// A refusal is a reply and a log line that says why (DESIGN.md principle 5).
+// A refusal is a reply and a log line that says why (docs/DESIGN.md, rule 6).
 // Too many of them end the session; with a tarpit, each waits a little more.
 void session::refuse(reply_id id, std::string_view detail) {
   const reply_entry& e = reply_of(id);
@@ -509,16 +509,16 @@ void session::refuse_pregreet() {
 
 std::size_t session::feed_data(std::span<char> input) {
   auto r = decoder_.decode(input);
-  write_body(r.out);
+  write_body(r.out, r.line_ends);
   if (r.done) end_of_data();
   return r.consumed;
 }
 
-void session::write_body(std::string_view bytes) {
+void session::write_body(std::string_view bytes, std::size_t line_ends) {
   if (bytes.empty()) return;
   transaction& tx = *tx_;
   // RFC 1870 counts the message as sent, each line end as CRLF.
-  tx.size += bytes.size() + static_cast<std::size_t>(std::count(bytes.begin(), bytes.end(), '\n'));
+  tx.size += bytes.size() + line_ends;
   if (tx.too_big || tx.sink_failed) return;
   if (tx.size > limits().max_message_size) {
     // Read the rest and discard it; the reply comes at the end of data.

@@ -141,7 +141,7 @@ class session final : delivery_listener, auth_listener {
   void handle_line(std::string_view line, bool bare_lf);
   std::size_t feed_data(std::span<char> input);
   void end_of_data();
-  void write_body(std::string_view bytes);
+  void write_body(std::string_view bytes, std::size_t line_ends);
   void write_to_sink(std::string_view bytes);
   template <typename F>
   bool guard_sink(F&& call) noexcept;

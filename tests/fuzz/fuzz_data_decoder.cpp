@@ -13,6 +13,11 @@
 // data is the first <CRLF>.<CRLF> (RFC 5321 4.1.1.4) and nothing else, one
 // leading dot is dropped from each line (4.5.2), CRLF and bare LF become LF,
 // other CRs stay. All runs must agree with the model and with each other.
+//
+// It is also a differential fuzzer: every call of the fast line-at-a-time
+// decoder is repeated, on a copy of the same input, with the byte-at-a-time
+// reference decoder (reference_decoder.hpp), and the two must give the same
+// output, the same consumed count, the same end and the same bare LF/CR flags.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -22,6 +27,7 @@
 
 #include "fuzz_util.hpp"
 #include "proto/data_decoder.hpp"
+#include "reference_decoder.hpp"
 
 namespace {
 
@@ -105,6 +111,8 @@ outcome run(std::string_view wire, bool after_crlf, Pieces next_piece) {
   outcome o;
   data_decoder dec;
   dec.reset(after_crlf);
+  inboxd::fuzz::reference_decoder ref;
+  ref.reset(after_crlf);
   message m;
   std::string pending;         // unconsumed bytes, then the next piece
   std::size_t pending_at = 0;  // the stream offset of pending[0]
@@ -115,8 +123,18 @@ outcome run(std::string_view wire, bool after_crlf, Pieces next_piece) {
     pending.append(wire.substr(sent, n));
     sent += n;
     while (!pending.empty()) {
+      std::string copy_for_ref = pending;
+      auto want = ref.decode({copy_for_ref.data(), copy_for_ref.size()});
       std::span<char> in(pending.data(), pending.size());
       auto r = dec.decode(in);
+      INBOXD_FUZZ_CHECK(r.out == want.out);
+      INBOXD_FUZZ_CHECK(r.consumed == want.consumed);
+      INBOXD_FUZZ_CHECK(r.done == want.done);
+      INBOXD_FUZZ_CHECK(dec.saw_bare_lf() == ref.saw_bare_lf());
+      INBOXD_FUZZ_CHECK(dec.saw_bare_cr() == ref.saw_bare_cr());
+      std::size_t lfs = 0;
+      for (char c : r.out) lfs += c == '\n';
+      INBOXD_FUZZ_CHECK(r.line_ends == lfs);
       INBOXD_FUZZ_CHECK(r.consumed <= pending.size());
       INBOXD_FUZZ_CHECK(r.out.size() <= r.consumed);
       INBOXD_FUZZ_CHECK(r.out.empty() || r.out.data() == pending.data());
@@ -135,6 +153,7 @@ outcome run(std::string_view wire, bool after_crlf, Pieces next_piece) {
         o.messages.push_back(std::move(m));
         m = message{};
         dec.reset(true);
+        ref.reset(true);
         continue;
       }
       // Not done: all was read but a CR, or a "." or "." CR, held at the end.

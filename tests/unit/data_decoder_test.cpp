@@ -175,3 +175,25 @@ TEST_CASE("data_decoder handles a mixed body the same however it arrives") {
   CHECK(decoded("..a\r\r\n.\n\r.\r\n\n..\r\n.\r\r\r\nz\r\n.\r\nQUIT\r\n") ==
         ".a\\r\\n\\n\\r.\\n\\n.\\n\\r\\r\\nz\\n | consumed 28 | done | bare LF | bare CR");
 }
+
+TEST_CASE("data_decoder counts the line ends it writes, for RFC 1870's SIZE") {
+  data_decoder d;
+  d.reset();
+  std::string in = "a\r\nb\nc\r\rd\r\n..e\r\n.\r\n";
+  auto r = d.decode(in);
+  CHECK(r.done);
+  CHECK(r.out == "a\nb\nc\r\rd\n.e\n");
+  CHECK(r.line_ends == 4);
+}
+
+TEST_CASE("data_decoder keeps long runs of CR and long lines, in one pass") {
+  data_decoder d;
+  d.reset();
+  std::string crs(100'000, '\r');
+  std::string in = "x" + crs + "\n" + std::string(200'000, 'y') + "\r\n.\r\n";
+  auto r = d.decode(in);
+  CHECK(r.done);
+  CHECK(r.out == "x" + std::string(99'999, '\r') + "\n" + std::string(200'000, 'y') + "\n");
+  CHECK(d.saw_bare_cr());
+  CHECK_FALSE(d.saw_bare_lf());
+}
