@@ -84,8 +84,10 @@ int make_dirs(const std::string& path, file_owner owner) noexcept {
       // server's user would give that user more than the operator meant).
       if (int e = chown_to(part, owner)) return e;
       // The new entry is in its parent folder, which must reach the disk
-      // too, or a crash may forget the folder and every message in it.
-      if (int e = fsync_dir(parent_of(part))) return e;
+      // too, or a crash may forget the folder and every message in it. A
+      // parent we may write but not read (mode 0733, say) cannot be opened
+      // to fsync: the folder is still made, as durable as that allows.
+      if (int e = fsync_dir(parent_of(part)); e && e != EACCES) return e;
     }
     return 0;
   } catch (...) {
