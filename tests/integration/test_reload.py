@@ -46,7 +46,8 @@ class ReloadTest(InboxdTestCase):
         self.assertQueued(c.reply())
         [data] = self.stored(self.path("old", "alice"))
         self.assertStored(data, "a@example.net", MSG, rcpt="alice@example.com")
-        self.assertFalse(os.path.exists(self.path("new")), "in-flight message went to the new path")
+        self.assertFalse(os.path.exists(self.path("new", "alice")),
+                         "in-flight message went to the new path")
         # The next transaction on the same connection: the new config.
         self.deliver(c, "a@example.net", ["alice@example.com"], MSG)
         self.assertEqual(len(self.stored(self.path("new", "alice"))), 1)
@@ -63,7 +64,7 @@ class ReloadTest(InboxdTestCase):
         c.send(MSG[20:] + b".\r\n")
         self.assertQueued(c.reply())
         self.assertEqual(len(self.stored(self.path("old", "alice"))), 1)
-        self.assertFalse(os.path.exists(self.path("new")))
+        self.assertFalse(os.path.exists(self.path("new", "alice")))
 
     def test_recipient_accepted_before_reload_removed_it_still_delivered(self):
         c = self.ehlo()
@@ -96,7 +97,7 @@ class ReloadTest(InboxdTestCase):
         self.assertReply(c2.cmd("MAIL FROM:<a@example.net>"), "250")
         self.assertReply(c2.cmd("RCPT TO:<bob@example.com>"), "550 5.1.1")
         self.assertEqual(len(self.stored(self.path("old", "alice"))), 2)
-        self.assertFalse(os.path.exists(self.path("new")))
+        self.assertFalse(os.path.exists(self.path("new", "alice")))
 
     def test_invalid_config_keeps_old_one(self):
         """Valid TOML, invalid config (an unknown key): same as a syntax error."""
