@@ -2,8 +2,11 @@
 //
 // The server listens on the configured addresses, runs one SMTP session per
 // connection on the loop, and hands each message to the sink. It never
-// blocks the loop. The loop, the sink and the logger's context must outlive
-// the server; destroy the server only after shutdown() has called back (or
+// blocks the loop. An exception thrown by the embedder's sink, recipient
+// policy, authenticator or logger stops inside the server: the client gets
+// a temporary failure (451, 454) and the server serves on; a logger's line
+// is lost. The done callback of shutdown() must not throw. The loop, the sink and the logger's
+// context must outlive the server; destroy the server only after shutdown() has called back (or
 // before start()).
 #pragma once
 
@@ -44,8 +47,12 @@ class server {
 
   // Takes up new limits, policy and sink for transactions that start from now
   // on; transactions in flight finish under the old ones, no connection is
-  // dropped. The listen addresses stay as they are.
-  void reconfigure(const server_config& config, std::shared_ptr<sink> sink);
+  // dropped. The listen addresses stay as they are (those in config are not
+  // used). A config that start() would refuse for the listeners that are
+  // open (an implicit-TLS listener without TLS credentials, say) is refused:
+  // false, with a one-line reason in error, and nothing changed.
+  [[nodiscard]] bool reconfigure(const server_config& config, std::shared_ptr<sink> sink,
+                                 std::string& error) noexcept;
 
   // Closes every connection at once (a second SIGTERM).
   void abort();

@@ -1,6 +1,8 @@
 #include "net/connection.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "net/listener.hpp"
 
@@ -14,6 +16,13 @@ constexpr std::uint64_t handshake_timeout_ms = 30'000;
 constexpr std::size_t max_unsent = 256 * 1024;
 // The minimum data rate is judged once DATA has run this long.
 constexpr std::uint64_t data_rate_window_ms = 60'000;
+// Lingering close: after the last reply, what the client still sends is
+// read and dropped for this long at most, and this much at most. Enough
+// for what a pipelining client has in flight when the reply comes (the
+// socket buffers on both sides); a client that keeps sending past it gets
+// the reset it asked for.
+constexpr std::uint64_t linger_ms = 2'000;
+constexpr std::size_t linger_max_bytes = 4 * 1024 * 1024;
 
 bool is_loopback(std::string_view ip) {
   return ip.starts_with("127.") || ip == "::1" || ip.starts_with("::ffff:127.");
@@ -26,8 +35,22 @@ connection::connection(server::state& srv, std::string peer)
       peer_(std::move(peer)),
       session_(srv.settings, *this, srv.ids, std::string{}) {}
 
-void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) {
-  auto* c = new connection(srv, {});
+void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) noexcept {
+  connection* c = nullptr;
+  try {
+    c = new connection(srv, {});
+  } catch (...) {
+    // Out of memory. The client is still accepted, and closed at once:
+    // libuv stops watching a listener whose pending client is not accepted.
+    srv.logf(log_level::error, "accept: out of memory for a new connection, closing it");
+    auto* spare = new (std::nothrow) uv_tcp_t;
+    if (!spare) return;
+    uv_tcp_init(srv.loop, spare);
+    (void)uv_accept(listening, reinterpret_cast<uv_stream_t*>(spare));
+    uv_close(reinterpret_cast<uv_handle_t*>(spare),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    return;
+  }
   uv_tcp_init(srv.loop, &c->tcp_);
   uv_timer_init(srv.loop, &c->timer_);
   c->tcp_.data = c->timer_.data = c;
@@ -42,89 +65,145 @@ void connection::accept(server::state& srv, uv_stream_t* listening, bool implici
   if (srv.connections) srv.connections->prev = c;
   srv.connections = c;
   ++srv.connection_count;
+  c->guard([&] { c->start(implicit_tls); });
+}
 
+void connection::start(bool implicit_tls) {
+  server::state& srv = srv_;
   sockaddr_storage addr{};
   int len = sizeof addr;
   std::string ip = "unknown";
-  if (uv_tcp_getpeername(&c->tcp_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    c->peer_ = format_address(reinterpret_cast<const sockaddr*>(&addr));
-    ip = format_address(reinterpret_cast<const sockaddr*>(&addr), false);
+  key_ = ip;
+  if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+    peer_ = format_address(sa);
+    ip = format_address(sa, false);
+    key_ = limit_key(sa, srv.config.ipv6_prefix_length);
   }
-  c->ip_ = ip;
-  c->session_.set_client_address(std::move(ip));
+  ip_ = ip;
+  session_.set_client_address(std::move(ip));
   // Replies are small and pipelined batches go out in one write: no Nagle delay.
-  uv_tcp_nodelay(&c->tcp_, 1);
-  srv.logf(log_level::info, "conn={} connect from {}{}", c->id_, c->peer_,
+  uv_tcp_nodelay(&tcp_, 1);
+  srv.logf(log_level::info, "conn={} connect from {}{}", id_, peer_,
            implicit_tls ? " (implicit TLS)" : "");
-  if (c->over_limits()) return;
-  c->admit();
+  if (over_limits()) return;
+  admit();
   if (srv.config.greeting_delay.count() > 0 && !implicit_tls && !srv.shutting_down) {
     // The greeting waits; a client that talks meanwhile is an early talker.
-    c->start_timer(timer_use::greeting,
-                   static_cast<std::uint64_t>(srv.config.greeting_delay.count()));
-    c->update_reading();
+    start_timer(timer_use::greeting, static_cast<std::uint64_t>(srv.config.greeting_delay.count()));
+    update_reading();
     return;
   }
   if (implicit_tls) {
+    // reconfigure() refuses to take the credentials away from an
+    // implicit-TLS listener; should they be missing all the same, this
+    // client is closed, not the process.
+    if (!srv.settings->tls) {
+      srv.logf(log_level::error, "conn={} no TLS credentials for an implicit-TLS listener", id_);
+      return close();
+    }
     // RFC 8314: TLS first; the greeting comes once the handshake is done.
-    c->implicit_tls_ = true;
-    c->tls_ = std::make_unique<tls_stream>(srv.settings->tls);
-    c->start_timer(timer_use::handshake, handshake_timeout_ms);
+    implicit_tls_ = true;
+    tls_ = std::make_unique<tls_stream>(srv.settings->tls);
+    start_timer(timer_use::handshake, handshake_timeout_ms);
   } else if (srv.shutting_down) {
-    c->session_.shutdown();
+    session_.shutdown();
   } else {
-    c->session_.start();
+    session_.start();
   }
-  c->run();
+  run();
+}
+
+// Runs the work of a libuv callback. An exception from it (std::bad_alloc
+// from a string, in practice: the sink, the policy and the authenticator
+// are guarded inside the session, and the logger inside logf) must not
+// reach libuv, whose callbacks are noexcept: it closes this connection, and
+// the others are served on.
+// (The text of an exception is logged inside its catch block: the exception,
+// and its what(), end with the block.)
+template <typename F>
+void connection::guard(F&& work) noexcept {
+  try {
+    work();
+    return;
+  } catch (const std::exception& e) {
+    srv_.logf(log_level::error, "conn={} closed after an exception: {}", id_, e.what());
+  } catch (...) {
+    srv_.logf(log_level::error, "conn={} closed after an exception", id_);
+  }
+  close();
 }
 
 // Refuses a client over a connection limit: one 421 line, written without
-// reading anything from it, then close. Returns true when refused.
+// reading anything from it, then the lingering close (the client may have
+// pipelined commands already). Returns true when refused.
+//
+// Tables: per_ip is only looked up here (an entry is made by admit()), and
+// the rate table gets an entry only for a client within the other limits,
+// so a refused client leaves no entry behind.
 bool connection::over_limits() {
   server::state& srv = srv_;
   const server_config& cfg = srv.config;
   std::string_view why;
   bool per_ip = cfg.limit_loopback || !is_loopback(ip_);
-  if (srv.admitted >= srv.max_connections) {
-    why = "too many connections";
-  } else if (per_ip && cfg.max_connections_per_ip &&
-             srv.per_ip[ip_] >= cfg.max_connections_per_ip) {
-    why = "too many connections from this address";
-  } else if (per_ip && cfg.connection_rate_per_ip) {
+  if (srv.admitted >= srv.max_connections) why = "too many connections";
+  if (why.empty() && per_ip && cfg.max_connections_per_ip) {
+    auto it = srv.per_ip.find(key_);
+    if (it != srv.per_ip.end() && it->second >= cfg.max_connections_per_ip)
+      why = "too many connections from this address";
+  }
+  if (why.empty() && per_ip && cfg.connection_rate_per_ip) {
     std::uint64_t now = uv_now(srv.loop);
-    // Addresses seen once would pile up under a scan: drop the minutes that are over.
-    if (srv.rates.size() > 10'000)
+    // Addresses seen once would pile up under a scan: drop the minutes that
+    // are over, once the table has doubled since the last sweep (so that a
+    // full table is not swept again at every connection).
+    if (srv.rates.size() >= srv.rates_sweep_at) {
       std::erase_if(srv.rates, [now](const auto& e) { return now - e.second.start >= 60'000; });
-    auto& w = srv.rates[ip_];
+      srv.rates_sweep_at = std::max<std::size_t>(10'000, 2 * srv.rates.size());
+    }
+    auto& w = srv.rates[key_];
     if (now - w.start >= 60'000) w = {now, 0};
     if (++w.count > cfg.connection_rate_per_ip)
       why = "too many connections per minute from this address";
   }
   if (why.empty()) return false;
-  srv.logf(log_level::warning, "conn={} refused: {} ({})", id_, why, ip_);
-  std::string line = fmt::format(FMT_STRING("421 4.7.0 {} Error: {}, try again later\r\n"),
-                                 srv.settings->limits.hostname, why);
-  uv_buf_t buf = uv_buf_init(line.data(), static_cast<unsigned>(line.size()));
-  (void)uv_try_write(stream(), &buf, 1);
-  close();
+  bool grouped = key_ != ip_;
+  srv.logf(log_level::warning, "conn={} refused: {} ({}{}{})", id_, why, ip_, grouped ? " in " : "",
+           grouped ? std::string_view(key_) : "");
+  out_ = fmt::format(FMT_STRING("421 4.7.0 {} Error: {}, try again later\r\n"),
+                     srv.settings->limits.hostname, why);
+  finish();
   return true;
 }
 
 void connection::admit() {
+  ++srv_.per_ip[key_];
   admitted_ = true;
   ++srv_.admitted;
-  ++srv_.per_ip[ip_];
 }
 
-void connection::shutdown() {
-  session_.shutdown();
-  run();
+// A connection stops counting against the limits when it closes, or when it
+// starts to linger (its client is done with).
+void connection::unadmit() noexcept {
+  if (!std::exchange(admitted_, false)) return;
+  --srv_.admitted;
+  if (auto it = srv_.per_ip.find(key_); it != srv_.per_ip.end() && --it->second == 0)
+    srv_.per_ip.erase(it);
+}
+
+void connection::shutdown() noexcept {
+  if (closing_ || finishing_) return;
+  guard([&] {
+    session_.shutdown();
+    run();
+  });
 }
 
 // Feeds what was read, sends what the session answered, and decides whether
 // to read on. Called after every read, write, timer and sink completion.
 void connection::run() {
-  if (closing_) return;
+  if (closing_ || lingering_) return;
+  if (finishing_) return finish();
   for (;;) {
     if (tls_ && !advance_tls()) return;
     std::size_t pulled = tls_ ? pull_plaintext() : 0;
@@ -161,9 +240,9 @@ void connection::run() {
   bool input_left = in_len_ > 0 && unsent() >= max_unsent;
   // A client gone mid-handshake is gone: nothing more can come.
   bool handshake_over = eof_ && tls_ && !tls_->established();
-  if ((session_.closing() || (eof_ && !session_.waiting() && !input_left) || handshake_over) &&
-      !writing_)
-    return close();
+  bool client_gone = (eof_ && !session_.waiting() && !input_left) || handshake_over;
+  if (client_gone && !writing_) return close();
+  if (session_.closing() || client_gone) return finish();
   update_reading();
   // The command timeout runs from the last complete command; in DATA, from
   // the last bytes (the minimum rate deals with trickling).
@@ -208,7 +287,7 @@ bool connection::advance_tls() {
     srv_.logf(log_level::info, "conn={} TLS handshake failed: {}", id_,
               tls_error_text(tls_->error()));
     flush();  // The alert, if mbedTLS made one.
-    close();
+    finish();
     return false;
   }
   if (st == tls_stream::status::ok) {
@@ -249,6 +328,13 @@ std::size_t connection::pull_plaintext() {
 }
 
 void connection::begin_starttls() {
+  // The session offers STARTTLS only with credentials, and takes up the
+  // server's settings before each command outside a transaction, so they
+  // are there; should they not be, this client is closed, not the process.
+  if (!srv_.settings->tls) {
+    srv_.logf(log_level::error, "conn={} STARTTLS without TLS credentials", id_);
+    return close();
+  }
   // The 220 goes out in plaintext, ahead of everything encrypted.
   flush();
   // RFC 3207 / CVE-2011-0411: what the client sent after STARTTLS, before
@@ -308,6 +394,7 @@ void connection::send() {
 }
 
 void connection::update_reading() {
+  if (finishing_) return;
   // During a handshake the session waits (for TLS), but the handshake reads.
   bool handshaking = tls_ && !tls_->established();
   bool want =
@@ -330,7 +417,7 @@ void connection::update_reading() {
 void connection::stash_partial() {
   if (!in_ || in_len_ == 0 || in_len_ > 4096 || session_.waiting()) return;
   partial_.assign(in_, in_len_);
-  srv_.buffers.give_back(std::exchange(in_, nullptr));
+  give_back(std::exchange(in_, nullptr));
   in_len_ = 0;
 }
 
@@ -345,9 +432,19 @@ void connection::take_buffer() {
 
 void connection::release_buffer() {
   if (!in_) return;
-  srv_.buffers.give_back(in_);
+  give_back(in_);
   in_ = nullptr;
   in_len_ = 0;
+}
+
+// The pool's free list may have to grow to take a buffer back; if it cannot,
+// the buffer is freed instead. close() uses this, so it cannot throw.
+void connection::give_back(char* buffer) noexcept {
+  try {
+    srv_.buffers.give_back(buffer);
+  } catch (...) {
+    delete[] buffer;
+  }
 }
 
 void connection::start_timer(timer_use use, std::uint64_t ms) {
@@ -355,19 +452,69 @@ void connection::start_timer(timer_use use, std::uint64_t ms) {
   uv_timer_start(&timer_, timer_cb, ms, 0);
 }
 
-void connection::close() {
+// The server is done with this client: the session is closing (its last
+// replies are in out_), or the client was refused, or the TLS handshake
+// failed. Once everything is written, the lingering close follows; a client
+// that does not read its last replies has the command timeout to do so, as
+// it has for any reply (RFC 5321 4.5.3.2).
+void connection::finish() {
+  finishing_ = true;
+  if (reading_) {
+    reading_ = false;
+    uv_read_stop(stream());
+  }
+  send();
+  if (closing_) return;
+  if (!writing_) return linger();
+  if (timer_use_ != timer_use::last_write)
+    start_timer(timer_use::last_write,
+                static_cast<std::uint64_t>(srv_.config.command_timeout.count()));
+}
+
+// nginx's lingering close: shut the write side (the client reads the last
+// reply, then the end of the stream), read and drop what it still sends
+// until it closes, for linger_ms and linger_max_bytes at most, then close.
+// Closing over unread input instead would make the kernel send a reset
+// (RFC 1122 4.2.2.13), and a client that stops at its failed send, or whose
+// stack drops what it had not read, never sees the reply.
+//
+// A lingering connection no longer counts against the connection limits; it
+// is no client any more, and what it reads goes to no session. At most
+// srv_.max_lingering connections linger at once; past that they close at
+// once, so that lingering cannot run the server out of descriptors.
+void connection::linger() {
+  if (closing_ || lingering_) return;
+  if (eof_ || srv_.lingering >= srv_.max_lingering) return close();
+  lingering_ = true;
+  ++srv_.lingering;
+  unadmit();
+  session_.disconnect();
+  partial_ = {};
+  release_buffer();
+  if (raw_) give_back(std::exchange(raw_, nullptr));
+  shutdown_req_.data = this;
+  if (int rc = uv_shutdown(&shutdown_req_, stream(), shutdown_cb); rc != 0) return close();
+  start_timer(timer_use::linger, linger_ms);
+  reading_ = true;
+  if (uv_read_start(stream(), alloc_cb, read_cb) != 0) return close();
+  // A shutdown may now be left with lingering connections only.
+  if (srv_.shutting_down) srv_.maybe_done();
+}
+
+void connection::close() noexcept {
   if (closing_) return;
   closing_ = true;
+  if (lingering_) --srv_.lingering;
   partial_ = {};
   session_.disconnect();
   release_buffer();
-  if (raw_) srv_.buffers.give_back(std::exchange(raw_, nullptr));
+  if (raw_) give_back(std::exchange(raw_, nullptr));
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), close_cb);
 }
 
 void connection::session_ready() noexcept {
-  run();
+  guard([&] { run(); });
 }
 
 void connection::session_log(log_level level, std::string_view line) noexcept {
@@ -375,40 +522,60 @@ void connection::session_log(log_level level, std::string_view line) noexcept {
 }
 
 void connection::session_sleep(std::uint32_t milliseconds) noexcept {
+  if (finishing_) return;
   start_timer(timer_use::sleep, milliseconds);
 }
 
 void connection::timer_cb(uv_timer_t* timer) noexcept {
   auto* self = static_cast<connection*>(timer->data);
-  timer_use use = std::exchange(self->timer_use_, timer_use::none);
+  self->guard([self] { self->on_timer(); });
+}
+
+void connection::on_timer() {
+  timer_use use = std::exchange(timer_use_, timer_use::none);
   switch (use) {
     case timer_use::handshake:
-      self->srv_.logf(log_level::info, "conn={} TLS handshake timed out", self->id_);
-      return self->close();
+      srv_.logf(log_level::info, "conn={} TLS handshake timed out", id_);
+      return close();
+    case timer_use::last_write:
+      srv_.logf(log_level::info, "conn={} last replies not read in time", id_);
+      return close();
+    case timer_use::linger: return close();
     case timer_use::greeting:
-      if (self->srv_.shutting_down)
-        self->session_.shutdown();
+      if (srv_.shutting_down)
+        session_.shutdown();
       else
-        self->session_.start();
+        session_.start();
       break;
-    case timer_use::sleep: self->session_.wake(); break;
+    case timer_use::sleep: session_.wake(); break;
     case timer_use::idle:
-      if (self->session_.waiting()) break;  // Waiting for the sink: our delay, not theirs.
-      self->session_.time_out(proto::reply_id::timeout);
+      if (session_.waiting()) break;  // Waiting for the sink: our delay, not theirs.
+      session_.time_out(proto::reply_id::timeout);
       break;
     case timer_use::none: break;
   }
-  self->run();
+  run();
 }
 
 void connection::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) noexcept {
   auto* self = static_cast<connection*>(handle->data);
-  if (self->tls_) {
-    if (!self->raw_) self->raw_ = self->srv_.buffers.take();
-    *buf = uv_buf_init(self->raw_, static_cast<unsigned>(buffer_pool::buffer_size));
+  *buf = uv_buf_init(nullptr, 0);
+  if (self->lingering_) {
+    *buf = uv_buf_init(self->srv_.discard, sizeof self->srv_.discard);
     return;
   }
-  self->take_buffer();
+  try {
+    if (self->tls_) {
+      if (!self->raw_) self->raw_ = self->srv_.buffers.take();
+      *buf = uv_buf_init(self->raw_, static_cast<unsigned>(buffer_pool::buffer_size));
+      return;
+    }
+    self->take_buffer();
+  } catch (...) {
+    // No memory for a buffer: read_cb gets UV_ENOBUFS and closes.
+    self->alloc_failed_ = true;
+    return;
+  }
   // A full buffer gives libuv no room: the read fails with UV_ENOBUFS.
   *buf = uv_buf_init(self->in_ + self->in_len_,
                      static_cast<unsigned>(buffer_pool::buffer_size - self->in_len_));
@@ -416,31 +583,45 @@ void connection::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) noexcept {
 
 void connection::read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) noexcept {
   auto* self = static_cast<connection*>(stream->data);
-  if (nread > 0 && self->timer_use_ == timer_use::greeting) {
-    // RFC 5321 4.3.1: the client waits for the greeting. One that does not
-    // is a spam engine or a misconfigured program (Postfix's postscreen).
-    self->session_.refuse_pregreet();
-    self->timer_use_ = timer_use::none;
-    uv_timer_stop(&self->timer_);
-    self->in_len_ = 0;
-    return self->run();
+  if (self->lingering_) {
+    // Dropped unread. The client's end of stream, an error or the cap ends it.
+    if (nread > 0) self->lingered_ += static_cast<std::size_t>(nread);
+    if ((nread < 0 && nread != UV_ENOBUFS) || self->lingered_ > linger_max_bytes) self->close();
+    return;
   }
-  if (nread > 0) {
-    self->got_bytes_ = true;
-    self->note_data_rate(static_cast<std::size_t>(nread));
-    if (self->raw_ && buf->base == self->raw_)
-      self->tls_->feed({self->raw_, static_cast<std::size_t>(nread)});
-    else
-      self->in_len_ += static_cast<std::size_t>(nread);
-  } else if (nread == UV_EOF) {
-    self->eof_ = true;
-  } else if (nread < 0 && nread != UV_ENOBUFS) {
-    self->srv_.logf(log_level::info, "conn={} read failed: {}", self->id_,
-                    uv_err_name(static_cast<int>(nread)));
+  if (std::exchange(self->alloc_failed_, false)) {
+    self->srv_.logf(log_level::error, "conn={} out of memory for a read buffer", self->id_);
     return self->close();
   }
-  if (self->raw_) self->srv_.buffers.give_back(std::exchange(self->raw_, nullptr));
-  self->run();
+  self->guard([&] { self->on_read(nread, buf); });
+}
+
+void connection::on_read(ssize_t nread, const uv_buf_t* buf) {
+  if (nread > 0 && timer_use_ == timer_use::greeting) {
+    // RFC 5321 4.3.1: the client waits for the greeting. One that does not
+    // is a spam engine or a misconfigured program (Postfix's postscreen).
+    session_.refuse_pregreet();
+    timer_use_ = timer_use::none;
+    uv_timer_stop(&timer_);
+    in_len_ = 0;
+    return run();
+  }
+  if (nread > 0) {
+    got_bytes_ = true;
+    note_data_rate(static_cast<std::size_t>(nread));
+    if (raw_ && buf->base == raw_)
+      tls_->feed({raw_, static_cast<std::size_t>(nread)});
+    else
+      in_len_ += static_cast<std::size_t>(nread);
+  } else if (nread == UV_EOF) {
+    eof_ = true;
+  } else if (nread < 0 && nread != UV_ENOBUFS) {
+    srv_.logf(log_level::info, "conn={} read failed: {}", id_,
+              uv_err_name(static_cast<int>(nread)));
+    return close();
+  }
+  if (raw_) give_back(std::exchange(raw_, nullptr));
+  run();
 }
 
 void connection::write_cb(uv_write_t* req, int status) noexcept {
@@ -452,7 +633,14 @@ void connection::write_cb(uv_write_t* req, int status) noexcept {
     self->srv_.logf(log_level::info, "conn={} write failed: {}", self->id_, uv_err_name(status));
     return self->close();
   }
-  self->run();
+  self->guard([self] { self->run(); });
+}
+
+void connection::shutdown_cb(uv_shutdown_t* req, int status) noexcept {
+  auto* self = static_cast<connection*>(req->data);
+  // UV_ECANCELED: closed meanwhile (the handle is still there until close_cb).
+  if (self->closing_) return;
+  if (status < 0) self->close();
 }
 
 void connection::close_cb(uv_handle_t* handle) noexcept {
@@ -467,11 +655,7 @@ void connection::close_cb(uv_handle_t* handle) noexcept {
       srv.connections = self->next;
     if (self->next) self->next->prev = self->prev;
     --srv.connection_count;
-    if (self->admitted_) {
-      --srv.admitted;
-      if (auto it = srv.per_ip.find(self->ip_); it != srv.per_ip.end() && --it->second == 0)
-        srv.per_ip.erase(it);
-    }
+    self->unadmit();
     srv.logf(log_level::info, "conn={} disconnect from {}", self->id_, self->peer_);
   }
   delete self;

@@ -9,6 +9,15 @@
 // With TLS (STARTTLS, or an implicit-TLS listener) ciphertext goes through a
 // tls_stream: read bytes are fed to it, plaintext comes out into the same
 // input buffer the session reads, and replies are encrypted on their way out.
+//
+// A connection the server ends (QUIT, a 421, a 554, a refusal over a limit)
+// closes in two steps, as nginx's lingering close does: once the last reply
+// is written, the write side is shut and what the client still sends is
+// read and dropped, for a bounded time and size; then the socket closes.
+// Closing at once over unread input would make the kernel send a reset.
+//
+// No exception leaves a libuv callback: each one runs its work through
+// guard(), which closes this connection (and no other) on an exception.
 #pragma once
 
 #include <uv.h>
@@ -25,12 +34,12 @@ namespace inboxd::net {
 class connection final : proto::session_events {
  public:
   // Accepts one pending connection from a listening stream.
-  static void accept(server::state& srv, uv_stream_t* listening, bool implicit_tls);
+  static void accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) noexcept;
 
   // Server shutdown: 421 at the next command boundary (now, when idle).
-  void shutdown();
+  void shutdown() noexcept;
   // Closes the socket now; the connection is freed once its handles close.
-  void close();
+  void close() noexcept;
 
   connection* next = nullptr;  // the server's list
   connection* prev = nullptr;
@@ -39,7 +48,16 @@ class connection final : proto::session_events {
   connection(server::state& srv, std::string peer);
   ~connection() = default;
 
+  void start(bool implicit_tls);
+  void on_timer();
+  void on_read(ssize_t nread, const uv_buf_t* buf);
+  template <typename F>
+  void guard(F&& work) noexcept;
   void run();
+  void finish();
+  void linger();
+  void unadmit() noexcept;
+  void give_back(char* buffer) noexcept;
   bool advance_tls();
   std::size_t pull_plaintext();
   void begin_starttls();
@@ -50,7 +68,15 @@ class connection final : proto::session_events {
   void stash_partial();
   void take_buffer();
   // The connection's one timer serves one purpose at a time.
-  enum class timer_use : std::uint8_t { none, greeting, handshake, sleep, idle };
+  enum class timer_use : std::uint8_t {
+    none,
+    greeting,
+    handshake,
+    sleep,
+    idle,
+    last_write,  // the last replies are on their way (finish)
+    linger,      // reading and dropping before the close (linger)
+  };
   void start_timer(timer_use use, std::uint64_t ms);
   void arm_idle();
   void note_data_rate(std::size_t bytes);
@@ -65,6 +91,7 @@ class connection final : proto::session_events {
   static void alloc_cb(uv_handle_t* handle, size_t suggested, uv_buf_t* buf) noexcept;
   static void read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) noexcept;
   static void write_cb(uv_write_t* req, int status) noexcept;
+  static void shutdown_cb(uv_shutdown_t* req, int status) noexcept;
   static void timer_cb(uv_timer_t* timer) noexcept;
   static void close_cb(uv_handle_t* handle) noexcept;
 
@@ -77,6 +104,7 @@ class connection final : proto::session_events {
   int open_handles_ = 0;
   bool admitted_ = false;  // counted against the connection limits
   std::string ip_;
+  std::string key_;               // ip_ as the per-address limits count it (limit_key)
   std::uint64_t data_start_ = 0;  // uv_now() when DATA began, 0 outside DATA
   std::uint64_t data_bytes_ = 0;
   std::uint64_t commands_seen_ = 0;  // session_.commands() when the timer was armed
@@ -98,9 +126,14 @@ class connection final : proto::session_events {
   std::string out_;      // bytes for the socket (plaintext, or ciphertext under TLS)
   std::string sending_;  // handed to uv_write; alive until write_cb
   uv_write_t write_req_{};
+  uv_shutdown_t shutdown_req_{};
   bool writing_ = false;
   bool reading_ = false;
   bool eof_ = false;
+  bool alloc_failed_ = false;  // alloc_cb could not get a buffer
+  bool finishing_ = false;     // no more input for the session; linger once written
+  bool lingering_ = false;     // write side shut; reading and dropping
+  std::size_t lingered_ = 0;   // bytes dropped while lingering
   bool closing_ = false;
 };
 

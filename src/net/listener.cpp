@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdint>
+#include <cstring>
 
 #include "net/connection.hpp"
 
@@ -39,6 +41,28 @@ std::string format_address(const sockaddr* sa, bool with_port) {
   if (!with_port) return ip;
   return v6 ? fmt::format(FMT_STRING("[{}]:{}"), ip, port)
             : fmt::format(FMT_STRING("{}:{}"), ip, port);
+}
+
+std::string limit_key(const sockaddr* sa, unsigned ipv6_prefix_length) {
+  if (sa->sa_family != AF_INET6) return format_address(sa, false);
+  sockaddr_in6 in6 = *reinterpret_cast<const sockaddr_in6*>(sa);
+  std::uint8_t* bytes = in6.sin6_addr.s6_addr;
+  static constexpr std::uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(bytes, v4_mapped, sizeof v4_mapped) == 0) {
+    sockaddr_in in4{};
+    in4.sin_family = AF_INET;
+    std::memcpy(&in4.sin_addr, bytes + 12, 4);
+    return format_address(reinterpret_cast<const sockaddr*>(&in4), false);
+  }
+  unsigned bits = std::min(ipv6_prefix_length, 128u);
+  for (unsigned i = 0; i < 16; ++i) {
+    unsigned kept = bits > i * 8 ? std::min(bits - i * 8, 8u) : 0;
+    bytes[i] &= static_cast<std::uint8_t>(0xff00u >> kept);
+  }
+  in6.sin6_port = 0;
+  in6.sin6_scope_id = 0;
+  return fmt::format(FMT_STRING("{}/{}"),
+                     format_address(reinterpret_cast<const sockaddr*>(&in6), false), bits);
 }
 
 listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls,

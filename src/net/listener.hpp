@@ -16,6 +16,13 @@ namespace inboxd::net {
 [[nodiscard]] bool parse_address(std::string_view text, sockaddr_storage& out);
 // Formats a socket address as "127.0.0.1:25" or "[::1]:25".
 [[nodiscard]] std::string format_address(const sockaddr* sa, bool with_port = true);
+// The key under which the per-address limits count a client: an IPv4
+// address as "192.0.2.1"; an IPv4-mapped IPv6 address (::ffff:192.0.2.1, an
+// IPv4 client on a dual-stack socket) the same way; any other IPv6 address
+// as its first ipv6_prefix_length bits (at most 128), "2001:db8:1:2::/64",
+// since one site is usually given a whole /64 (RFC 6177) and would
+// otherwise have 2^64 addresses to spread its connections over.
+[[nodiscard]] std::string limit_key(const sockaddr* sa, unsigned ipv6_prefix_length);
 
 class listener {
  public:
@@ -24,6 +31,7 @@ class listener {
                         std::string& error);
   void close();
   [[nodiscard]] std::string bound_address() const;
+  [[nodiscard]] bool implicit_tls() const noexcept { return implicit_tls_; }
 
  private:
   listener(server::state& srv, bool implicit_tls) : srv_(srv), implicit_tls_(implicit_tls) {}

@@ -24,6 +24,20 @@ proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink
   return s;
 }
 
+// What start() and reconfigure() refuse: a config the listeners cannot
+// serve. implicit_tls: an implicit-TLS listener is (or is to be) open.
+bool check_config(const server_config& cfg, bool implicit_tls, std::string& error) {
+  if (implicit_tls && !cfg.tls) {
+    error = "an implicit-TLS listener needs TLS credentials";
+    return false;
+  }
+  if (cfg.ipv6_prefix_length > 128) {
+    error = "the IPv6 prefix length of the per-address limits is at most 128";
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 server::state::state(uv_loop_t* l, server_config cfg, std::shared_ptr<inboxd::sink> s, logger lg)
@@ -34,7 +48,15 @@ server::state::state(uv_loop_t* l, server_config cfg, std::shared_ptr<inboxd::si
       ids(static_cast<std::uint64_t>(std::time(nullptr)), static_cast<std::uint32_t>(::getpid())) {}
 
 void server::state::maybe_done() {
-  if (!shutting_down || !listeners.empty() || connections) return;
+  if (!shutting_down || !listeners.empty()) return;
+  // Lingering connections have had their last reply: once nothing else is
+  // left, they do not hold up the exit (a lingering close protects a reply
+  // from a reset; here only a client that still sends would get one).
+  if (connections && lingering == connection_count) {
+    for (auto* c = connections; c; c = c->next) c->close();
+    return;
+  }
+  if (connections) return;
   if (drain_timer_open) {
     drain_timer_open = false;
     uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer),
@@ -55,12 +77,17 @@ server::~server() = default;
 // with EMFILE and libuv drops the client without a word; below it a client
 // over the limit gets a 421 and the log says why. So the connection limit
 // is kept under the descriptor limit, with room to spare.
+//
+// Lingering connections (connection::linger) are no longer counted as
+// admitted, so they live in that reserve: at most half of it is theirs.
 void server::state::fit_connection_limit() {
   max_connections = config.max_connections;
+  max_lingering = 1024;
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
   auto limit = static_cast<std::size_t>(rl.rlim_cur);
   std::size_t reserve = std::max<std::size_t>(32, limit / 8);
+  max_lingering = std::min(max_lingering, reserve / 2);
   std::size_t fits = limit > reserve ? limit - reserve : 1;
   if (fits < max_connections) {
     max_connections = fits;
@@ -72,10 +99,7 @@ void server::state::fit_connection_limit() {
 bool server::start(std::string& error) {
   state& s = *state_;
   s.fit_connection_limit();
-  if (!s.config.listen_tls.empty() && !s.settings->tls) {
-    error = "an implicit-TLS listener needs TLS credentials";
-    return false;
-  }
+  if (!check_config(s.config, !s.config.listen_tls.empty(), error)) return false;
   auto open_all = [&](const std::vector<std::string>& addresses, bool implicit_tls) {
     for (const auto& address : addresses) {
       auto* l = net::listener::open(s, address, implicit_tls, error);
@@ -86,7 +110,8 @@ bool server::start(std::string& error) {
     return true;
   };
   if (!open_all(s.config.listen, false) || !open_all(s.config.listen_tls, true)) {
-    for (auto* open : std::vector(s.listeners)) open->close();
+    // close() takes each listener off the list.
+    while (!s.listeners.empty()) s.listeners.back()->close();
     return false;
   }
   return true;
@@ -109,7 +134,8 @@ void server::shutdown(void (*done)(void*), void* ctx) {
   s.done = done;
   s.done_ctx = ctx;
   s.logf(log_level::info, "shutting down: {} connection(s) open", s.connection_count);
-  for (auto* l : std::vector(s.listeners)) l->close();
+  // close() takes each listener off the list.
+  while (!s.listeners.empty()) s.listeners.back()->close();
   // shutdown() may close a connection, but only in uv_close: the list holds.
   for (auto* c = s.connections; c; c = c->next) c->shutdown();
   uv_timer_init(s.loop, &s.drain_timer);
@@ -127,13 +153,31 @@ void server::shutdown(void (*done)(void*), void* ctx) {
   s.maybe_done();
 }
 
-void server::reconfigure(const server_config& config, std::shared_ptr<inboxd::sink> sink) {
+bool server::reconfigure(const server_config& config, std::shared_ptr<inboxd::sink> sink,
+                         std::string& error) noexcept {
   state& s = *state_;
-  s.settings = make_settings(config, std::move(sink));
-  std::vector<std::string> listen = std::move(s.config.listen);
-  s.config = config;
-  s.config.listen = std::move(listen);
+  // The listeners stay: what they need, the new config must give (start()
+  // checked the same against the listen addresses).
+  bool implicit_tls = std::any_of(s.listeners.begin(), s.listeners.end(),
+                                  [](const net::listener* l) { return l->implicit_tls(); });
+  // Before start(), the config's own implicit-TLS addresses are the ones to come.
+  if (s.listeners.empty()) implicit_tls = !s.config.listen_tls.empty();
+  try {
+    if (!check_config(config, implicit_tls, error)) return false;
+    // Everything that allocates comes first: on failure nothing has changed.
+    auto settings = make_settings(config, std::move(sink));
+    server_config next = config;
+    next.listen = s.config.listen;
+    next.listen_tls = s.config.listen_tls;
+    s.settings = std::move(settings);
+    s.config = std::move(next);
+  } catch (...) {
+    error.clear();
+    error.append("out of memory");
+    return false;
+  }
   s.fit_connection_limit();
+  return true;
 }
 
 void server::abort() {

@@ -33,12 +33,31 @@ struct server::state {
   // config.max_connections, lowered to fit the open-files limit.
   std::size_t max_connections = 0;
   void fit_connection_limit();
+  // Admitted connections per limit key (net::limit_key): an entry exists
+  // only while a connection of that key is admitted, so the table holds at
+  // most max_connections entries.
   std::unordered_map<std::string, std::size_t> per_ip;
   struct rate_window {
     std::uint64_t start = 0;  // uv_now() when this minute began
     std::size_t count = 0;
   };
+  // New connections per limit key in its current minute. An entry is made
+  // only for a client within the total and per-address limits; finished
+  // minutes are dropped once the table has doubled since the last sweep, so
+  // a sweep costs O(1) per connection, amortized, and the table holds at
+  // most twice the keys admitted in the last minute (or 10,000).
   std::unordered_map<std::string, rate_window> rates;
+  std::size_t rates_sweep_at = 10'000;
+
+  // Connections in their lingering close (connection::linger): no longer
+  // admitted, each closed within a bounded time, and at most this many at
+  // once (past it a connection closes at once), so that they cannot use up
+  // the descriptors kept in reserve beyond max_connections.
+  std::size_t lingering = 0;
+  std::size_t max_lingering = 1024;
+  // Where lingering connections read what they discard. One buffer serves
+  // them all: each read is dropped before the next alloc_cb.
+  char discard[64 * 1024];
   std::uint64_t next_connection_id = 0;
 
   bool shutting_down = false;
@@ -49,14 +68,21 @@ struct server::state {
 
   state(uv_loop_t* loop, server_config cfg, std::shared_ptr<inboxd::sink> sink, logger log);
 
+  // Formats and writes one log line. Called from libuv callbacks, which are
+  // noexcept: an embedder's logger that throws, or a line that cannot be
+  // allocated, loses that line and nothing else.
   template <typename... Args>
-  void logf(log_level level, fmt::format_string<Args...> f, Args&&... args) {
-    std::string line = fmt::format(f, std::forward<Args>(args)...);
-    log.write(log.ctx, level, line);
+  void logf(log_level level, fmt::format_string<Args...> f, Args&&... args) noexcept {
+    try {
+      std::string line = fmt::format(f, std::forward<Args>(args)...);
+      log.write(log.ctx, level, line);
+    } catch (...) {
+    }
   }
 
-  // Called when a connection or listener has closed: ends a shutdown once
-  // nothing is left.
+  // Called when a connection or listener has closed, or a connection starts
+  // to linger: in a shutdown, closes the lingering connections once they are
+  // all that is left, and ends the shutdown once nothing is.
   void maybe_done();
 };
 
