@@ -1,22 +1,28 @@
 // The mbox sink: one mbox file per recipient, from a path template.
 //
 // The message is quoted (mboxrd) as it arrives and staged in memory, or past
-// flush_bytes in an unnamed spool file. At commit, on the thread pool, each
-// recipient's mbox is locked as mutt and Dovecot expect (a <file>.lock
-// dotlock where the directory allows it, then an fcntl write lock), the
-// "From " line, the message and a blank line are appended, and the file is
-// fsynced. Any failure truncates the file back to its old size: no half
-// message stays. A new mbox is created with mode 0600.
+// flush_bytes (or when the memory budget is spent) in an unnamed spool file.
+// At commit, on the thread pool, every recipient's mbox is locked as mutt and
+// Dovecot expect (a <file>.lock dotlock where the directory allows it, then
+// an fcntl write lock), in the order of their paths, so that two writers
+// that each want several never hold one the other needs. No lock is waited
+// for on a pool thread: if one is held by someone else, every lock taken is
+// let go and pooled_delivery tries again from a loop timer. With all locks
+// held, the "From " line, the message and a blank line are appended to every
+// mbox and each is fsynced; any failure truncates every one back to its old
+// size, so the message is in all of them (250) or in none (4xx): a retry
+// by the sender makes no duplicate. A new mbox is created with mode 0600,
+// and the folder holding it is fsynced, so that it survives a crash.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <ctime>
-#include <thread>
+#include <numeric>
 
 #include "inboxd/sinks.hpp"
 #include "store/files.hpp"
@@ -26,12 +32,10 @@
 namespace inboxd {
 namespace {
 
-using namespace std::chrono_literals;
 using store::pooled_delivery;
 
-constexpr auto lock_patience = 10s;   // how long to wait for another writer
-constexpr auto stale_dotlock = 300s;  // a dotlock older than this is left over
-constexpr auto lock_retry = 50ms;
+constexpr std::time_t stale_dotlock_s = 300;  // a dotlock older than this is left over
+constexpr int busy = -1;                      // a lock is held by someone else
 
 // "Mon Nov 30 12:40:19 2026", asctime's form without its newline, in UTC.
 std::string asctime_now() {
@@ -46,56 +50,110 @@ std::string asctime_now() {
                      tm.tm_year + 1900);
 }
 
-// A <file>.lock dotlock. Where the directory does not let us create it
-// (permissions, read-only), the fcntl lock alone guards the file.
-class dotlock {
- public:
-  explicit dotlock(std::string path) : path_(std::move(path) + ".lock") {}
-  ~dotlock() {
-    if (held_) ::unlink(path_.c_str());
-  }
-  // Returns 0, or an errno value (EAGAIN when another writer kept it too long).
-  int acquire() noexcept {
-    auto deadline = std::chrono::steady_clock::now() + lock_patience;
-    for (;;) {
-      int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (fd >= 0) {
-        ::close(fd);
-        held_ = true;
-        return 0;
-      }
-      if (errno == EACCES || errno == EPERM || errno == EROFS) return 0;
-      if (errno != EEXIST) return errno;
-      struct stat st {};
-      if (::stat(path_.c_str(), &st) == 0 &&
-          std::time(nullptr) - st.st_mtime > std::chrono::seconds(stale_dotlock).count())
-        ::unlink(path_.c_str());
-      if (std::chrono::steady_clock::now() > deadline) return EAGAIN;
-      std::this_thread::sleep_for(lock_retry);
-    }
-  }
-
- private:
-  std::string path_;
-  bool held_ = false;
-};
-
-int lock_fcntl(int fd) noexcept {
-  auto deadline = std::chrono::steady_clock::now() + lock_patience;
+// Takes the fcntl write lock on the whole file without waiting: 0, busy, or
+// an errno value. An open-file-description lock (Linux 3.15) where there is
+// one: it conflicts with the POSIX locks of mutt and Dovecot as a POSIX lock
+// would, and also with another of our own pool threads, which a POSIX lock
+// (owned by the process) does not.
+int try_lock_fcntl(int fd) noexcept {
   struct flock fl {};
   fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
+#ifdef F_OFD_SETLK
+  if (::fcntl(fd, F_OFD_SETLK, &fl) == 0) return 0;
+  if (errno != EINVAL) return errno == EACCES || errno == EAGAIN ? busy : errno;
+  fl = {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+#endif
   while (::fcntl(fd, F_SETLK, &fl) != 0) {
-    if (errno != EACCES && errno != EAGAIN && errno != EINTR) return errno;
-    if (std::chrono::steady_clock::now() > deadline) return EAGAIN;
-    std::this_thread::sleep_for(lock_retry);
+    if (errno == EINTR) continue;
+    return errno == EACCES || errno == EAGAIN ? busy : errno;
   }
   return 0;
 }
 
+// One mbox while the message is appended to it: its dotlock, its open file
+// (holding the fcntl lock) and its size before.
+struct locked_mbox {
+  std::string path;
+  std::string dotlock;  // the <file>.lock this holds; empty when none
+  int fd = -1;
+  off_t old_size = 0;
+
+  // Takes the dotlock, opens (or creates) the mbox and locks it, all without
+  // waiting: 0, busy, or an errno value. On anything but 0, call release().
+  int acquire() noexcept {
+    if (int e = take_dotlock()) return e;
+    int e = open_mbox();
+    if (e) return e;
+    if ((e = try_lock_fcntl(fd))) return e;
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return errno;
+    old_size = st.st_size;
+    return 0;
+  }
+
+  void release() noexcept {
+    if (fd >= 0) ::close(fd);  // Also lets the fcntl lock go.
+    fd = -1;
+    if (!dotlock.empty()) ::unlink(dotlock.c_str());
+    dotlock.clear();
+  }
+
+  // A <file>.lock dotlock. Where the directory does not let us create it
+  // (permissions, read-only), the fcntl lock alone guards the file.
+  int take_dotlock() noexcept {
+    std::string lock = path + ".lock";
+    for (int tries = 0; tries < 3; ++tries) {
+      int fd_lock = ::open(lock.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd_lock >= 0) {
+        ::close(fd_lock);
+        dotlock = std::move(lock);
+        return 0;
+      }
+      if (errno == EACCES || errno == EPERM || errno == EROFS) return 0;
+      if (errno == ENOENT) {
+        // The mbox's folder is missing: make it (make_dirs fsyncs what it makes).
+        if (int e = store::make_dirs(store::parent_of(path))) return e;
+        continue;
+      }
+      if (errno != EEXIST) return errno;
+      // Someone holds it, or left it behind long ago (a crashed writer).
+      struct stat st {};
+      if (::stat(lock.c_str(), &st) != 0 || std::time(nullptr) - st.st_mtime <= stale_dotlock_s)
+        return busy;
+      ::unlink(lock.c_str());
+    }
+    return busy;
+  }
+
+  // Opens the mbox for appending, creating it when missing. A new file is
+  // durable only once its folder is: that folder is fsynced before anything
+  // is written to the file (and long before any 250).
+  int open_mbox() noexcept {
+    constexpr int flags = O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW;
+    for (int tries = 0; tries < 3; ++tries) {
+      fd = ::open(path.c_str(), flags | O_CREAT | O_EXCL, 0600);
+      if (fd >= 0) return store::fsync_dir(store::parent_of(path));
+      if (errno == ENOENT) {
+        if (int e = store::make_dirs(store::parent_of(path))) return e;
+        continue;
+      }
+      if (errno != EEXIST) return errno;
+      fd = ::open(path.c_str(), flags);
+      if (fd >= 0) return 0;
+      if (errno != ENOENT) return errno;  // Removed in between: create it.
+    }
+    return EAGAIN;
+  }
+};
+
 class mbox_sink final : public sink {
  public:
-  mbox_sink(uv_loop_t* loop, mbox_options options) : loop_(loop), options_(std::move(options)) {}
+  mbox_sink(uv_loop_t* loop, mbox_options options) : loop_(loop), options_(std::move(options)) {
+    if (!options_.memory) options_.memory = std::make_shared<memory_budget>();
+  }
   delivery* begin(const envelope& env, delivery_listener& listener) override;
 
   uv_loop_t* loop_;
@@ -105,7 +163,7 @@ class mbox_sink final : public sink {
 class mbox_delivery final : public pooled_delivery {
  public:
   mbox_delivery(const mbox_sink& sink, const envelope& env, delivery_listener& listener)
-      : pooled_delivery(sink.loop_, listener, env.recipients.size()),
+      : pooled_delivery(sink.loop_, listener, env.recipients.size(), sink.options_.memory),
         spool_dir_(sink.options_.spool_dir),
         mboxes_(sink.options_.path, env.recipients) {
     std::string_view sender = env.reverse_path.empty() ? "MAILER-DAEMON" : env.reverse_path;
@@ -127,59 +185,103 @@ class mbox_delivery final : public pooled_delivery {
   // directory: removed at once, so nothing is left behind by a crash.
   void stage(const std::string& batch) noexcept override {
     if (error_) return;
+    if (int e = spool(batch)) error_ = e;
+  }
+
+  // Appends to the spool file (made on first use): 0 or an errno value.
+  int spool(const std::string& bytes) noexcept {
     if (spool_fd_ < 0) {
       std::string tpl = spool_dir_ + "/inboxd-mbox.XXXXXX";
-      if (int e = store::make_dirs(spool_dir_)) {
-        error_ = e;
-        return;
-      }
+      if (int e = store::make_dirs(spool_dir_)) return e;
       spool_fd_ = ::mkstemp(tpl.data());
-      if (spool_fd_ < 0) {
-        error_ = errno;
-        return;
-      }
+      if (spool_fd_ < 0) return errno;
       ::unlink(tpl.c_str());
     }
-    if (int e = store::write_all(spool_fd_, batch)) error_ = e;
-    spooled_ += batch.size();
+    // At its place, not at the file offset: bytes a failed write left past
+    // spooled_ are never read, and the next write goes over them.
+    std::string_view rest = bytes;
+    for (off_t at = static_cast<off_t>(spooled_); !rest.empty();) {
+      ssize_t n = ::pwrite(spool_fd_, rest.data(), rest.size(), at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return errno;
+      rest.remove_prefix(static_cast<std::size_t>(n));
+      at += n;
+    }
+    spooled_ += bytes.size();
+    return 0;
   }
 
   void finish(const std::string& batch, std::vector<store_outcome>& outcomes) noexcept override {
-    std::string tail = batch;
-    quoter_.flush(tail);
-    // Every message ends in a newline, then a blank line parts it from the next.
-    if (last_ != '\n') tail += '\n';
-    tail += '\n';
-    std::vector<int> path_error(mboxes_.paths.size(), error_);
-    if (!error_)
-      for (std::size_t i = 0; i < path_error.size(); ++i)
-        path_error[i] = append_to(mboxes_.paths[i], tail);
-    mboxes_.fill(outcomes, path_error);
+    if (!tail_ready_) {
+      // The first call has the last batch; a retry after a busy lock, none.
+      tail_ = batch;
+      quoter_.flush(tail_);
+      // Every message ends in a newline, then a blank line parts it from the next.
+      if (last_ != '\n') tail_ += '\n';
+      tail_ += '\n';
+      tail_ready_ = true;
+    }
+    int e = error_ ? error_ : append_all();
+    if (e == busy) {
+      // While waiting for the lock the tail waits on disk, not in memory
+      // that the budget does not see. If the spool fails, it stays here.
+      if (!tail_.empty() && spool(tail_) == 0) std::string().swap(tail_);
+      return retry_later();
+    }
+    // Every recipient gets the same result, so the reply is one truth for
+    // all. The mbox that failed carries its errno, the others ECANCELED
+    // ("Operation canceled"): the log names the mailbox to fix.
+    store_outcome fail = store::outcome_of(e);
+    for (std::size_t r = 0; r < outcomes.size(); ++r) {
+      outcomes[r] = fail;
+      if (e && failed_ != no_mbox && mboxes_.of[r] != failed_) outcomes[r].error = ECANCELED;
+    }
   }
 
-  // Appends the From line, the spooled bytes and tail to one mbox.
-  int append_to(const std::string& path, const std::string& tail) noexcept {
-    if (int e = store::make_dirs(store::parent_of(path))) return e;
-    dotlock dot(path);
-    if (int e = dot.acquire()) return e;
-    int fd = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) return errno;
-    int e = lock_fcntl(fd);
-    struct stat st {};
-    if (!e && ::fstat(fd, &st) != 0) e = errno;
-    if (e) {
-      ::close(fd);  // Nothing was written: nothing to take back.
+  // Locks every mbox, then appends to all of them or to none. Returns 0,
+  // busy (nothing written, no lock kept), or the errno value of the first
+  // failure (nothing kept in any mbox), with failed_ set to its mbox.
+  int append_all() noexcept {
+    try {
+      std::vector<std::size_t> order(mboxes_.paths.size());
+      std::iota(order.begin(), order.end(), std::size_t{0});
+      std::sort(order.begin(), order.end(),
+                [&](std::size_t a, std::size_t b) { return mboxes_.paths[a] < mboxes_.paths[b]; });
+      std::vector<locked_mbox> held(order.size());
+      int e = 0;
+      std::size_t taken = 0;
+      for (; taken < order.size() && !e; ++taken) {
+        held[taken].path = mboxes_.paths[order[taken]];
+        if ((e = held[taken].acquire())) failed_ = order[taken];
+      }
+      std::size_t written = 0;
+      if (!e) {
+        for (; written < held.size() && !e; ++written)
+          if ((e = append_to(held[written]))) failed_ = order[written];
+        // Durable in every mbox, or the message is taken back from all.
+        for (std::size_t i = 0; i < held.size() && !e; ++i)
+          if (::fsync(held[i].fd) != 0) {
+            e = errno;
+            failed_ = order[i];
+          }
+        if (e) {
+          // Take back what this delivery appended, and only that.
+          for (std::size_t i = 0; i < written; ++i)
+            if (::ftruncate(held[i].fd, held[i].old_size) == 0) ::fsync(held[i].fd);
+        }
+      }
+      for (std::size_t i = 0; i < taken; ++i) held[i].release();
       return e;
+    } catch (...) {
+      return ENOMEM;
     }
-    off_t old_size = st.st_size;
-    e = store::write_all(fd, separator(fd, old_size) + from_line_);
-    if (!e) e = copy_spool(fd);
-    if (!e) e = store::write_all(fd, tail);
-    if (!e && ::fsync(fd) != 0) e = errno;
-    // Take back what this delivery appended, and only that.
-    if (e && ::ftruncate(fd, old_size) == 0) ::fsync(fd);
-    ::close(fd);  // Also drops the fcntl lock.
-    return e;
+  }
+
+  // Appends the From line, the spooled bytes and the tail to one locked mbox.
+  int append_to(const locked_mbox& m) noexcept {
+    if (int e = store::write_all(m.fd, separator(m.fd, m.old_size) + from_line_)) return e;
+    if (int e = copy_spool(m.fd)) return e;
+    return store::write_all(m.fd, tail_);
   }
 
   // A "From " line needs a blank line before it; supply what an mbox written
@@ -197,7 +299,8 @@ class mbox_delivery final : public pooled_delivery {
   int copy_spool(int fd) noexcept {
     char buf[64 * 1024];
     for (off_t off = 0; off < static_cast<off_t>(spooled_);) {
-      ssize_t n = ::pread(spool_fd_, buf, sizeof buf, off);
+      auto want = std::min(sizeof buf, static_cast<std::size_t>(spooled_ - off));
+      ssize_t n = ::pread(spool_fd_, buf, want, off);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return n < 0 ? errno : EIO;
       if (int e = store::write_all(fd, {buf, static_cast<std::size_t>(n)})) return e;
@@ -216,10 +319,46 @@ class mbox_delivery final : public pooled_delivery {
   char last_ = '\n';             // the last message byte seen
   int spool_fd_ = -1;
   std::size_t spooled_ = 0;
+  std::string tail_;  // the end of the message, made by the first finish()
+  bool tail_ready_ = false;
+  // The mbox (index in mboxes_.paths) that failed; no_mbox when the
+  // failure was no one mbox's (the spool).
+  static constexpr std::size_t no_mbox = static_cast<std::size_t>(-1);
+  std::size_t failed_ = no_mbox;
 };
 
 delivery* mbox_sink::begin(const envelope& env, delivery_listener& listener) {
   return new mbox_delivery(*this, env, listener);
+}
+
+// Start-up: the spool, and the folders of the template before its first
+// {...} (or a single mbox's folder and the file itself), are made now and
+// handed to options.owner: a server started as root that then runs as a
+// user must be able to create each recipient's mbox and its spool files.
+int prepare(const mbox_options& options, std::string& what) noexcept {
+  try {
+    if (!options.spool_dir.empty()) {
+      what = options.spool_dir;
+      if (int e = store::make_dirs(options.spool_dir, options.owner)) return e;
+    }
+    bool single = !store::is_template(options.path);
+    std::string folder =
+        single ? store::parent_of(options.path) : store::fixed_prefix(options.path);
+    if (!folder.empty()) {
+      what = folder;
+      if (int e = store::make_dirs(folder, options.owner)) return e;
+    }
+    if (!single) return 0;
+    what = options.path;
+    int fd = ::open(options.path.c_str(),
+                    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd < 0) return errno == EEXIST ? 0 : errno;
+    ::close(fd);
+    if (int e = store::chown_to(options.path, options.owner)) return e;
+    return store::fsync_dir(store::parent_of(options.path));
+  } catch (...) {
+    return ENOMEM;
+  }
 }
 
 }  // namespace
@@ -228,6 +367,12 @@ std::unique_ptr<sink> open_mbox_sink(uv_loop_t* loop, const mbox_options& option
                                      std::string& error) {
   if (options.path.empty()) {
     error = "no mbox path";
+    return nullptr;
+  }
+  std::string what;
+  if (int e = prepare(options, what)) {
+    error = fmt::format(FMT_STRING("cannot create {} for mbox {}: {}"), what, options.path,
+                        std::strerror(e));
     return nullptr;
   }
   return std::make_unique<mbox_sink>(loop, options);

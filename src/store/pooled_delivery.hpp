@@ -7,31 +7,56 @@
 // makes the message durable and fills one outcome per recipient. A small
 // message costs that one job in all. Nothing here runs file I/O on the loop.
 //
+// Memory: every byte held here (pending_ and the batch a job is staging) is
+// counted in a memory_budget shared by all deliveries of a server (loop
+// thread only). While the budget is spent, a delivery stages what it holds
+// as soon as no job of its own runs, however little that is, and pauses the
+// session while one does; its own stage finishing wakes it. So the bytes
+// held by all deliveries stay near the budget, plus at most one write() per
+// paused session, and a message larger than the budget still goes through
+// in pieces.
+//
+// Locks: finish() may find a mailbox locked by someone else. It then calls
+// retry_later() instead of waiting: no pool thread ever sleeps on a lock.
+// finish() runs again from a loop timer (lock_retry_first, a little longer
+// each time), for lock_patience in all; past that every recipient fails
+// with EAGAIN (451 4.3.0, the sender retries later).
+//
 // Lifetime: the object frees itself, after committed() or, once aborted,
-// after its last pool job. A derived class keeps all it needs in itself: it
-// must not use its sink after abort() (sink.hpp).
+// after its last pool job (and the close of its timer, if it had one). A
+// derived class keeps all it needs in itself: it must not use its sink after
+// abort() (sink.hpp).
 #pragma once
 
 #include <uv.h>
 
+#include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "inboxd/sink.hpp"
+#include "inboxd/sinks.hpp"
 
 namespace inboxd::store {
 
 class pooled_delivery : public delivery {
  public:
   static constexpr std::size_t flush_bytes = 256 * 1024;
+  static constexpr std::uint64_t lock_retry_first_ms = 50;
+  static constexpr std::uint64_t lock_retry_max_ms = 200;
+  static constexpr std::uint64_t lock_patience_ms = 10'000;
 
   bool write(std::string_view bytes) final;
   void commit() final;
   void abort() noexcept final;
 
  protected:
-  pooled_delivery(uv_loop_t* loop, delivery_listener& listener, std::size_t recipients);
-  virtual ~pooled_delivery() = default;
+  // budget: the server's shared one; null means one budget for every
+  // delivery made on this thread without one, with the default limit.
+  pooled_delivery(uv_loop_t* loop, delivery_listener& listener, std::size_t recipients,
+                  std::shared_ptr<memory_budget> budget = {});
+  virtual ~pooled_delivery();
 
   // Loop thread: adds message bytes to the batch (a sink may transform them).
   virtual void append(std::string& batch, std::string_view bytes) { batch.append(bytes); }
@@ -39,12 +64,18 @@ class pooled_delivery : public delivery {
   // Pool thread. stage() writes a batch to the staging area; finish() gets
   // the last batch and makes the message durable for every recipient,
   // filling outcomes; discard() removes whatever was staged. Each records
-  // its first failure in error_ (an errno value).
+  // its first failure in error_ (an errno value). finish() that found a
+  // lock held calls retry_later() and leaves outcomes alone: it is called
+  // again later with an empty batch, so it keeps what it needs of the first
+  // one.
   virtual void stage(const std::string& batch) noexcept = 0;
   virtual void finish(const std::string& batch, std::vector<store_outcome>& outcomes) noexcept = 0;
   virtual void discard() noexcept = 0;
   // Loop thread, when no job runs: whether discard() has anything to do.
   [[nodiscard]] virtual bool staged() const noexcept = 0;
+
+  // Pool thread, from finish(): a lock is held by someone else; try again.
+  void retry_later() noexcept { retry_ = true; }
 
   int error_ = 0;
 
@@ -53,20 +84,39 @@ class pooled_delivery : public delivery {
 
   void start(job j);
   void drop() noexcept;
+  void destroy() noexcept;
   void after_work() noexcept;
+  void wait_for_lock() noexcept;
+  void count() noexcept;
+  [[nodiscard]] bool over_budget() const noexcept { return budget_->used > budget_->limit; }
+  // Whether what pending_ holds should go to disk now rather than later.
+  [[nodiscard]] bool should_stage() const noexcept {
+    return pending_.size() >= flush_bytes || (!pending_.empty() && over_budget());
+  }
   static void work_cb(uv_work_t* req) noexcept;
   static void after_work_cb(uv_work_t* req, int status) noexcept;
+  static void timer_cb(uv_timer_t* timer) noexcept;
+  static void close_cb(uv_handle_t* handle) noexcept;
 
   uv_loop_t* loop_;
   delivery_listener* listener_;  // null once aborted
+  std::shared_ptr<memory_budget> budget_;
   std::vector<store_outcome> outcomes_;
-  std::string pending_;  // loop thread only
-  std::string batch_;    // the pool job's, while busy_
+  std::string pending_;         // loop thread only
+  std::string batch_;           // the pool job's, while busy_
+  std::size_t batch_held_ = 0;  // bytes of batch_ counted while a job holds it
+  std::size_t counted_ = 0;     // what this delivery counts in budget_
   uv_work_t req_{};
+  uv_timer_t timer_{};            // initialised the first time a lock is busy
+  std::uint64_t busy_since_ = 0;  // uv_now() of the first busy lock
+  std::uint64_t retry_ms_ = lock_retry_first_ms;
   job job_ = job::stage;
   bool busy_ = false;
   bool paused_ = false;
   bool committing_ = false;
+  bool retry_ = false;  // set by finish() on the pool thread, read after the job
+  bool timer_open_ = false;
+  bool waiting_ = false;  // the timer runs: waiting to try the locks again
 };
 
 // Classifies an errno value for the session: ENOSPC and EDQUOT are "no space".

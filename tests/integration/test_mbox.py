@@ -368,6 +368,158 @@ class MboxTest(InboxdTestCase):
                                     "a message that was already stored was lost")
         self.assertEqual(len(self.read_mbox()), 1)
 
+    # ---- a locked mbox does not hold the thread pool (issue 9, item 6) ----
+    def start_senders(self, n, rcpt, timeout=25):
+        """n clients, each sending one message to rcpt at once; returns (threads,
+        results) where results gets (client number, final reply code or error)."""
+        results = []
+
+        def send(i):
+            try:
+                c = Client(self.server.port, timeout=timeout)
+                try:
+                    c.reply()
+                    c.cmd("EHLO " + HELO)
+                    for cmd in ("MAIL FROM:<a@example.com>", f"RCPT TO:<{rcpt}>", "DATA"):
+                        c.cmd(cmd)
+                    c.send(b"Subject: locked %d\r\n\r\nbody %d\r\n.\r\n" % (i, i))
+                    results.append((i, c.reply().code))
+                finally:
+                    c.close()
+            except Exception as e:   # noqa: BLE001 - reported by the caller
+                results.append((i, repr(e)))
+
+        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        return threads, results
+
+    def assertOthersFlow(self, held_until, deliveries=5, bound=1.5):
+        """While alice's mbox is locked, deliveries to bob each take under `bound` s."""
+        worst = 0
+        for i in range(deliveries):
+            t0 = time.monotonic()
+            c = self.ehlo()
+            c.set_timeout(15)   # Long enough to measure a stall, not just see one.
+            self.deliver(c, "a@example.com", ["bob@example.com"],
+                         b"Subject: bob %d\r\n\r\nbob\r\n" % i)
+            c.close()
+            took = time.monotonic() - t0
+            worst = max(worst, took)
+            self.assertLess(took, bound, f"delivery {i} to an unlocked mbox took {took:.2f} s "
+                                         "while another mbox was locked: the pool is starved")
+        self.assertLess(time.monotonic(), held_until,
+                        "the lock was let go before the other deliveries were timed")
+        print(f"\n  slowest of {deliveries} deliveries to an unlocked mbox: {worst * 1000:.0f} ms",
+              file=sys.stderr)
+
+    def check_locked_then_released(self, hold_for, release):
+        """24 messages for locked alice (more than the 16 pool threads) do not stall
+        bob; once the lock goes (`release` is called after `hold_for` s), they land."""
+        t_lock = time.monotonic()
+        threads, results = self.start_senders(24, "alice@example.com")
+        time.sleep(0.5)   # Every alice message reaches its commit, and so the lock.
+        self.assertOthersFlow(held_until=t_lock + hold_for)
+        release()
+        for t in threads:
+            t.join(20)
+        self.assertFalse(any(t.is_alive() for t in threads), "alice's senders hung")
+        self.assertEqual(sorted(results), [(i, 250) for i in range(24)])
+        self.assertEqual(len(self.read_mbox("alice")), 24)
+        self.assertEqual(len(self.read_mbox("bob")), 5)
+        self.assertWholeFile("alice")
+        self.assertFalse(os.path.exists(self.mbox_path() + ".lock"), "dotlock left behind")
+
+    def test_fcntl_locked_mbox_does_not_stall_other_mboxes(self):
+        helper = self.hold_lock(60)
+        self.check_locked_then_released(hold_for=60, release=lambda: (helper.kill(), helper.wait(5)))
+
+    def test_dotlocked_mbox_does_not_stall_other_mboxes(self):
+        os.makedirs(os.path.dirname(self.mbox_path()), exist_ok=True)
+        lock = self.mbox_path() + ".lock"
+        with open(lock, "wb"):
+            pass
+        self.addCleanup(lambda: os.path.exists(lock) and os.unlink(lock))
+        self.check_locked_then_released(hold_for=60, release=lambda: os.unlink(lock))
+
+    def test_stop_while_waiting_for_lock(self):
+        """SIGTERM while a delivery waits for a lock: past the drain timeout the
+        delivery is dropped (its retry timer closed), the loop ends at once and
+        empty, and nothing is appended once the lock is free."""
+        self.server.stop()
+        self.server = self.start_server("--mbox", "mail/{user}", "--drain-timeout", "0.5",
+                                        sink=None)
+        helper = self.hold_lock(60)
+        c = self.ehlo()
+        self.assertReply(c.cmd("MAIL FROM:<a@example.com>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<alice@example.com>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(b"Subject: dropped\r\n\r\ndropped\r\n.\r\n")
+        self.assertTrue(c.quiet(0.5), "a reply came while the mbox was locked")
+        t0 = time.monotonic()
+        self.assertEqual(self.server.stop(timeout=8), 0, self.server.log())
+        took = time.monotonic() - t0
+        self.assertLess(took, 3, f"stopping took {took:.1f} s: the delivery held the loop")
+        log = self.server.log()
+        self.assertIn("stopped", log)
+        self.assertNotIn("loop not empty", log)
+        helper.kill()
+        helper.wait(5)
+        self.assertEqual(os.path.getsize(self.mbox_path()), 0, "the dropped message was stored")
+
+    # ---- several recipients: all or nothing (issue 9, item 4) ----
+    def test_one_broken_mbox_stores_in_none(self):
+        """Three recipients, zoe's mbox is a directory: 451, and neither alice's
+        nor bob's mbox keeps the message (the sender retries all three)."""
+        self.smtp_send(b"Subject: before\r\n\r\nbefore\r\n")
+        alice_size = os.path.getsize(self.mbox_path("alice"))
+        os.makedirs(self.mbox_path("zoe"))
+        c = self.ehlo()
+        self.assertReply(c.cmd("MAIL FROM:<a@example.com>"), "250")
+        for r in ("alice@example.com", "bob@example.com", "zoe@example.com"):
+            self.assertReply(c.cmd(f"RCPT TO:<{r}>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(b"Subject: all or none\r\n\r\nbody\r\n.\r\n")
+        self.assertReply(c.reply(), "451 4.3.0")
+        self.assertEqual(os.path.getsize(self.mbox_path("alice")), alice_size,
+                         "alice got the message although the reply was 451")
+        bob = self.mbox_path("bob")
+        self.assertEqual(os.path.getsize(bob) if os.path.exists(bob) else 0, 0,
+                         "bob got the message although the reply was 451")
+        self.assertEqual(len(self.read_mbox("alice")), 1)
+        self.assertWholeFile("alice")
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.mbox_path()))),
+                         sorted(["alice", "zoe"] + (["bob"] if os.path.exists(bob) else [])),
+                         "dotlocks left behind")
+        self.assertTrue(self.server.wait_log(r"mailbox=zoe@example\.com not stored: Is a directory"))
+        # Once zoe's mbox is mended, the retry stores one copy in each.
+        os.rmdir(self.mbox_path("zoe"))
+        self.smtp_send(b"Subject: retry\r\n\r\nretry\r\n",
+                       rcpts=("alice@example.com", "bob@example.com", "zoe@example.com"))
+        self.assertEqual(len(self.read_mbox("alice")), 2)
+        self.assertEqual(len(self.read_mbox("bob")), 1)
+        self.assertEqual(len(self.read_mbox("zoe")), 1)
+
+    # ---- a new mbox (issue 9, item 5) ----
+    def test_new_mbox_in_new_folders(self):
+        """A template whose folders do not exist yet: they and the mbox are made
+        (and fsynced into their parents), and the message is there."""
+        server = self.start_server("--mbox", "boxes/{domain}/{user}", sink=None)
+        s = smtplib.SMTP("127.0.0.1", server.port, local_hostname=HELO, timeout=harness.TIMEOUT)
+        self.addCleanup(s.close)
+        body = b"Subject: new\r\n\r\nnew\r\n"
+        self.assertEqual(s.sendmail("a@example.com", ["carol@new.example"], body), {})
+        s.quit()
+        path = os.path.join(server.dir, "boxes", "new.example", "carol")
+        self.assertEqual(os.stat(path).st_mode & 0o7777, 0o600)
+        mb = mailbox.mbox(path, create=False)
+        [key] = list(mb.iterkeys())
+        self.assertStored(unquote(mb.get_bytes(key)), "a@example.com", body,
+                          rcpt="carol@new.example")
+        mb.close()
+        # Start-up made the template's fixed folder and the spool.
+        self.assertTrue(os.path.isdir(os.path.join(server.dir, "var", "spool")))
+
 
 if __name__ == "__main__":
     harness.main()
