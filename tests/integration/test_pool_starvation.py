@@ -29,7 +29,7 @@ FLOOD_CONNECTIONS = 50
 # Messages queued to the locked mbox, which must wait for the lock: a few, and
 # more than the pool has threads (16 in the program).
 FEW_LOCKED, MANY_LOCKED = 4, 20
-LOCK_SECONDS = 8.0       # under the sink's 10 s lock patience, so they land after it
+LOCK_SECONDS = 5.0       # well under the sink's 10 s lock patience: they all land after it
 DELIVERIES = 12          # timed, to the other user's mbox, one after another
 DELIVERY_BOUND = 1.5     # seconds from end of data to 250, each
 USERS = None
@@ -159,7 +159,7 @@ class PoolStarvation(InboxdTestCase):
                 t.join(10)
         self.addCleanup(stop_threads)
         # Let the flood fill the queue and the locked messages reach their commit.
-        time.sleep(1.0)
+        time.sleep(0.7)
 
         latencies = []
         c = self.ehlo()
