@@ -21,6 +21,7 @@
 #include <iostream>
 
 #include "app/config_file.hpp"
+#include "app/log_writer.hpp"
 #include "inboxd/auth.hpp"
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
@@ -31,63 +32,10 @@ namespace {
 
 using inboxd::app::app_config;
 
-// Log lines gather during one turn of the loop and leave in one write before
-// the loop next waits for I/O (a uv_prepare handle runs just before each
-// poll): a busy server writes its log once per turn, not once per line, and
-// no line waits while the loop sleeps. Before the loop runs and after the
-// handle is closed, lines go out at once.
-class log_batch {
- public:
-  void start(uv_loop_t* loop) {
-    uv_prepare_init(loop, &prepare_);
-    prepare_.data = this;
-    uv_prepare_start(&prepare_, [](uv_prepare_t* h) { static_cast<log_batch*>(h->data)->flush(); });
-    uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));  // The log keeps no loop alive.
-    open_ = true;
-  }
-  void stop() {
-    if (!open_) return;
-    flush();
-    open_ = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&prepare_), nullptr);
-  }
-  void write(inboxd::log_level level, std::string_view line) {
-    inboxd::format_log_line(lines_, level, line);
-    if (!open_ || lines_.size() > 64 * 1024) flush();
-  }
-  void flush() {
-    std::string_view rest = lines_;
-    while (!rest.empty()) {
-      ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // Nowhere to log to: drop the lines, keep serving.
-      rest.remove_prefix(static_cast<std::size_t>(n));
-    }
-    lines_.clear();
-  }
-  inboxd::logger logger() {
-    return {[](void* ctx, inboxd::log_level level, std::string_view line) {
-              static_cast<log_batch*>(ctx)->write(level, line);
-            },
-            this};
-  }
-
- private:
-  uv_prepare_t prepare_{};
-  std::string lines_;
-  bool open_ = false;
-};
-
-log_batch& the_log() {
-  static log_batch batch;
-  return batch;
-}
-
-// The program's own lines go where the library's do, in the same form.
-template <typename... Args>
-void say(inboxd::log_level level, fmt::format_string<Args...> f, Args&&... args) {
-  the_log().write(level, fmt::format(f, std::forward<Args>(args)...));
-}
+// The log (app/log_writer.hpp) leaves once per loop turn and never blocks
+// the loop on a reader that does not read.
+using inboxd::app::say;
+using inboxd::app::the_log;
 
 struct command_line {
   std::string config_file;
