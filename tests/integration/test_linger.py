@@ -108,6 +108,27 @@ class PregreetTest(LingerCase):
         self.assertCleanEnd(how, data)
 
 
+class TooSlowTest(LingerCase):
+    """A time limit: the minimum data rate (a window of 1 s at 100 MB/s, which
+    no client meets after a pause). The burst that comes after the pause is
+    what the 421 leaves unread."""
+    server_args = ("--min-data-rate", "100000000", "--min-data-rate-window", "1")
+
+    def test_too_slow_421_read(self):
+        c = self.client()
+        self.assertEqual(c.reply().code, 220)
+        self.assertReply(c.cmd("EHLO " + HELO), "250")
+        self.assertReply(c.cmd("MAIL FROM:<s@example.com>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<r@example.org>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(b"Subject: slow\r\n")      # The rate is measured from here.
+        time.sleep(1.2)
+        data, how = self.burst_then_read(c, fill=b"x" * 62 + CRLF)
+        self.assertRegex(data, rb"^421 4\.4\.2 [^\r\n]*\r\n$", f"got {data[:300]!r}")
+        self.assertCleanEnd(how, data)
+        self.assertEqual(self.stored(), [])
+
+
 class QuitTest(LingerCase):
     server_args = ("--max-connections", "1")
 

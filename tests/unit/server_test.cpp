@@ -387,6 +387,30 @@ TEST_CASE("reconfigure without credentials is fine with no implicit-TLS listener
   CHECK(closed == 0);
 }
 
+TEST_CASE("start and reconfigure refuse an IPv6 prefix longer than 128 bits") {
+  auto sink = std::make_shared<inboxd::null_sink>();
+  inboxd::server_config cfg = test_config();
+  cfg.ipv6_prefix_length = 129;
+  {
+    loop_harness h;
+    log_lines log;
+    std::string error;
+    CHECK_FALSE(h.start(cfg, sink, log.logger(), error));
+    CHECK(error.find("prefix") != std::string::npos);
+    CHECK(h.server().bound_addresses().empty());
+    CHECK(h.run([] {}) == 0);
+  }
+  loop_harness h;
+  log_lines log;
+  std::string error;
+  REQUIRE(h.start(test_config(), sink, log.logger(), error));
+  CHECK_FALSE(h.server().reconfigure(cfg, sink, error));
+  CHECK(error.find("prefix") != std::string::npos);
+  cfg.ipv6_prefix_length = 128;
+  CHECK(h.server().reconfigure(cfg, sink, error));
+  CHECK(h.run([] {}) == 0);
+}
+
 TEST_CASE("a sink that throws gets 451, and the next message on the connection 250") {
   for (auto where :
        {flaky_sink::where::begin, flaky_sink::where::write, flaky_sink::where::commit}) {
