@@ -87,13 +87,33 @@ const reply_entry& reply_of(reply_id id) noexcept {
   return rows[static_cast<std::size_t>(id)].entry;
 }
 
+namespace {
+
+// Every reply's "<code> <enhanced> <text>" is made once, so that sending one
+// is a copy, not a format (issue 10: no formatting per command).
+struct reply_lines {
+  std::array<std::string, rows.size()> line;
+  reply_lines() {
+    for (const auto& r : rows) {
+      const reply_entry& e = r.entry;
+      line[static_cast<std::size_t>(r.id)] =
+          e.enhanced.empty() ? fmt::format(FMT_STRING("{} {}"), e.code, e.text)
+                             : fmt::format(FMT_STRING("{} {} {}"), e.code, e.enhanced, e.text);
+    }
+  }
+};
+
+const reply_lines& lines() {
+  static const reply_lines made;
+  return made;
+}
+
+}  // namespace
+
 void append_reply(std::string& out, reply_id id, std::string_view detail) {
-  const reply_entry& e = reply_of(id);
-  auto it = std::back_inserter(out);
-  if (e.enhanced.empty())
-    fmt::format_to(it, FMT_STRING("{} {}{}\r\n"), e.code, e.text, detail);
-  else
-    fmt::format_to(it, FMT_STRING("{} {} {}{}\r\n"), e.code, e.enhanced, e.text, detail);
+  out += lines().line[static_cast<std::size_t>(id)];
+  out += detail;
+  out += "\r\n";
 }
 
 }  // namespace inboxd::proto

@@ -23,7 +23,16 @@ queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid)
     : prefix_(fmt::format(FMT_STRING("{:08X}{:06X}"), start_time & 0xffffffffU, pid & 0xffffffU)) {}
 
 std::string queue_id_source::next() {
-  return fmt::format(FMT_STRING("{}{:06X}"), prefix_, ++counter_);
+  // Upper-case hex, at least 6 digits: written by hand, as this runs per message.
+  char digits[16];
+  std::size_t n = 0;
+  for (std::uint64_t v = ++counter_; v != 0 || n < 6; v >>= 4)
+    digits[n++] = "0123456789ABCDEF"[v & 15];
+  std::string id;
+  id.reserve(prefix_.size() + n);
+  id = prefix_;
+  while (n > 0) id += digits[--n];
+  return id;
 }
 
 std::string printable(std::string_view s) {
@@ -39,15 +48,29 @@ std::string printable(std::string_view s) {
 }
 
 std::string rfc5322_date(std::int64_t unix_time) {
-  static constexpr std::string_view days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  std::time_t t = static_cast<std::time_t>(unix_time);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  return fmt::format(FMT_STRING("{}, {} {} {} {:02}:{:02}:{:02} +0000"), days[tm.tm_wday],
-                     tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec);
+  std::string out;
+  append_rfc5322_date(out, unix_time);
+  return out;
+}
+
+void append_rfc5322_date(std::string& out, std::int64_t unix_time) {
+  // A busy server writes many trace headers in one second: format each second once.
+  // (The session runs on one thread; the cache is per thread all the same.)
+  thread_local std::int64_t cached_time = -1;
+  thread_local std::string cached;
+  if (unix_time != cached_time) {
+    static constexpr std::string_view days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    std::time_t t = static_cast<std::time_t>(unix_time);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    cached = fmt::format(FMT_STRING("{}, {} {} {} {:02}:{:02}:{:02} +0000"), days[tm.tm_wday],
+                         tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec);
+    cached_time = unix_time;
+  }
+  out += cached;
 }
 
 session::session(const settings_ptr& current, session_events& events, queue_id_source& ids,
@@ -307,7 +330,9 @@ void session::do_data(std::string_view arg, bool bare_lf) {
   mode_ = mode::data;
   decoder_.reset(!bare_lf);
   // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
-  write_to_sink(received_header());
+  header_.clear();
+  append_received_header(header_);
+  write_to_sink(header_);
 }
 
 // An embedder's sink may throw. The exception stops here: the log says what,
@@ -615,27 +640,42 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   if (draining_) close_with(reply_id::shutting_down);
 }
 
-std::string session::received_header() const {
+// Written with appends, not a format: it is made for every message.
+void session::append_received_header(std::string& h) const {
   const transaction& tx = *tx_;
   bool v6 = client_address_.find(':') != std::string::npos;
-  std::string h = fmt::format(FMT_STRING("Received: from {} ([{}{}])\n"), helo_, v6 ? "IPv6:" : "",
-                              client_address_);
-  auto out = std::back_inserter(h);
-  if (!tls_.empty()) fmt::format_to(out, FMT_STRING("\t(using {})\n"), tls_);
-  if (!user_.empty())
-    fmt::format_to(out, FMT_STRING("\t(Authenticated sender: {})\n"), printable(user_));
+  h += "Received: from ";
+  h += helo_;
+  h += v6 ? " ([IPv6:" : " ([";
+  h += client_address_;
+  h += "])\n";
+  if (!tls_.empty()) {
+    h += "\t(using ";
+    h += tls_;
+    h += ")\n";
+  }
+  if (!user_.empty()) {
+    h += "\t(Authenticated sender: ";
+    h += printable(user_);
+    h += ")\n";
+  }
+  h += "\tby ";
+  h += limits().hostname;
   // RFC 3848: ESMTP, plus S with TLS and A with AUTH.
-  std::string protocol = esmtp_ ? "ESMTP" : "SMTP";
-  if (esmtp_ && !tls_.empty()) protocol += 'S';
-  if (esmtp_ && !user_.empty()) protocol += 'A';
-  fmt::format_to(out, FMT_STRING("\tby {} (inboxd) with {} id {}"), limits().hostname, protocol,
-                 tx.queue_id);
-  std::string date = rfc5322_date(std::time(nullptr));
-  if (tx.rcpt_accepted == 1)
-    fmt::format_to(out, FMT_STRING("\n\tfor <{}>; {}\n"), tx.recipients[0].address, date);
-  else
-    fmt::format_to(out, FMT_STRING(";\n\t{}\n"), date);
-  return h;
+  h += esmtp_ ? " (inboxd) with ESMTP" : " (inboxd) with SMTP";
+  if (esmtp_ && !tls_.empty()) h += 'S';
+  if (esmtp_ && !user_.empty()) h += 'A';
+  h += " id ";
+  h += tx.queue_id;
+  if (tx.rcpt_accepted == 1) {
+    h += "\n\tfor <";
+    h += tx.recipients[0].address;
+    h += ">; ";
+  } else {
+    h += ";\n\t";
+  }
+  append_rfc5322_date(h, std::time(nullptr));
+  h += '\n';
 }
 
 void session::shutdown() {

@@ -63,6 +63,7 @@ class queue_id_source {
 
 // The date of a trace header, RFC 5322 3.3, in UTC.
 [[nodiscard]] std::string rfc5322_date(std::int64_t unix_time);
+void append_rfc5322_date(std::string& out, std::int64_t unix_time);
 
 class session final : delivery_listener, auth_listener {
  public:
@@ -164,7 +165,7 @@ class session final : delivery_listener, auth_listener {
   void refuse(reply_id id, std::string_view detail = {});
   void finish_transaction(reply_id id, std::string_view detail, std::string_view status);
   void close_with(reply_id id);
-  std::string received_header() const;
+  void append_received_header(std::string& out) const;
 
   // delivery_listener
   void writable() noexcept override;
@@ -188,6 +189,7 @@ class session final : delivery_listener, auth_listener {
   line_reader reader_{12288};
   data_decoder decoder_;
   std::string out_;
+  std::string header_;  // the trace header being written; reused
   bool in_feed_ = false;
   bool paused_ = false;      // the sink asked us to stop writing
   bool committing_ = false;  // waiting for committed()
