@@ -14,15 +14,33 @@
 //
 // Figures are MB/s (10^6 bytes of transcript or wire body per second) and
 // transactions/s; the best of --reps runs of at least --seconds each.
+//
+// Then the hostile shapes (issue 9): bodies and lines shaped to hit slow
+// paths (a long run of '>' then "From ", ">From " lines, a run of bare CRs,
+// one huge line, many dot-stuffed lines, many tiny lines, a quoted local
+// part full of escapes, a long address literal, many ESMTP parameters), each
+// at 64 KiB, 1 MiB and 8 MiB, through every per-byte path that runs on the
+// loop: the line reader, the data decoder, the mboxrd quoter, the command
+// parser, base64 (SASL), printable() (log escaping) and the whole session.
+// Each figure is MB/s of that path's input, timed in CPU time of the
+// thread (the machine may be busy). Every path must cost O(input):
+// a figure that falls as the size grows is a super-linear path, which one
+// client can use to stall every other (DESIGN.md principle 5); the table
+// marks it, and a path that takes over 2 s on one shape is not run at the
+// larger sizes. --no-hostile leaves this part out, --hostile-only runs it
+// alone.
+//
 // --json prints one JSON object. A benchmark, never a timed test (STYLE.md).
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <span>
@@ -33,14 +51,34 @@
 #include "inboxd/config.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
+#include "proto/base64.hpp"
+#include "proto/command.hpp"
 #include "proto/data_decoder.hpp"
+#include "proto/line_reader.hpp"
 #include "proto/session.hpp"
 #include "proto/settings.hpp"
+#include "store/mboxrd.hpp"
 
 namespace {
 
 using namespace inboxd;
 using clock_type = std::chrono::steady_clock;
+
+// The CPU time of this thread: the hostile shapes are timed with it, so
+// that a busy machine taking the CPU away mid-pass does not read as a path
+// slowing down with size.
+struct cpu_clock {
+  using duration = std::chrono::nanoseconds;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<cpu_clock>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return time_point(duration(std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec));
+  }
+};
 
 constexpr std::size_t read_buffer_size = 64 * 1024;
 
@@ -135,13 +173,14 @@ struct pass_result {
 
 // One pass of the session over the transcript; fails loudly if a message is
 // lost (a benchmark of a broken parser measures nothing).
+template <class Clock = clock_type>
 pass_result session_pass(const workload& w, const proto::settings_ptr& settings, null_sink& sink,
                          std::vector<char>& buf) {
   null_events events;
   proto::queue_id_source ids{0x12345678, 0x4242};
   std::uint64_t before = sink.messages;
   std::size_t reply_bytes = 0;
-  auto t0 = clock_type::now();
+  auto t0 = Clock::now();
   {
     proto::session s(settings, events, ids, "192.0.2.1");
     s.start();
@@ -160,7 +199,7 @@ pass_result session_pass(const workload& w, const proto::settings_ptr& settings,
       held -= used;
     }
   }
-  double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   std::uint64_t done = sink.messages - before;
   if (done != w.transactions || reply_bytes == 0) {
     std::fprintf(stderr, "proto-bench: %s: session stored %llu of %zu messages\n", w.name.c_str(),
@@ -232,10 +271,363 @@ figure measure(Pass pass, double seconds, int reps) {
   return best;
 }
 
+// ---- Hostile shapes (issue 9) ----
+
+// One shape at one size: its wire body (CRLF line ends, without the final
+// "."), and the command line it makes.
+struct hostile_input {
+  std::string body;
+  std::string command;
+};
+
+struct hostile_shape {
+  std::string_view name;
+  std::string_view what;
+  hostile_input (*make)(std::size_t size);
+};
+
+std::string repeat_to(std::string_view unit, std::size_t size) {
+  std::string s;
+  s.reserve(size + unit.size());
+  while (s.size() < size) s += unit;
+  return s;
+}
+
+// A MAIL command over the body's text without its line ends: a path that
+// the parser must scan to its end, then a parameter.
+std::string mail_command(std::string_view body) {
+  std::string c = "MAIL FROM:<";
+  // A command line keeps its bare CRs (the line reader passes them on).
+  for (std::size_t i = 0; i < body.size(); ++i)
+    if (body[i] != '\n' && !(body[i] == '\r' && i + 1 < body.size() && body[i + 1] == '\n'))
+      c += body[i];
+  c += "> SIZE=1";
+  return c;
+}
+
+hostile_input with_command(std::string body) {
+  std::string c = mail_command(body);
+  return {std::move(body), std::move(c)};
+}
+
+constexpr hostile_shape hostile_shapes[] = {
+    {"gt-run-from", "one line of '>' then \"From \"",
+     [](std::size_t n) { return with_command(std::string(n - 8, '>') + "From x\r\n"); }},
+    {"gt-from-lines", "\">From x\" lines",
+     [](std::size_t n) { return with_command(repeat_to(">From x\r\n", n)); }},
+    {"bare-cr", "one line of bare CRs",
+     [](std::size_t n) { return with_command(std::string(n - 2, '\r') + "\r\n"); }},
+    {"huge-line", "one line of text",
+     [](std::size_t n) { return with_command(std::string(n - 2, 'a') + "\r\n"); }},
+    {"dot-stuffed", "\"..\" lines",
+     [](std::size_t n) { return with_command(repeat_to("..\r\n", n)); }},
+    {"tiny-lines", "empty lines", [](std::size_t n) { return with_command(repeat_to("\r\n", n)); }},
+    {"quoted-local", "a quoted local part of escapes",
+     [](std::size_t n) {
+       return with_command("\"" + repeat_to("\\\"", n - 16) + "\"@example.com\r\n");
+     }},
+    {"addr-literal", "a long general address literal",
+     [](std::size_t n) { return with_command("u@[x-tag:" + std::string(n - 12, 'y') + "]\r\n"); }},
+    {"many-params", "many ESMTP parameters",
+     [](std::size_t n) {
+       std::string params = repeat_to(" A=1", n - 16);
+       return hostile_input{"a@b.example>" + params + "\r\n", "MAIL FROM:<a@b.example>" + params};
+     }},
+};
+
+constexpr std::size_t hostile_sizes[] = {64 * 1024, 1024 * 1024, 8 * 1024 * 1024};
+
+// A path that takes longer than this for one pass is not run at larger sizes.
+constexpr double hostile_stall_seconds = 2.0;
+
+// Keeps a result alive so that the optimiser cannot drop the work.
+std::uint64_t sink_hole = 0;
+
+// The line reader over the body as command lines (limit 512: a huge line is
+// answered once and skipped to its LF), fed through the read buffer as
+// net/connection feeds it: a partial line stays at the buffer's front.
+pass_result line_reader_pass(const std::string& wire, std::vector<char>& buf) {
+  proto::line_reader reader(512);
+  std::uint64_t lines = 0;
+  auto t0 = cpu_clock::now();
+  std::size_t pos = 0, held = 0;
+  while (pos < wire.size()) {
+    std::size_t n = std::min(buf.size() - held, wire.size() - pos);
+    std::memcpy(buf.data() + held, wire.data() + pos, n);  // recv()
+    pos += n;
+    held += n;
+    std::size_t used = 0;
+    while (used < held) {
+      auto r = reader.next({buf.data() + used, held - used});
+      used += r.consumed;
+      if (r.st == proto::line_reader::status::need_more && r.consumed == 0) break;
+      ++lines;
+    }
+    std::memmove(buf.data(), buf.data() + used, held - used);
+    held -= used;
+  }
+  sink_hole += lines;
+  return {std::chrono::duration<double>(cpu_clock::now() - t0).count(), wire.size(), 1};
+}
+
+// The decoder over the body and its end, through the read buffer.
+pass_result hostile_decoder_pass(const std::string& wire, std::vector<char>& buf) {
+  proto::data_decoder d;
+  d.reset();
+  std::uint64_t out_bytes = 0;
+  bool done = false;
+  auto t0 = cpu_clock::now();
+  std::size_t pos = 0, held = 0;
+  while (!done && (pos < wire.size() || held > 0)) {
+    std::size_t n = std::min(buf.size() - held, wire.size() - pos);
+    std::memcpy(buf.data() + held, wire.data() + pos, n);  // recv()
+    pos += n;
+    held += n;
+    std::size_t used = 0;
+    while (used < held && !done) {
+      auto r = d.decode(std::span<char>(buf.data() + used, held - used));
+      out_bytes += r.out.size();
+      done = r.done;
+      if (!done && r.consumed == 0) break;
+      used += r.consumed;
+    }
+    if (used == 0 && n == 0) break;
+    std::memmove(buf.data(), buf.data() + used, held - used);
+    held -= used;
+  }
+  double secs = std::chrono::duration<double>(cpu_clock::now() - t0).count();
+  if (!done) {
+    std::fprintf(stderr, "proto-bench: hostile decoder pass did not see the end of data\n");
+    std::exit(1);
+  }
+  sink_hole += out_bytes;
+  return {secs, wire.size(), 1};
+}
+
+// The quoter over the decoded body (LF line ends), in 64 KiB pieces as the
+// mbox sink gets them; the output is dropped after each piece.
+pass_result mboxrd_pass(const std::string& text) {
+  store::mboxrd_quoter q;
+  std::string out;
+  out.reserve(read_buffer_size * 2);
+  std::uint64_t out_bytes = 0;
+  auto t0 = cpu_clock::now();
+  for (std::size_t pos = 0; pos < text.size(); pos += read_buffer_size) {
+    q.append(out, std::string_view(text).substr(pos, read_buffer_size));
+    out_bytes += out.size();
+    out.clear();
+  }
+  q.flush(out);
+  out_bytes += out.size();
+  double secs = std::chrono::duration<double>(cpu_clock::now() - t0).count();
+  sink_hole += out_bytes;
+  return {secs, text.size(), 1};
+}
+
+// What the session does with a MAIL line: the verb, the path, every parameter.
+// A short line is parsed again until 1 MiB has gone through, so that the
+// clock's resolution does not make the figure.
+pass_result command_pass(const std::string& line) {
+  std::size_t times = std::max<std::size_t>(1, (1 << 20) / (line.size() + 1));
+  std::uint64_t params = 0;
+  auto t0 = cpu_clock::now();
+  for (std::size_t t = 0; t < times; ++t) {
+    proto::command c = proto::parse_command(line);
+    proto::path_parse p = proto::parse_mail_from(c.arg);
+    params += static_cast<std::uint64_t>(p.error);
+    if (p.error == proto::path_error::none) {
+      proto::param_reader r(p.value.params);
+      while (r.next()) ++params;
+    }
+  }
+  double secs = std::chrono::duration<double>(cpu_clock::now() - t0).count();
+  sink_hole += params;
+  return {secs, line.size() * times, 1};
+}
+
+// A SASL response: the body, base64-encoded, decoded.
+pass_result base64_pass(const std::string& encoded) {
+  std::string decoded;
+  auto t0 = cpu_clock::now();
+  bool ok = proto::base64_decode(encoded, decoded);
+  double secs = std::chrono::duration<double>(cpu_clock::now() - t0).count();
+  sink_hole += decoded.size() + ok;
+  return {secs, encoded.size(), 1};
+}
+
+// Log escaping of the body's bytes.
+pass_result printable_pass(const std::string& body) {
+  auto t0 = cpu_clock::now();
+  std::string p = proto::printable(body);
+  double secs = std::chrono::duration<double>(cpu_clock::now() - t0).count();
+  sink_hole += p.size();
+  return {secs, body.size(), 1};
+}
+
+// The body is decoded the simple way, for the quoter's input.
+std::string decoded_text(std::string_view wire) {
+  std::string out;
+  out.reserve(wire.size());
+  bool bol = true;
+  for (std::size_t i = 0; i < wire.size(); ++i) {
+    char c = wire[i];
+    if (bol && c == '.') {
+      bol = false;
+      continue;
+    }
+    bol = false;
+    if (c == '\r' && i + 1 < wire.size() && wire[i + 1] == '\n') continue;
+    out += c;
+    bol = c == '\n';
+  }
+  return out;
+}
+
+constexpr std::string_view hostile_paths[] = {"line_reader", "decoder",   "mboxrd", "command",
+                                              "base64",      "printable", "session"};
+constexpr std::size_t n_paths = std::size(hostile_paths);
+
+// Repeats passes until `seconds` have gone by (at least one); the best pass.
+template <class Pass>
+double hostile_measure(Pass pass, double seconds, double& longest) {
+  double total = 0, best = 0;
+  longest = 0;
+  do {
+    pass_result p = pass();
+    total += p.seconds;
+    longest = std::max(longest, p.seconds);
+    double mb = p.seconds > 0 ? static_cast<double>(p.bytes) / p.seconds / 1e6 : 0;
+    best = std::max(best, mb);
+  } while (total < seconds && longest < hostile_stall_seconds);
+  return best;
+}
+
+std::string size_name(std::size_t n) {
+  return n >= 1024 * 1024 ? fmt::format("{}M", n / (1024 * 1024)) : fmt::format("{}K", n / 1024);
+}
+
+// Runs every path on every shape at every size; prints a table (or adds a
+// "hostile" object to the JSON line).
+void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::string_view only) {
+  auto sink = std::make_shared<null_sink>();
+  auto s = std::make_shared<proto::settings>();
+  s->limits.hostname = "inboxd.example";
+  s->limits.max_message_size = 64 * 1024 * 1024;  // the shapes are stored, not refused
+  s->policy = make_rules_policy({});
+  s->store = sink;
+  proto::settings_ptr settings = s;
+  constexpr double seconds = 0.02;  // per figure, at least one pass
+
+  if (!json) {
+    fmt::print(
+        "\nhostile shapes: MB/s of each path's input. '!' marks a figure under 1/8 of the\n"
+        "same path's at 64K: a quadratic path falls 16x by 1M and 128x by 8M, caches and\n"
+        "a busy machine account for a few x. '-': not run, a smaller size took over {} s.\n"
+        "A parser that refuses its input at the first bad byte shows a huge figure.\n",
+        hostile_stall_seconds);
+    fmt::print("{:<15}{:>5}", "shape", "size");
+    for (auto p : hostile_paths) fmt::print("{:>12}", p);
+    fmt::print("\n");
+  } else {
+    out += ",\"hostile\":{\"sizes\":[";
+    for (std::size_t i = 0; i < std::size(hostile_sizes); ++i)
+      out += fmt::format("{}{}", i ? "," : "", hostile_sizes[i]);
+    out += "],\"shapes\":{";
+  }
+  bool first_shape = true;
+  for (const hostile_shape& shape : hostile_shapes) {
+    if (!only.empty() && shape.name != only) continue;
+    std::array<bool, n_paths> stalled{};
+    std::array<double, n_paths> at_smallest{};
+    if (json) {
+      out += fmt::format("{}\"{}\":{{", first_shape ? "" : ",", shape.name);
+      first_shape = false;
+    }
+    bool first_size = true;
+    for (std::size_t size : hostile_sizes) {
+      hostile_input in = shape.make(size);
+      std::string decoded = decoded_text(in.body);
+      std::string encoded = proto::base64_encode(in.body);
+      std::string wire_end = in.body + ".\r\n";
+      workload w{std::string(shape.name), size, 1, {}, {}};
+      w.transcript =
+          "EHLO client.example\r\nMAIL FROM:<a@client.example>\r\n"
+          "RCPT TO:<user1@inboxd.example>\r\nDATA\r\n" +
+          wire_end + "QUIT\r\n";
+      std::array<double, n_paths> mbps{};
+      for (std::size_t p = 0; p < n_paths; ++p) {
+        if (stalled[p]) {
+          mbps[p] = -1;
+          continue;
+        }
+        double longest = 0;
+        switch (p) {
+          case 0:
+            mbps[p] =
+                hostile_measure([&] { return line_reader_pass(in.body, buf); }, seconds, longest);
+            break;
+          case 1:
+            mbps[p] = hostile_measure([&] { return hostile_decoder_pass(wire_end, buf); }, seconds,
+                                      longest);
+            break;
+          case 2:
+            mbps[p] = hostile_measure([&] { return mboxrd_pass(decoded); }, seconds, longest);
+            break;
+          case 3:
+            mbps[p] = hostile_measure([&] { return command_pass(in.command); }, seconds, longest);
+            break;
+          case 4:
+            mbps[p] = hostile_measure([&] { return base64_pass(encoded); }, seconds, longest);
+            break;
+          case 5:
+            mbps[p] = hostile_measure([&] { return printable_pass(in.body); }, seconds, longest);
+            break;
+          default:
+            mbps[p] = hostile_measure(
+                [&] { return session_pass<cpu_clock>(w, settings, *sink, buf); }, seconds, longest);
+            break;
+        }
+        if (longest > hostile_stall_seconds) stalled[p] = true;
+        if (size == hostile_sizes[0]) at_smallest[p] = mbps[p];
+      }
+      if (json) {
+        out += fmt::format("{}\"{}\":{{", first_size ? "" : ",", size);
+        first_size = false;
+        for (std::size_t p = 0; p < n_paths; ++p) {
+          out += fmt::format("{}\"{}\":", p ? "," : "", hostile_paths[p]);
+          out += mbps[p] < 0 ? std::string("null") : fmt::format("{:.1f}", mbps[p]);
+        }
+        out += "}";
+      } else {
+        fmt::print("{:<15}{:>5}", shape.name, size_name(size));
+        for (std::size_t p = 0; p < n_paths; ++p) {
+          if (mbps[p] < 0) {
+            fmt::print("{:>12}", "-");
+            continue;
+          }
+          bool falls = mbps[p] < at_smallest[p] / 8;
+          fmt::print("{:>11.1f}{}", mbps[p], falls ? '!' : ' ');
+        }
+        fmt::print("\n");
+      }
+    }
+    if (json) out += "}";
+  }
+  if (json) out += "}}";
+  if (!json) {
+    fmt::print("shapes:");
+    for (const hostile_shape& shape : hostile_shapes)
+      fmt::print(" {}: {};", shape.name, shape.what);
+    fmt::print("\n");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bool json = false;
+  bool hostile = true, fixed = true;
+  std::string_view only_shape;
   double seconds = 0.5;
   int reps = 3;
   for (int i = 1; i < argc; ++i) {
@@ -246,11 +638,19 @@ int main(int argc, char** argv) {
       seconds = std::atof(argv[++i]);
     } else if (a == "--reps" && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
+    } else if (a == "--no-hostile") {
+      hostile = false;
+    } else if (a == "--hostile-only") {
+      fixed = false;
+    } else if (a == "--shape" && i + 1 < argc) {
+      only_shape = argv[++i];
     } else {
       std::fprintf(stderr,
                    "usage: proto-bench [--json] [--seconds S (0.5)] [--reps N (3)]\n"
+                   "                   [--no-hostile | --hostile-only] [--shape NAME]\n"
                    "Throughput of the sans-I/O session and the data decoder over a fixed\n"
-                   "pipelined transcript (1 KiB and 64 KiB bodies); best of N runs of S s.\n");
+                   "pipelined transcript (1 KiB and 64 KiB bodies); best of N runs of S s.\n"
+                   "Then every per-byte path on hostile shapes at 64 KiB, 1 MiB and 8 MiB.\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -272,12 +672,13 @@ int main(int argc, char** argv) {
   std::vector<char> buf(read_buffer_size);
 
   std::string out = json ? "{\"tool\":\"proto-bench\"" : "";
-  if (!json)
-    fmt::print("{:<8}{:>14}{:>12}{:>16}{:>16}{:>14}\n", "body", "transcript", "session",
-               "session", "decoder", "decoder");
-  if (!json)
-    fmt::print("{:<8}{:>14}{:>12}{:>16}{:>16}{:>14}\n", "", "MB", "MB/s", "transactions/s",
-               "MB/s", "messages/s");
+  if (!fixed) loads.clear();
+  if (!json && fixed)
+    fmt::print("{:<8}{:>14}{:>12}{:>16}{:>16}{:>14}\n", "body", "transcript", "session", "session",
+               "decoder", "decoder");
+  if (!json && fixed)
+    fmt::print("{:<8}{:>14}{:>12}{:>16}{:>16}{:>14}\n", "", "MB", "MB/s", "transactions/s", "MB/s",
+               "messages/s");
   for (const workload& w : loads) {
     figure sess = measure([&] { return session_pass(w, settings, *sink, buf); }, seconds, reps);
     figure dec = measure([&] { return decoder_pass(w, buf); }, seconds, reps);
@@ -294,11 +695,12 @@ int main(int argc, char** argv) {
                  dec.tx_per_s);
     }
   }
+  if (!json && fixed)
+    fmt::print("MB = 10^6 bytes of wire text; best of {} runs of >= {} s each\n", reps, seconds);
+  if (hostile) run_hostile(json, out, buf, only_shape);
   if (json) {
     out += fmt::format(",\"seconds\":{},\"reps\":{}}}", seconds, reps);
     fmt::print("{}\n", out);
-  } else {
-    fmt::print("MB = 10^6 bytes of wire text; best of {} runs of >= {} s each\n", reps, seconds);
   }
   return 0;
 }
