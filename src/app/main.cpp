@@ -27,6 +27,7 @@
 #include "inboxd/sinks.hpp"
 #include "inboxd/tls.hpp"
 #include "inboxd/version.hpp"
+#include "store/files.hpp"
 
 namespace {
 
@@ -257,16 +258,20 @@ bool load(const command_line& cl, app_config& cfg, std::string& error) {
 
 // Opens what the config names: the sink, the TLS credentials, the password
 // file. Both sinks count their memory in the one budget the program keeps
-// for its whole life (its limit is the loop thread's to change). Blocks
-// (files, folders): call at start-up or on the thread pool.
+// for its whole life (its limit is the loop thread's to change). What this
+// creates (folders, files, the self-signed pair) goes to owner: at start-up
+// as root, the user the server is about to become; on reload, nobody else
+// (the server already runs as that user). Blocks (files, folders): call at
+// start-up or on the thread pool.
 std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
                                          const std::shared_ptr<inboxd::memory_budget>& memory,
-                                         std::string& error, std::string& note) {
+                                         inboxd::file_owner owner, std::string& error,
+                                         std::string& note) {
   inboxd::tls_options tls{.cert_file = cfg.tls_cert,
                           .key_file = cfg.tls_key,
                           .state_dir = cfg.state_dir,
                           .hostname = cfg.server.session.hostname,
-                          .owner = {}};
+                          .owner = owner};
   cfg.server.tls = inboxd::load_tls_credentials(tls, error, note);
   if (!cfg.server.tls) return nullptr;
   if (!cfg.auth_users.empty()) {
@@ -276,11 +281,14 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
   if (cfg.sink == "mbox")
     return inboxd::open_mbox_sink(
-        loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = {}}, error);
-  return inboxd::open_maildir_sink(
-      loop,
-      {.path = cfg.maildir, .hostname = cfg.server.session.hostname, .memory = memory, .owner = {}},
-      error);
+        loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = owner},
+        error);
+  return inboxd::open_maildir_sink(loop,
+                                   {.path = cfg.maildir,
+                                    .hostname = cfg.server.session.hostname,
+                                    .memory = memory,
+                                    .owner = owner},
+                                   error);
 }
 
 // Raises the soft limit on open files to the hard one: each connection is a
@@ -296,32 +304,51 @@ rlim_t raise_fd_limit() {
   return rl.rlim_cur;
 }
 
-// Started as root: the ports are bound, now become the configured user
-// (setgid, initgroups, setuid: in that order, or the groups stay root's).
-// Without a user, going on as root needs --allow-root.
-bool drop_privileges(const app_config& cfg, std::string& error) {
-  if (::geteuid() != 0) return true;
-  if (cfg.user.empty()) {
-    if (cfg.allow_root) return true;
-    error = "refusing to run as root: give --user (or --allow-root)";
-    return false;
-  }
+// Whom the server runs as once its ports are bound.
+struct run_as {
+  std::string name;          // empty: stay who we are
+  inboxd::file_owner owner;  // set when started as root with a user to become
+};
+
+// Started as root with --user: looks up the user (and --group) now, before
+// anything is created, because what start-up makes (Maildirs, the spool, the
+// state folder, the self-signed pair) must be theirs: after the drop they
+// deliver every message and reread every file on SIGHUP. Blocks (the user
+// database): at start-up only.
+bool resolve_user(const app_config& cfg, run_as& who, std::string& error) {
+  if (::geteuid() != 0 || cfg.user.empty()) return true;
   const passwd* pw = ::getpwnam(cfg.user.c_str());
   if (!pw) {
     error = fmt::format(FMT_STRING("no such user: {}"), cfg.user);
     return false;
   }
-  gid_t gid = pw->pw_gid;
+  who.name = pw->pw_name;
+  who.owner = {pw->pw_uid, pw->pw_gid};
   if (!cfg.group.empty()) {
     const group* gr = ::getgrnam(cfg.group.c_str());
     if (!gr) {
       error = fmt::format(FMT_STRING("no such group: {}"), cfg.group);
       return false;
     }
-    gid = gr->gr_gid;
+    who.owner.gid = gr->gr_gid;
   }
-  if (::setgid(gid) != 0 || ::initgroups(pw->pw_name, gid) != 0 || ::setuid(pw->pw_uid) != 0) {
-    error = fmt::format(FMT_STRING("cannot become {}: {}"), cfg.user, std::strerror(errno));
+  return true;
+}
+
+// The ports are bound: become the user (setgid, initgroups, setuid: in that
+// order, or the groups stay root's). Without a user, going on as root needs
+// --allow-root (said after the rest of the config is found good, so that a
+// config error is the one reported).
+bool drop_privileges(const app_config& cfg, const run_as& who, std::string& error) {
+  if (::geteuid() != 0) return true;
+  if (!who.owner.set()) {
+    if (cfg.allow_root) return true;
+    error = "refusing to run as root: give --user (or --allow-root)";
+    return false;
+  }
+  if (::setgid(who.owner.gid) != 0 || ::initgroups(who.name.c_str(), who.owner.gid) != 0 ||
+      ::setuid(who.owner.uid) != 0) {
+    error = fmt::format(FMT_STRING("cannot become {}: {}"), who.name, std::strerror(errno));
     return false;
   }
   // setuid(0) must fail now, or the drop did not take.
@@ -329,6 +356,65 @@ bool drop_privileges(const app_config& cfg, std::string& error) {
     error = "still able to become root after dropping privileges";
     return false;
   }
+  return true;
+}
+
+// After the drop, as the user: can it do what every delivery and every
+// reload will ask of it? Start-up made what was missing and gave it to the
+// user, but what was there before keeps its owner (a Maildir made as root
+// by an earlier start, mode 0700, refuses every delivery with 451). A
+// folder the sink writes into that the user cannot write is an error now,
+// in one line, rather than a deferral of every message; a file a reload
+// rereads that the user cannot read is a warning (the server works until
+// the next SIGHUP, which would then fail). Blocks (access(2)): at start-up.
+bool check_usable(const command_line& cl, const app_config& cfg, const std::string& user,
+                  std::string& error, std::vector<std::string>& warnings) {
+  auto usable = [&](const std::string& path, int mode, const char* what) {
+    if (::access(path.c_str(), mode) == 0) return true;
+    error =
+        fmt::format(FMT_STRING("{} cannot {} {} {}: {} (give it to {}, or remove it and "
+                               "let inboxd make it)"),
+                    user, mode & W_OK ? "write to" : "use", what, path, std::strerror(errno), user);
+    return false;
+  };
+  auto readable = [&](const std::string& path, const char* what) {
+    if (path.empty() || ::access(path.c_str(), R_OK) == 0) return;
+    warnings.push_back(fmt::format(FMT_STRING("{} cannot read {} {}: {}; a SIGHUP will fail to "
+                                              "reload it"),
+                                   user, what, path, std::strerror(errno)));
+  };
+  namespace store = inboxd::store;
+  // Where a template makes each recipient's place: its fixed folders, or
+  // the working folder when it starts with a {...}.
+  auto template_root = [](const std::string& path) {
+    std::string prefix = store::fixed_prefix(path);
+    return prefix.empty() ? std::string(".") : prefix;
+  };
+  if (cfg.sink == "maildir") {
+    if (!store::is_template(cfg.maildir)) {
+      for (const char* sub : {"/tmp", "/new", "/cur"})
+        if (!usable(cfg.maildir + sub, W_OK | X_OK, "the Maildir folder")) return false;
+    } else if (!usable(template_root(cfg.maildir), W_OK | X_OK, "the folder of Maildirs")) {
+      return false;
+    }
+  } else if (cfg.sink == "mbox") {
+    if (!cfg.spool_dir.empty() && !usable(cfg.spool_dir, W_OK | X_OK, "the spool folder"))
+      return false;
+    if (!store::is_template(cfg.mbox)) {
+      if (!usable(cfg.mbox, R_OK | W_OK, "the mbox")) return false;
+    } else if (!usable(template_root(cfg.mbox), W_OK | X_OK, "the folder of mboxes")) {
+      return false;
+    }
+  }
+  if (cfg.tls_cert.empty()) {
+    readable(cfg.state_dir + "/self-signed-key.pem", "the TLS key");
+    readable(cfg.state_dir + "/self-signed-cert.pem", "the TLS certificate");
+  } else {
+    readable(cfg.tls_key, "the TLS key");
+    readable(cfg.tls_cert, "the TLS certificate");
+  }
+  readable(cfg.auth_users, "the password file");
+  readable(cl.config_file, "the config file");
   return true;
 }
 
@@ -378,7 +464,7 @@ void reload_work_cb(uv_work_t* req) noexcept {
   auto* job = static_cast<reload_job*>(req->data);
   try {
     if (load(*job->rt->cl, job->cfg, job->error))
-      job->sink = open_parts(job->rt->loop, job->cfg, job->rt->memory, job->error, job->note);
+      job->sink = open_parts(job->rt->loop, job->cfg, job->rt->memory, {}, job->error, job->note);
   } catch (const std::exception& e) {
     job->error = e.what();
   }
@@ -463,8 +549,16 @@ int main(int argc, char** argv) {
   uv_loop_t* loop = uv_default_loop();
   auto memory = std::make_shared<inboxd::memory_budget>();
   memory->limit = cfg.memory_budget;
+  run_as who;
+  if (!resolve_user(cfg, who, error)) {
+    fmt::print(stderr, "inboxd: {}\n", error);
+    return 2;
+  }
+  // The sinks and the self-signed pair are made before the ports are bound
+  // and root is given up: root can create under root-owned folders such as
+  // /var/mail, and hands what it makes to the user.
   std::string note;
-  std::shared_ptr<inboxd::sink> sink = open_parts(loop, cfg, memory, error, note);
+  std::shared_ptr<inboxd::sink> sink = open_parts(loop, cfg, memory, who.owner, error, note);
   if (!sink) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
@@ -477,10 +571,13 @@ int main(int argc, char** argv) {
     uv_run(loop, UV_RUN_DEFAULT);
     return 2;
   }
-  if (!drop_privileges(cfg, error)) {
+  std::vector<std::string> warnings;
+  if (!drop_privileges(cfg, who, error) ||
+      (who.owner.set() && !check_usable(cl, cfg, who.name, error, warnings))) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
   }
+  for (const auto& w : warnings) say(inboxd::log_level::warning, "{}", w);
   if (::geteuid() != 0 || !cfg.user.empty())
     say(inboxd::log_level::info, "running as uid {} gid {}", ::getuid(), ::getgid());
   say(inboxd::log_level::info, "open files limit: {}", raise_fd_limit());

@@ -128,12 +128,15 @@ int tls_credentials::load(const std::string& cert_file, const std::string& key_f
 namespace {
 
 // Writes a file whole, then renames it into place, so a crash leaves either
-// no file or a complete one.
-int write_file(const std::string& path, const std::string& text, mode_t mode) {
+// no file or a complete one. The file is given to owner before anything is
+// in it: a key is never readable by anyone but its owner, even for a moment.
+int write_file(const std::string& path, const std::string& text, mode_t mode, file_owner owner) {
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
   if (fd < 0) return errno;
-  int e = store::write_all(fd, text);
+  int e = 0;
+  if (owner.set() && ::fchown(fd, owner.uid, owner.gid) != 0) e = errno;
+  if (!e) e = store::write_all(fd, text);
   if (!e && ::fsync(fd) != 0) e = errno;
   ::close(fd);
   if (!e && ::rename(tmp.c_str(), path.c_str()) != 0) e = errno;
@@ -223,9 +226,14 @@ std::shared_ptr<const tls_credentials> load_tls_credentials(const tls_options& o
     if (::access(cert.c_str(), F_OK) != 0 || ::access(key.c_str(), F_OK) != 0) {
       std::string cert_pem, key_pem;
       if (!make_self_signed(options.hostname, cert_pem, key_pem, error)) return nullptr;
-      int e = store::make_dirs(options.state_dir);
-      if (!e) e = write_file(key, key_pem, 0600);
-      if (!e) e = write_file(cert, cert_pem, 0644);
+      // Started as root with --user, the server rereads the pair as that
+      // user on SIGHUP: the folder it makes and the pair are the user's.
+      int e = store::make_dirs(options.state_dir, options.owner);
+      if (!e) e = write_file(key, key_pem, 0600, options.owner);
+      if (!e) e = write_file(cert, cert_pem, 0644, options.owner);
+      // The renames reach the disk, or a crash may leave no pair (and the
+      // next start a new certificate that clients who pinned it refuse).
+      if (!e) e = store::fsync_dir(options.state_dir);
       if (e) {
         error = fmt::format(FMT_STRING("cannot write a self-signed certificate into {}: {}"),
                             options.state_dir, std::strerror(e));
