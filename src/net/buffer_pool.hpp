@@ -15,7 +15,8 @@ class buffer_pool {
   static constexpr std::size_t buffer_size = 64 * 1024;
   static constexpr std::size_t max_free = 256;
 
-  buffer_pool() = default;
+  // Room for every free buffer up front, so that give_back() never allocates.
+  buffer_pool() { free_.reserve(max_free); }
   buffer_pool(const buffer_pool&) = delete;
   buffer_pool& operator=(const buffer_pool&) = delete;
   ~buffer_pool() {

@@ -340,22 +340,29 @@ void session::do_data(std::string_view arg, bool bare_lf) {
 // the client gets 451 at its end, so the sender retries.
 template <typename F>
 bool session::guard_sink(F&& call) noexcept {
-  const char* what = "an unknown exception";
   try {
     call();
     return true;
   } catch (const std::exception& e) {
-    what = e.what();
+    sink_failed(e.what());  // While the exception, and so its text, still lives.
   } catch (...) {
+    sink_failed("an unknown exception");
   }
-  events_.session_log(log_level::error,
-                      fmt::format(FMT_STRING("id={} sink failed: {}"),
-                                  tx_ ? std::string_view(tx_->queue_id) : "-", printable(what)));
+  return false;
+}
+
+void session::sink_failed(const char* what) noexcept {
+  try {
+    events_.session_log(log_level::error,
+                        fmt::format(FMT_STRING("id={} sink failed: {}"),
+                                    tx_ ? std::string_view(tx_->queue_id) : "-", printable(what)));
+  } catch (...) {
+    // No memory even for the log line: the 451 below still tells the truth.
+  }
   if (tx_) {
     tx_->sink_failed = true;
     drop_delivery();
   }
-  return false;
 }
 
 void session::write_to_sink(std::string_view bytes) {

@@ -146,6 +146,7 @@ class session final : delivery_listener, auth_listener {
   void write_to_sink(std::string_view bytes);
   template <typename F>
   bool guard_sink(F&& call) noexcept;
+  void sink_failed(const char* what) noexcept;
   void drop_delivery() noexcept;
 
   void do_helo(std::string_view arg, bool esmtp);
