@@ -25,6 +25,11 @@ import harness
 from harness import HELO, Client, InboxdTestCase
 
 PASSWORD = "the right password"
+# The wrong guesses are for a user whose hash is a sha512-crypt with 400,000
+# rounds (about half a second a check, as an operator may choose for strength),
+# so that a flood costs the pool the same on a fast machine as on a slow one.
+SLOW_HASH = ("$6$rounds=400000$inboxdslowsalt$rXSv4RCAR2tK9GYJRM8aFlhpd8zaIMuuVvT1X/"
+             "d3E7nVnMHIHfYf/Rx.re8n2P.IPKrT4Q.pLLkW/46OG2Mxi/")
 FLOOD_CONNECTIONS = 50
 # Messages queued to the locked mbox, which must wait for the lock: a few, and
 # more than the pool has threads (16 in the program).
@@ -53,11 +58,15 @@ def setUpModule():
     assert p.returncode == 0, p
     USERS = os.path.join(_users_dir, "users")
     with open(USERS, "w") as f:
-        f.write(f"alice:{p.stdout.strip()}\n")
+        f.write(f"alice:{p.stdout.strip()}\nslow:{SLOW_HASH}\n")
 
 
 def tearDownModule():
     shutil.rmtree(_users_dir, ignore_errors=True)
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.0f} ms" if seconds != float("inf") else "no reply in time"
 
 
 def plain(user, password):
@@ -87,8 +96,9 @@ class PoolStarvation(InboxdTestCase):
 
     def flood(self, i, stop, counts, lock, open_clients):
         """One of the flooding connections: AUTH, wait for the answer, again on a
-        new connection, until `stop`. Every tenth uses the right password."""
-        password = PASSWORD if i % 10 == 0 else f"wrong {i}"
+        new connection, until `stop`. Every tenth has the right password (for
+        alice, whose hash is a yescrypt one from `inboxd passwd`)."""
+        user, password = ("alice", PASSWORD) if i % 10 == 0 else ("slow", f"wrong {i}")
         while not stop.is_set():
             try:
                 c = Client(self.server.port, timeout=30)
@@ -98,7 +108,7 @@ class PoolStarvation(InboxdTestCase):
                         break   # after stop_threads() hung up the others
                     c.reply()
                     c.cmd("EHLO " + HELO)
-                    c.send(("AUTH PLAIN " + plain("alice", password) + "\r\n").encode())
+                    c.send(("AUTH PLAIN " + plain(user, password) + "\r\n").encode())
                     with lock:
                         counts["sent"] = counts.get("sent", 0) + 1
                     code = c.reply().code
@@ -163,7 +173,7 @@ class PoolStarvation(InboxdTestCase):
 
         latencies = []
         c = self.ehlo()
-        c.set_timeout(20)
+        c.set_timeout(DELIVERY_BOUND + 8)   # a stalled pool fails, not hangs, the test
         for n in range(DELIVERIES):
             # Only while the lock is held (and bounded in time when it fails).
             if time.monotonic() > locked_at + LOCK_SECONDS - DELIVERY_BOUND:
@@ -173,14 +183,21 @@ class PoolStarvation(InboxdTestCase):
             self.assertReply(c.cmd("DATA"), "354")
             t0 = time.monotonic()
             c.send(f"Subject: timed {n}\r\n\r\ntimed\r\n.\r\n".encode())
-            r = c.reply()
+            try:
+                r = c.reply()
+            except TimeoutError:
+                latencies.append(float("inf"))
+                break
             latencies.append(time.monotonic() - t0)
             self.assertQueued(r)
+        # Hashes were being checked meanwhile (the first answers come within
+        # about a second even on two threads).
+        checked = self.server.wait_log(r"auth: user=(slow failed|alice ok)", timeout=10)
         stop_threads()
         figures = (f"delivery latency under the AUTH flood and a locked mbox with "
                    f"{locked_messages} waiting: "
-                   f"p50 {statistics.median(latencies) * 1000:.0f} ms, "
-                   f"max {max(latencies) * 1000:.0f} ms over {len(latencies)}; "
+                   f"p50 {ms(statistics.median(latencies))}, "
+                   f"max {ms(max(latencies))} over {len(latencies)}; "
                    f"AUTH answers {counts}")
         print(figures, file=sys.stderr)
 
@@ -188,11 +205,9 @@ class PoolStarvation(InboxdTestCase):
         self.assertEqual(len(latencies), DELIVERIES,
                          "the timed deliveries outlasted the lock: " + figures)
         # The flood did run: every connection had its AUTH in, hashes were
-        # checked (wrong and right), and none was refused as busy (50 at once
-        # fit the queue).
+        # checked, and none was refused as busy (50 at once fit the queue).
         self.assertGreaterEqual(counts.get("sent", 0), FLOOD_CONNECTIONS, figures)
-        self.assertGreaterEqual(counts.get(535, 0), 1, figures)
-        self.assertGreaterEqual(counts.get(235, 0), 1, figures)
+        self.assertIsNotNone(checked, figures)
         self.assertNotIn(454, counts, figures)
 
         # The messages to the locked mbox waited for the lock, then landed.
