@@ -19,17 +19,17 @@ bounded and the process is stopped by its PID.
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import shutil
 import time
 import unittest
 
 import harness
-from harness import BIN, CRLF, HELO, HOSTNAME, Client
+from harness import BIN, HELO, HOSTNAME, Client
 
 LINE_RE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z inboxd\[\d+\]: "
                      rb"(?:debug|info|warning|error): [^\n]*$")
