@@ -155,6 +155,19 @@ class FreshStartAsRootTest(InboxdTestCase):
         self.assertReply(c.cmd("EHLO " + HELO), "250")
         self.assertReply(c.cmd("NOOP"), "250")
 
+    def test_unreadable_config_file_warned(self):
+        """A config file only root can read (here: in a root-only folder) works
+        at start, but the next SIGHUP, as nobody, cannot reread it: say so."""
+        self.server = self.start_server("--user", "nobody", "--state-dir", self.state,
+                                        sink="null", maildir=False, allow_root=False,
+                                        config='hostname = "mx.inboxd.test"\n')
+        m = self.server.wait_log(r"warning: nobody cannot read the config file (\S+): "
+                                 r"Permission denied; a SIGHUP will fail")
+        self.assertTrue(m, f"no warning; log:\n{self.server.log()}")
+        self.assertEqual(m.group(1), self.server.config_path)
+        self.assertRegex(self.server.reload(), r"reload failed")
+        self.assertNotRegex(self.server.log(), r"cannot read the TLS", "the TLS pair is nobody's")
+
     def run_refused(self, *args):
         """Runs the binary as root with --user nobody expecting exit 2 before it
         serves; returns the one line on stderr that is not an info log line."""
