@@ -19,16 +19,17 @@
 // paths (a long run of '>' then "From ", ">From " lines, a run of bare CRs,
 // one huge line, many dot-stuffed lines, many tiny lines, a quoted local
 // part full of escapes, a long address literal, many ESMTP parameters), each
-// at 64 KiB, 1 MiB and 8 MiB, through every per-byte path that runs on the
+// at 16 KiB, 64 KiB, 1 MiB and 8 MiB, through every per-byte path on the
 // loop: the line reader, the data decoder, the mboxrd quoter, the command
 // parser, base64 (SASL), printable() (log escaping) and the whole session.
 // Each figure is MB/s of that path's input, timed in CPU time of the
 // thread (the machine may be busy). Every path must cost O(input):
 // a figure that falls as the size grows is a super-linear path, which one
 // client can use to stall every other (DESIGN.md principle 5); the table
-// marks it, and a path that takes over 2 s on one shape is not run at the
-// larger sizes. --no-hostile leaves this part out, --hostile-only runs it
-// alone.
+// marks it. A path is not run at the next size when, even linear, it
+// would take over 5 s there (a quadratic one would take far longer).
+// --no-hostile leaves this part out, --hostile-only runs it alone, --shape
+// NAME runs one shape.
 //
 // --json prints one JSON object. A benchmark, never a timed test (STYLE.md).
 #include <fmt/format.h>
@@ -335,10 +336,11 @@ constexpr hostile_shape hostile_shapes[] = {
      }},
 };
 
-constexpr std::size_t hostile_sizes[] = {64 * 1024, 1024 * 1024, 8 * 1024 * 1024};
+constexpr std::size_t hostile_sizes[] = {16 * 1024, 64 * 1024, 1024 * 1024, 8 * 1024 * 1024};
 
-// A path that takes longer than this for one pass is not run at larger sizes.
-constexpr double hostile_stall_seconds = 2.0;
+// A path whose pass, scaled linearly to the next size, would take longer
+// than this is not run at the next size: it already stalls the loop.
+constexpr double hostile_stall_seconds = 5.0;
 
 // Keeps a result alive so that the optimiser cannot drop the work.
 std::uint64_t sink_hole = 0;
@@ -498,7 +500,7 @@ double hostile_measure(Pass pass, double seconds, double& longest) {
     longest = std::max(longest, p.seconds);
     double mb = p.seconds > 0 ? static_cast<double>(p.bytes) / p.seconds / 1e6 : 0;
     best = std::max(best, mb);
-  } while (total < seconds && longest < hostile_stall_seconds);
+  } while (total < seconds && longest < hostile_stall_seconds / 10);
   return best;
 }
 
@@ -520,9 +522,10 @@ void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::strin
 
   if (!json) {
     fmt::print(
-        "\nhostile shapes: MB/s of each path's input. '!' marks a figure under 1/8 of the\n"
-        "same path's at 64K: a quadratic path falls 16x by 1M and 128x by 8M, caches and\n"
-        "a busy machine account for a few x. '-': not run, a smaller size took over {} s.\n"
+        "\nhostile shapes: MB/s of each path's input (CPU time). '!' marks a figure that\n"
+        "fell by more than half the size step from the size before (a quadratic path\n"
+        "falls by the whole step: 4x, 16x, 8x; caches account for less than 2x).\n"
+        "'-': not run, as even a linear cost would take over {} s at that size.\n"
         "A parser that refuses its input at the first bad byte shows a huge figure.\n",
         hostile_stall_seconds);
     fmt::print("{:<15}{:>5}", "shape", "size");
@@ -538,7 +541,8 @@ void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::strin
   for (const hostile_shape& shape : hostile_shapes) {
     if (!only.empty() && shape.name != only) continue;
     std::array<bool, n_paths> stalled{};
-    std::array<double, n_paths> at_smallest{};
+    std::array<double, n_paths> before{};  // the figures at the size before
+    std::size_t size_before = 0;
     if (json) {
       out += fmt::format("{}\"{}\":{{", first_shape ? "" : ",", shape.name);
       first_shape = false;
@@ -587,8 +591,15 @@ void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::strin
                 [&] { return session_pass<cpu_clock>(w, settings, *sink, buf); }, seconds, longest);
             break;
         }
-        if (longest > hostile_stall_seconds) stalled[p] = true;
-        if (size == hostile_sizes[0]) at_smallest[p] = mbps[p];
+        // The next size is larger by next / size: no more sizes for a path
+        // that would stall even if it were linear.
+        if (size != hostile_sizes[std::size(hostile_sizes) - 1]) {
+          std::size_t next =
+              *(std::find(std::begin(hostile_sizes), std::end(hostile_sizes), size) + 1);
+          if (longest * static_cast<double>(next) / static_cast<double>(size) >
+              hostile_stall_seconds)
+            stalled[p] = true;
+        }
       }
       if (json) {
         out += fmt::format("{}\"{}\":{{", first_size ? "" : ",", size);
@@ -605,11 +616,14 @@ void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::strin
             fmt::print("{:>12}", "-");
             continue;
           }
-          bool falls = mbps[p] < at_smallest[p] / 8;
+          double step = size_before ? static_cast<double>(size) / size_before : 1;
+          bool falls = size_before && before[p] > 0 && mbps[p] < before[p] * 2 / step;
           fmt::print("{:>11.1f}{}", mbps[p], falls ? '!' : ' ');
         }
         fmt::print("\n");
       }
+      before = mbps;
+      size_before = size;
     }
     if (json) out += "}";
   }

@@ -22,6 +22,8 @@ constexpr auto table = decode_table();
 bool base64_decode(std::string_view in, std::string& out) {
   out.clear();
   if (in.size() % 4 != 0) return false;
+  // One allocation, however long the response (a SASL line may be 12288 octets).
+  out.reserve(in.size() / 4 * 3);
   for (std::size_t i = 0; i < in.size(); i += 4) {
     int v[4];
     int pad = 0;
@@ -47,6 +49,7 @@ bool base64_decode(std::string_view in, std::string& out) {
 
 std::string base64_encode(std::string_view in) {
   std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
   for (std::size_t i = 0; i < in.size(); i += 3) {
     unsigned n = static_cast<unsigned char>(in[i]) << 16;
     if (i + 1 < in.size()) n |= static_cast<unsigned char>(in[i + 1]) << 8;
