@@ -123,7 +123,9 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--drain-timeout", drain_timeout, "seconds SIGTERM waits (default 30)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--user", v.user, "started as root: run as this user once the ports are bound");
+  app.add_option("--user", v.user,
+                 "started as root: run as this user once the ports are bound (what start-up "
+                 "makes is theirs)");
   app.add_option("--group", v.group, "and this group (default: the user's)");
   app.add_flag("--allow-root", v.allow_root, "keep running as root (not recommended)");
   app.add_option("--max-message-size", v.server.session.max_message_size,
