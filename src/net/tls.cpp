@@ -267,7 +267,12 @@ tls_stream::~tls_stream() {
 
 int tls_stream::send_cb(void* ctx, const unsigned char* buf, size_t len) noexcept {
   auto* self = static_cast<tls_stream*>(ctx);
-  self->out_.append(reinterpret_cast<const char*>(buf), len);
+  // No exception may leave this mbedTLS callback: no memory fails the write.
+  try {
+    self->out_.append(reinterpret_cast<const char*>(buf), len);
+  } catch (...) {
+    return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  }
   return static_cast<int>(len);
 }
 
