@@ -213,19 +213,21 @@ class mbox_delivery final : public pooled_delivery {
 
   void finish(const std::string& batch, std::vector<store_outcome>& outcomes) noexcept override {
     if (!tail_ready_) {
-      // The first call has the last batch; a retry after a busy lock, none.
-      tail_ = batch;
+      // The first call has the last batch (a retry after a busy lock has
+      // none). The tail is what comes after it: what the quoter still holds,
+      // and the end of the message. Every message ends in a newline, then a
+      // blank line parts it from the next.
       quoter_.flush(tail_);
-      // Every message ends in a newline, then a blank line parts it from the next.
       if (last_ != '\n') tail_ += '\n';
       tail_ += '\n';
       tail_ready_ = true;
     }
-    int e = error_ ? error_ : append_all();
+    int e = error_ ? error_ : append_all(batch);
     if (e == busy) {
-      // While waiting for the lock the tail waits on disk, not in memory
-      // that the budget does not see. If the spool fails, it stays here.
-      if (!tail_.empty() && spool(tail_) == 0) std::string().swap(tail_);
+      // While waiting for the lock the message waits on disk, not in memory
+      // that the budget does not see. If the spool fails, it waits here.
+      if (!batch.empty() && spool(batch) != 0) tail_.insert(0, batch);
+      if (tail_.size() > 2 && spool(tail_) == 0) std::string().swap(tail_);
       return retry_later();
     }
     // Every recipient gets the same result, so the reply is one truth for
@@ -241,7 +243,7 @@ class mbox_delivery final : public pooled_delivery {
   // Locks every mbox, then appends to all of them or to none. Returns 0,
   // busy (nothing written, no lock kept), or the errno value of the first
   // failure (nothing kept in any mbox), with failed_ set to its mbox.
-  int append_all() noexcept {
+  int append_all(const std::string& batch) noexcept {
     try {
       std::vector<std::size_t> order(mboxes_.paths.size());
       std::iota(order.begin(), order.end(), std::size_t{0});
@@ -257,7 +259,7 @@ class mbox_delivery final : public pooled_delivery {
       std::size_t written = 0;
       if (!e) {
         for (; written < held.size() && !e; ++written)
-          if ((e = append_to(held[written]))) failed_ = order[written];
+          if ((e = append_to(held[written], batch))) failed_ = order[written];
         // Durable in every mbox, or the message is taken back from all.
         for (std::size_t i = 0; i < held.size() && !e; ++i)
           if (::fsync(held[i].fd) != 0) {
@@ -277,16 +279,18 @@ class mbox_delivery final : public pooled_delivery {
     }
   }
 
-  // Appends the From line, the spooled bytes and the tail to one locked mbox.
-  int append_to(const locked_mbox& m) noexcept {
+  // Appends the From line, the spooled bytes, the last batch and the tail
+  // to one locked mbox.
+  int append_to(const locked_mbox& m, const std::string& batch) {
     if (int e = store::write_all(m.fd, separator(m.fd, m.old_size) + from_line_)) return e;
     if (int e = copy_spool(m.fd)) return e;
+    if (int e = store::write_all(m.fd, batch)) return e;
     return store::write_all(m.fd, tail_);
   }
 
   // A "From " line needs a blank line before it; supply what an mbox written
   // by someone else lacks.
-  static std::string separator(int fd, off_t size) noexcept {
+  static std::string separator(int fd, off_t size) {
     if (size == 0) return {};
     char end[2] = {0, 0};
     off_t from = size >= 2 ? size - 2 : 0;
@@ -319,7 +323,7 @@ class mbox_delivery final : public pooled_delivery {
   char last_ = '\n';             // the last message byte seen
   int spool_fd_ = -1;
   std::size_t spooled_ = 0;
-  std::string tail_;  // the end of the message, made by the first finish()
+  std::string tail_;  // what follows the last batch, made by the first finish()
   bool tail_ready_ = false;
   // The mbox (index in mboxes_.paths) that failed; no_mbox when the
   // failure was no one mbox's (the spool).

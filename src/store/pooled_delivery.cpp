@@ -22,6 +22,17 @@ std::shared_ptr<memory_budget> thread_budget() {
   return budget;
 }
 
+// The deliveries of this thread paused for the budget, oldest first, and
+// how many pool jobs of this thread's deliveries run (each frees memory
+// when it is done). Loop thread only, like the budget.
+struct budget_queue {
+  pooled_delivery* head = nullptr;
+  pooled_delivery* tail = nullptr;
+  std::size_t jobs = 0;
+  bool waking = false;
+};
+thread_local budget_queue queue;
+
 }  // namespace
 
 store_outcome outcome_of(int error) noexcept {
@@ -40,6 +51,7 @@ pooled_delivery::pooled_delivery(uv_loop_t* loop, delivery_listener& listener,
 }
 
 pooled_delivery::~pooled_delivery() {
+  leave_queue();
   budget_->used -= counted_;
 }
 
@@ -57,22 +69,27 @@ bool pooled_delivery::write(std::string_view bytes) {
   if (!should_stage()) return true;
   if (!busy_) {
     start(job::stage);
-    return true;
+    // While the budget is spent, one read at a time: the session reads on
+    // once this is staged and the budget has room (wake_queued).
+    paused_ = over_budget();
+    return !paused_;
   }
   // A job of ours runs. Pause the session when a second batch is full, or
   // while the budget is spent: it hands over what it already read, then
-  // reads no more until our job is done (after_work wakes it).
+  // reads no more until our job is done.
   paused_ = pending_.size() >= 2 * flush_bytes || over_budget();
   return !paused_;
 }
 
 void pooled_delivery::commit() {
+  leave_queue();
   committing_ = true;
   if (!busy_) start(job::finish);
 }
 
 void pooled_delivery::abort() noexcept {
   listener_ = nullptr;
+  leave_queue();
   if (waiting_) {
     // Waiting for a lock: nothing is written anywhere, so nothing to undo.
     uv_timer_stop(&timer_);
@@ -89,6 +106,7 @@ void pooled_delivery::drop() noexcept {
 // Frees the object, after closing its timer if it has one (a libuv handle
 // may be freed only in its close callback).
 void pooled_delivery::destroy() noexcept {
+  leave_queue();
   budget_->used -= counted_;
   counted_ = 0;
   if (!timer_open_) {
@@ -108,6 +126,7 @@ void pooled_delivery::start(job j) {
   batch_.swap(pending_);
   batch_held_ = held(batch_);
   busy_ = true;
+  ++queue.jobs;
   count();
   uv_queue_work(loop_, &req_, work_cb, after_work_cb);
 }
@@ -124,7 +143,11 @@ void pooled_delivery::work_cb(uv_work_t* req) noexcept {
 }
 
 void pooled_delivery::after_work_cb(uv_work_t* req, int) noexcept {
+  --queue.jobs;
+  // The delivery may be gone after after_work(); the memory it let go may
+  // let others read again.
   static_cast<pooled_delivery*>(req->data)->after_work();
+  wake_queued();
 }
 
 void pooled_delivery::after_work() noexcept {
@@ -145,11 +168,47 @@ void pooled_delivery::after_work() noexcept {
   if (!listener_) return drop();
   if (committing_) return start(job::finish);
   if (should_stage()) start(job::stage);
-  if (paused_ && pending_.size() < 2 * flush_bytes) {
-    paused_ = false;
-    // Last: the session may write, commit or abort in this call.
-    listener_->writable();
+  // Paused: read on when the budget has room (wake_queued, right after).
+  if (paused_ && pending_.size() < 2 * flush_bytes) queue_for_budget();
+}
+
+void pooled_delivery::queue_for_budget() noexcept {
+  if (queued_) return;
+  queued_ = true;
+  queue_prev_ = queue.tail;
+  queue_next_ = nullptr;
+  (queue.tail ? queue.tail->queue_next_ : queue.head) = this;
+  queue.tail = this;
+}
+
+void pooled_delivery::leave_queue() noexcept {
+  if (!queued_) return;
+  queued_ = false;
+  (queue_prev_ ? queue_prev_->queue_next_ : queue.head) = queue_next_;
+  (queue_next_ ? queue_next_->queue_prev_ : queue.tail) = queue_prev_;
+  queue_prev_ = queue_next_ = nullptr;
+}
+
+// Wakes paused deliveries, oldest first, while their budget has room for
+// what each may bring (one read). When no job is left that would free
+// memory, one is woken whatever the budget says: the memory is then held by
+// sessions that are not sending, and waiting for them could take forever.
+void pooled_delivery::wake_queued() noexcept {
+  // Pool completions come from the loop, never from inside writable(); this
+  // only keeps a future caller from walking the queue twice at once.
+  if (queue.waking) return;
+  queue.waking = true;
+  while (pooled_delivery* d = queue.head) {
+    const memory_budget& b = *d->budget_;
+    bool room = b.used + wake_room <= b.limit;
+    if (!room && queue.jobs > 0) break;
+    d->leave_queue();
+    d->paused_ = false;
+    // The session may write, commit or abort in this call: d may be gone.
+    d->listener_->writable();
+    if (!room) break;
   }
+  queue.waking = false;
 }
 
 // A lock was held by someone else: try again from a loop timer, a little

@@ -11,10 +11,13 @@
 // counted in a memory_budget shared by all deliveries of a server (loop
 // thread only). While the budget is spent, a delivery stages what it holds
 // as soon as no job of its own runs, however little that is, and pauses the
-// session while one does; its own stage finishing wakes it. So the bytes
-// held by all deliveries stay near the budget, plus at most one write() per
-// paused session, and a message larger than the budget still goes through
-// in pieces.
+// session while one does. A paused delivery whose stage is done joins a
+// queue (one per thread, first come first served) and is woken while the
+// budget has room for one more read (wake_room), or when no job at all is
+// left to free memory, so that everyone progresses. So the bytes held by
+// all deliveries stay near the budget, plus at most one read per session
+// that writes when the budget fills, and a message larger than the budget
+// still goes through in pieces.
 //
 // Locks: finish() may find a mailbox locked by someone else. It then calls
 // retry_later() instead of waiting: no pool thread ever sleeps on a lock.
@@ -46,6 +49,8 @@ class pooled_delivery : public delivery {
   static constexpr std::uint64_t lock_retry_first_ms = 50;
   static constexpr std::uint64_t lock_retry_max_ms = 200;
   static constexpr std::uint64_t lock_patience_ms = 10'000;
+  // What a woken session may bring at once: one read buffer.
+  static constexpr std::size_t wake_room = 64 * 1024;
 
   bool write(std::string_view bytes) final;
   void commit() final;
@@ -88,6 +93,9 @@ class pooled_delivery : public delivery {
   void after_work() noexcept;
   void wait_for_lock() noexcept;
   void count() noexcept;
+  void queue_for_budget() noexcept;
+  void leave_queue() noexcept;
+  static void wake_queued() noexcept;
   [[nodiscard]] bool over_budget() const noexcept { return budget_->used > budget_->limit; }
   // Whether what pending_ holds should go to disk now rather than later.
   [[nodiscard]] bool should_stage() const noexcept {
@@ -117,6 +125,9 @@ class pooled_delivery : public delivery {
   bool retry_ = false;  // set by finish() on the pool thread, read after the job
   bool timer_open_ = false;
   bool waiting_ = false;  // the timer runs: waiting to try the locks again
+  bool queued_ = false;   // paused, in the queue for the budget
+  pooled_delivery* queue_prev_ = nullptr;
+  pooled_delivery* queue_next_ = nullptr;
 };
 
 // Classifies an errno value for the session: ENOSPC and EDQUOT are "no space".
