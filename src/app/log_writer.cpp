@@ -3,8 +3,10 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -141,27 +143,39 @@ bool log_writer::write_some() {
 // to PIPE_BUF bytes whole or not at all (POSIX write(), O_NONBLOCK), but a
 // longer one in part, cutting a line wherever the pipe is full; if the reader
 // then never reads again (it stalled, and the exit bound ran out), half a
-// line is what it finds. So a write to a pipe is either one that the pipe has
-// room for, whole (the usual case: one write per turn), or whole lines of at
-// most PIPE_BUF bytes; only a single line longer than that can still be cut.
-// A socket gives no such promise (journald joins the pieces of a line).
+// line is what it finds. So a longer write goes out only when nothing is
+// queued and it fits (the reader keeps up: one write per turn); otherwise the
+// writes are whole lines of at most PIPE_BUF bytes, and only a single line
+// longer than that can still be cut. (An empty queue is the only state whose
+// room is known: a pipe that holds data may have pages written in part.) A
+// Unix stream socket (journald's) promises nothing, but Linux queues a write
+// of a few KiB there as one buffer, taken whole or not at all.
 std::size_t log_writer::next_write_size() const {
   std::size_t rest = buf_.size() - head_;
-  if (!pipe_ || rest <= PIPE_BUF) return rest;
-  int size = ::fcntl(fd_, F_GETPIPE_SZ);
-  int unread = 0;
-  // The pipe's pages fill in order, and only the first can have been read in
-  // part: the room is at least its size less the unread bytes, less a page.
-  if (size > 0 && ::ioctl(fd_, FIONREAD, &unread) == 0 && unread >= 0 &&
-      static_cast<std::size_t>(size) >= static_cast<std::size_t>(unread) + 2 * PIPE_BUF &&
-      rest <= static_cast<std::size_t>(size - unread) - PIPE_BUF)
-    return rest;
+  if (!nonblocking_ || rest <= PIPE_BUF || room_for(rest)) return rest;
   std::string_view next(buf_.data() + head_, PIPE_BUF);
   if (auto end = next.rfind('\n'); end != std::string_view::npos) return end + 1;
   // One line longer than PIPE_BUF (or the rest of one): it goes alone.
   std::string_view line(buf_.data() + head_, rest);
   auto end = line.find('\n');
   return end == std::string_view::npos ? rest : end + 1;
+}
+
+// Whether fd_ holds nothing unread and can take n bytes whole.
+bool log_writer::room_for(std::size_t n) const {
+  int queued = -1;
+  if (pipe_) {
+    int size = ::fcntl(fd_, F_GETPIPE_SZ);
+    return size > 0 && ::ioctl(fd_, FIONREAD, &queued) == 0 && queued == 0 &&
+           n <= static_cast<std::size_t>(size);
+  }
+  // A socket's send buffer counts the kernel's overhead too: half of it is
+  // what surely fits.
+  int sndbuf = 0;
+  socklen_t len = sizeof sndbuf;
+  return ::getsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0 &&
+         ::ioctl(fd_, SIOCOUTQ, &queued) == 0 && queued == 0 &&
+         n <= static_cast<std::size_t>(sndbuf) / 2;
 }
 
 // On the loop: never waits. What fd_ does not take now is written when poll_

@@ -67,6 +67,7 @@ class log_writer {
   void open_output();
   [[nodiscard]] std::size_t pending() const { return buf_.size() - head_; }
   [[nodiscard]] std::size_t next_write_size() const;
+  [[nodiscard]] bool room_for(std::size_t n) const;
   [[nodiscard]] bool write_some();
   void note_drops();
   void flush_in_loop();
@@ -83,7 +84,7 @@ class log_writer {
   // there is no stderr.
   int fd_ = -2;
   bool nonblocking_ = false;  // fd_ is a pipe or a socket, written without blocking.
-  bool pipe_ = false;         // fd_ is a pipe (whose small writes are whole or nothing).
+  bool pipe_ = false;         // fd_ is a pipe (else, when nonblocking_, a socket).
   bool own_fd_ = false;       // fd_ was opened here (and is closed at exit).
   int restore_flags_ = -1;    // stderr's flags before O_NONBLOCK was set on it, if it was.
   // Bytes [head_, size) are still to be written; [0, head_) are written.
