@@ -95,7 +95,11 @@ void pooled_delivery::abort() noexcept {
     uv_timer_stop(&timer_);
     waiting_ = false;
   }
-  if (!busy_) drop();
+  if (busy_) return;  // after_work drops it, and wakes who may read on.
+  drop();
+  // What it held is free: a session that timed out or left may be the last
+  // holder, and no job may be left whose end would wake the queue.
+  wake_queued();
 }
 
 void pooled_delivery::drop() noexcept {
@@ -194,8 +198,8 @@ void pooled_delivery::leave_queue() noexcept {
 // memory, one is woken whatever the budget says: the memory is then held by
 // sessions that are not sending, and waiting for them could take forever.
 void pooled_delivery::wake_queued() noexcept {
-  // Pool completions come from the loop, never from inside writable(); this
-  // only keeps a future caller from walking the queue twice at once.
+  // A session woken below may abort its delivery, which calls this again:
+  // the walk already under way goes on instead.
   if (queue.waking) return;
   queue.waking = true;
   while (pooled_delivery* d = queue.head) {
