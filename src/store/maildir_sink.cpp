@@ -4,7 +4,8 @@
 // recipient and fsynced. Then a copy is staged in the tmp/ of every other
 // recipient's Maildir (a hard link, or a fsynced copy of the bytes when that
 // Maildir is on another file system). Only when every copy is staged is each
-// one linked as new/<unique>,S=<size> and each new/ fsynced; if any step
+// one linked as new/<unique>,S=<size> and each new/ fsynced (deliveries
+// into one new/ at the same time share that fsync: dir_sync.hpp); if any step
 // fails, every copy already made is taken back and every recipient fails
 // alike, so the reply is 250 with the message in every new/, or 451 (452 for
 // a full disk) with it in none: the sender's retry makes no duplicate. A
@@ -23,6 +24,7 @@
 #include <cstring>
 
 #include "inboxd/sinks.hpp"
+#include "store/dir_sync.hpp"
 #include "store/files.hpp"
 #include "store/pooled_delivery.hpp"
 
@@ -210,10 +212,12 @@ class maildir_delivery final : public pooled_delivery {
       }
       published.push_back(i);
     }
-    // Each link is durable only once its directory is.
+    // Each link is durable only once its directory is: an fsync of new/
+    // that began after the link. Deliveries into one new/ at the same time
+    // share that fsync (dir_sync.hpp); a lone one runs its own at once.
     for (std::size_t k = 0; k < published.size() && !e; ++k) {
       std::size_t i = published[k];
-      if ((e = store::fsync_dir(dirs_.paths[i] + "/new"))) failed_ = i;
+      if ((e = store::shared_dir_syncer().sync(dirs_.paths[i] + "/new"))) failed_ = i;
     }
     if (e) {
       // Take back what was published: the sender retries the whole message,
@@ -235,9 +239,13 @@ class maildir_delivery final : public pooled_delivery {
     try {
       std::vector<std::string> staged(dirs_.paths.size());
       if (!e) e = publish(staged);
-      // The tmp/ names go whether the message was published or not.
-      for (const auto& path : staged)
-        if (!path.empty()) ::unlink(path.c_str());
+      // The tmp/ names go whether the message was published or not: the
+      // other Maildirs' here, the first one's (staged[0], tmp_path_) below,
+      // once. They need no fsync: a published message is durable in new/
+      // already, and a tmp/ name that a crash leaves behind is never read
+      // (Maildir readers clean tmp/ of files older than 36 hours).
+      for (std::size_t i = 1; i < staged.size(); ++i)
+        if (!staged[i].empty()) ::unlink(staged[i].c_str());
     } catch (...) {
       e = ENOMEM;
     }

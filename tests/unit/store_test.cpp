@@ -481,3 +481,184 @@ TEST_CASE("two mailboxes that are one Maildir (a symlink) get the message once")
   CHECK(names_in(t.path + "/mail/admin/tmp").empty());
   CHECK(names_in(t.path + "/mail/bob/new").size() == 1);
 }
+
+// ---- group commit of directory fsyncs (issue 10) ----
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "store/dir_sync.hpp"
+
+namespace {
+
+using inboxd::store::dir_syncer;
+
+// Waits, bounded, until pred() holds (under the lock); false on time-out.
+template <class Pred>
+bool wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, Pred pred) {
+  return cv.wait_for(lock, std::chrono::seconds(10), pred);
+}
+
+// A dir_syncer hook that holds every fsync at a gate until the test lets it
+// through, so that the test sees who waits for which fsync without timing.
+struct gated_sync {
+  static int hook(const std::string&, void* arg) noexcept {
+    auto* self = static_cast<gated_sync*>(arg);
+    std::unique_lock<std::mutex> lock(self->m);
+    int n = ++self->started;
+    self->cv.notify_all();
+    self->cv.wait(lock, [&] { return self->released >= n; });
+    return 0;
+  }
+  std::mutex m;
+  std::condition_variable cv;
+  int started = 0;   // fsyncs entered
+  int released = 0;  // fsyncs let through (the first `released` ones)
+};
+
+// Polls the syncer (which has no condition variable for tests) until pred.
+template <class Pred>
+bool poll_until(Pred pred) {
+  for (int i = 0; i < 10'000; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+}  // namespace
+
+// Lets every held fsync through and joins the threads, also when a REQUIRE
+// fails half-way: a joinable std::thread must not be destroyed.
+struct gate_releaser {
+  ~gate_releaser() {
+    {
+      std::lock_guard<std::mutex> lock(g.m);
+      g.released = 1'000'000;
+    }
+    g.cv.notify_all();
+    for (auto& t : threads)
+      if (t.joinable()) t.join();
+  }
+  gated_sync& g;
+  std::vector<std::thread> threads;
+};
+
+TEST_CASE("dir_syncer: an entry made while a folder's fsync runs waits for the next one") {
+  gated_sync g;
+  dir_syncer syncer(gated_sync::hook, &g);
+  std::atomic<bool> a_done{false}, b_done{false}, c_done{false};
+  std::atomic<int> errors{0};
+  gate_releaser run{g, {}};
+  auto caller = [&](std::atomic<bool>& done) {
+    return std::thread([&] {
+      if (syncer.sync("d") != 0) errors.fetch_add(1);
+      done = true;
+    });
+  };
+  // A's link is made; A's fsync (number 1) starts and is held.
+  run.threads.push_back(caller(a_done));
+  {
+    std::unique_lock<std::mutex> lock(g.m);
+    REQUIRE(wait_until(lock, g.cv, [&] { return g.started == 1; }));
+  }
+  // B and C link after fsync 1 started: it must not count for them.
+  run.threads.push_back(caller(b_done));
+  run.threads.push_back(caller(c_done));
+  REQUIRE(poll_until([&] { return syncer.waiting("d") == 3; }));
+  {
+    std::unique_lock<std::mutex> lock(g.m);
+    CHECK(g.started == 1);  // they wait rather than start an fsync of their own
+    g.released = 1;
+    g.cv.notify_all();
+    // Fsync 1 ends: A is done; one fsync (number 2) starts for B and C both.
+    REQUIRE(wait_until(lock, g.cv, [&] { return g.started == 2; }));
+  }
+  run.threads[0].join();
+  CHECK(a_done);
+  REQUIRE(poll_until([&] { return syncer.waiting("d") == 2; }));
+  CHECK_FALSE(b_done);  // fsync 2 is held: neither may have returned
+  CHECK_FALSE(c_done);
+  {
+    std::lock_guard<std::mutex> lock(g.m);
+    CHECK(g.started == 2);
+    g.released = 2;
+  }
+  g.cv.notify_all();
+  run.threads[1].join();
+  run.threads[2].join();
+  CHECK(b_done);
+  CHECK(c_done);
+  CHECK(errors.load() == 0);
+  CHECK(g.started == 2);         // three entries, two fsyncs
+  CHECK(syncer.folders() == 0);  // the folder is forgotten once nobody waits
+}
+
+namespace {
+
+// A hook that checks the group commit's promise from outside: each "link" is
+// numbered per folder; an fsync covers the links numbered up to what it saw
+// when it started, and records that once it ends. A caller's sync() must
+// return only when its own link is covered.
+struct counted_sync {
+  static constexpr int folders = 3;
+  static int hook(const std::string& dir, void* arg) noexcept {
+    auto* self = static_cast<counted_sync*>(arg);
+    auto& f = self->f[dir[0] - '0'];
+    if (f.running.fetch_add(1) != 0) self->overlapped = true;
+    std::uint64_t covers = f.linked.load();
+    self->fsyncs.fetch_add(1);
+    // Long enough for others to link and call sync() meanwhile.
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    std::uint64_t d = f.durable.load();
+    while (d < covers && !f.durable.compare_exchange_weak(d, covers)) {
+    }
+    f.running.fetch_sub(1);
+    return dir[1] == 'x' ? EIO : 0;
+  }
+  struct folder {
+    std::atomic<std::uint64_t> linked{0};   // links made
+    std::atomic<std::uint64_t> durable{0};  // links covered by a finished fsync
+    std::atomic<int> running{0};
+  };
+  folder f[folders];
+  std::atomic<std::uint64_t> fsyncs{0};
+  std::atomic<bool> overlapped{false};  // two fsyncs of one folder at once
+};
+
+}  // namespace
+
+TEST_CASE("dir_syncer: under concurrency each caller returns after an fsync begun after its link") {
+  counted_sync probe;
+  dir_syncer syncer(counted_sync::hook, &probe);
+  constexpr int threads = 8;
+  constexpr int rounds = 150;
+  std::atomic<int> early{0};  // sync() returned before its link was covered
+  std::atomic<int> errors{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (int i = 0; i < rounds; ++i) {
+        // Most go to folder 0 (one busy Maildir), the rest spread over 1 and 2.
+        int k = (i + t) % 4 == 0 ? 1 + (i + t) % 2 : 0;
+        std::string dir(1, static_cast<char>('0' + k));
+        std::uint64_t mine = probe.f[k].linked.fetch_add(1) + 1;  // the "link"
+        if (syncer.sync(dir) != 0) errors.fetch_add(1);
+        if (probe.f[k].durable.load() < mine) early.fetch_add(1);
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  CHECK(early.load() == 0);
+  CHECK(errors.load() == 0);
+  CHECK_FALSE(probe.overlapped);  // one fsync per folder at a time
+  CHECK(probe.fsyncs <= threads * rounds);
+  MESSAGE("fsyncs for ", threads * rounds, " syncs: ", probe.fsyncs.load());
+  CHECK(syncer.folders() == 0);
+  // An fsync that fails is reported to the caller it covers.
+  CHECK(syncer.sync("0x") == EIO);
+  CHECK(syncer.folders() == 0);
+}
