@@ -93,5 +93,79 @@ class CrashTest(InboxdTestCase):
             self.assertEqual(seen[mid], qid, f"{mid}: Received id differs from the 250 reply")
 
 
+    def multi_sender(self, port, tid, stop, attempted, acked):
+        """Like sender(), but each message goes to three Maildirs: one that every message
+        goes to, one of four shared by some threads, and one of two picked per message."""
+        rng = random.Random(1000 + tid)
+        c = None
+        try:
+            c = Client(port)
+            c.reply()
+            c.cmd("EHLO " + HELO)
+            n = 0
+            while not stop.is_set():
+                mid = f"t{tid}.m{n}"
+                rcpts = ["all", f"g{tid % 4}", f"h{n % 2}"]
+                n += 1
+                msg = make_message(mid, rng)
+                attempted[mid] = (msg, rcpts)
+                replies = [c.cmd("MAIL FROM:<load@example.com>").code]
+                replies += [c.cmd(f"RCPT TO:<{r}@example.org>").code for r in rcpts]
+                replies.append(c.cmd("DATA").code)
+                if replies != [250, 250, 250, 250, 354]:
+                    break
+                c.send(harness.stuff(msg) + b".\r\n")
+                m = harness.QUEUED_RE.match(c.reply().last)
+                if m:
+                    acked[mid] = m.group(1)
+        except (OSError, ValueError):   # the server was killed: ECONNRESET, EOF, timeout
+            pass
+        finally:
+            if c:
+                c.close()
+
+    def test_kill_9_under_load_many_maildirs(self):
+        """Many deliveries into the same new/ folders at once share their fsyncs (issue 10):
+        a message acknowledged is still in every recipient's new/ after kill -9, whole."""
+        root = os.path.join(self.server.dir, "mail")
+        server = self.start_server("--maildir", os.path.join(root, "{user}"), maildir=False)
+        stop, attempted, acked = threading.Event(), {}, {}
+        threads = [threading.Thread(target=self.multi_sender,
+                                    args=(server.port, t, stop, attempted, acked))
+                   for t in range(THREADS)]
+        for t in threads:
+            t.start()
+        time.sleep(RUN_SECONDS)
+        server.stopped = True
+        server.kill()                                        # SIGKILL
+        stop.set()
+        deadline = time.monotonic() + 2 * harness.TIMEOUT
+        for t in threads:
+            t.join(max(0, deadline - time.monotonic()))
+        self.assertFalse(any(t.is_alive() for t in threads), "client threads hung")
+        self.assertGreaterEqual(len(acked), THREADS, f"too few messages acknowledged: {len(acked)}")
+
+        found = {}  # mid -> the Maildirs it is in
+        for user in sorted(os.listdir(root)):
+            seen = set()
+            for name, data in harness.read_files(os.path.join(root, user, "new")).items():
+                with self.subTest(maildir=user, file=name):
+                    self.assertMaildirName(name, data)
+                    p = harness.parse_stored(data)
+                    self.assertIsNotNone(p, f"no trace headers: {data[:200]!r}")
+                    mid = re.search(rb"^X-Test-Id: (\S+)\n", p["body"], re.M).group(1).decode()
+                    self.assertNotIn(mid, seen, "message stored twice in one Maildir")
+                    seen.add(mid)
+                    msg, rcpts = attempted[mid]
+                    self.assertIn(user, rcpts, "message in a Maildir it was not for")
+                    self.assertEqual(p["body"], msg.replace(CRLF, b"\n"),
+                                     "partial or corrupt message")
+                    if mid in acked:
+                        self.assertEqual(p["id"], acked[mid], "Received id differs from the 250")
+                    found.setdefault(mid, set()).add(user)
+        lost = sorted(mid for mid in acked if found.get(mid) != set(attempted[mid][1]))
+        self.assertEqual(lost, [], f"{len(lost)} of {len(acked)} acknowledged messages not in "
+                                   f"every recipient's Maildir, e.g. {lost[:3]}")
+
 if __name__ == "__main__":
     harness.main()
