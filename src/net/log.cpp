@@ -40,7 +40,6 @@ void format_log_line(std::string& out, log_level level, std::string_view line) {
   auto ms = static_cast<unsigned>(tv.tv_usec / 1000);
   char digits[3] = {static_cast<char>('0' + ms / 100), static_cast<char>('0' + ms / 10 % 10),
                     static_cast<char>('0' + ms % 10)};
-  out.reserve(out.size() + date.size() + 3 + tag.size() + 10 + line.size());
   out += date;
   out.append(digits, 3);
   out += tag;

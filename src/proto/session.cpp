@@ -36,13 +36,17 @@ std::string queue_id_source::next() {
 }
 
 std::string printable(std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
   std::string out;
+  out.reserve(s.size());
   for (char c : s) {
     auto u = static_cast<unsigned char>(c);
-    if (u >= 32 && u < 127 && c != '\\')
+    if (u >= 32 && u < 127 && c != '\\') {
       out += c;
-    else
-      fmt::format_to(std::back_inserter(out), FMT_STRING("\\x{:02x}"), u);
+    } else {
+      const char escaped[4] = {'\\', 'x', hex[u >> 4], hex[u & 15]};
+      out.append(escaped, 4);
+    }
   }
   return out;
 }
@@ -263,18 +267,12 @@ void session::do_rcpt(std::string_view arg) {
   param_reader params(p.value.params);
   if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
   if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
-  if (tx_->rcpt_accepted >= limits().max_recipients) {
-    // RFC 5321 4.5.3.1.10: 452 asks for the rest in another transaction, so
-    // it is no protocol error, up to the overshoot allowance (Postfix's
-    // smtpd_recipient_overshoot_limit); past it each one counts.
-    if (++tx_->rcpt_overshoot > limits().recipient_overshoot_limit)
-      return refuse(reply_id::too_many_rcpts);
-    if (tx_->rcpt_overshoot == 1)
-      events_.session_log(log_level::info,
-                          fmt::format(FMT_STRING("id={} more than {} recipients: 452 to the rest"),
-                                      tx_->queue_id, limits().max_recipients));
-    return reply(reply_id::too_many_rcpts);
-  }
+  // Aliases multiply the mailboxes an RCPT costs: their total is bounded
+  // too (Postfix bounds alias expansion), so that the work of a transaction
+  // stays linear in max_recipients whatever the aliases hold.
+  const std::size_t mailbox_limit = 10 * limits().max_recipients;
+  if (tx_->rcpt_accepted >= limits().max_recipients || tx_->mailboxes_resolved >= mailbox_limit)
+    return too_many_recipients();
   std::vector<recipient> found;
   rcpt_verdict verdict = rcpt_verdict::accept;
   // An embedder's policy may throw: the RCPT gets a temporary failure.
@@ -298,14 +296,31 @@ void session::do_rcpt(std::string_view arg) {
     case rcpt_verdict::relay_denied:
       return refuse(reply_id::relay_denied, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
   }
-  // A mailbox named twice (an alias and its user) gets one copy.
+  tx_->mailboxes_resolved += found.size();
+  if (tx_->mailboxes_resolved > mailbox_limit) return too_many_recipients();
+  // A mailbox named twice (an alias and its user) gets one copy; a set of
+  // "user NUL domain" keys finds repeats in O(1), not by a scan per mailbox.
   for (auto& r : found) {
-    auto same = [&](const recipient& o) { return o.user == r.user && o.domain == r.domain; };
-    if (std::none_of(tx_->recipients.begin(), tx_->recipients.end(), same))
-      tx_->recipients.push_back(std::move(r));
+    std::string key = r.user;
+    key += '\0';
+    key += r.domain;
+    if (tx_->mailbox_keys.insert(std::move(key)).second) tx_->recipients.push_back(std::move(r));
   }
   ++tx_->rcpt_accepted;
   reply(reply_id::rcpt_ok);
+}
+
+// RFC 5321 4.5.3.1.10: 452 asks for the rest in another transaction, so it
+// is no protocol error, up to the overshoot allowance (Postfix's
+// smtpd_recipient_overshoot_limit); past it each one counts.
+void session::too_many_recipients() {
+  if (++tx_->rcpt_overshoot > limits().recipient_overshoot_limit)
+    return refuse(reply_id::too_many_rcpts);
+  if (tx_->rcpt_overshoot == 1)
+    events_.session_log(log_level::info,
+                        fmt::format(FMT_STRING("id={} more than {} recipients: 452 to the rest"),
+                                    tx_->queue_id, limits().max_recipients));
+  reply(reply_id::too_many_rcpts);
 }
 
 void session::do_data(std::string_view arg, bool bare_lf) {

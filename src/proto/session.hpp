@@ -17,6 +17,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "inboxd/auth.hpp"
@@ -127,10 +128,12 @@ class session final : delivery_listener, auth_listener {
   struct transaction {
     std::string queue_id;
     std::string reverse_path;
-    std::vector<recipient> recipients;  // distinct mailboxes
-    std::size_t rcpt_accepted = 0;      // RCPT commands accepted
-    std::size_t rcpt_overshoot = 0;     // RCPTs past max_recipients
-    bool rcpt_seen = false;             // any RCPT, accepted or not
+    std::vector<recipient> recipients;             // distinct mailboxes
+    std::size_t rcpt_accepted = 0;                 // RCPT commands accepted
+    std::size_t rcpt_overshoot = 0;                // RCPTs past max_recipients
+    std::size_t mailboxes_resolved = 0;            // by the policy, repeats included
+    std::unordered_set<std::string> mailbox_keys;  // "user NUL domain" of each recipient
+    bool rcpt_seen = false;                        // any RCPT, accepted or not
     bool body_8bit = false;
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
@@ -152,6 +155,7 @@ class session final : delivery_listener, auth_listener {
   void do_helo(std::string_view arg, bool esmtp);
   void do_mail(std::string_view arg);
   void do_rcpt(std::string_view arg);
+  void too_many_recipients();
   void do_data(std::string_view arg, bool bare_lf);
   void do_rset(std::string_view arg);
   void do_quit(std::string_view arg);

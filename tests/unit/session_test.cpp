@@ -522,3 +522,26 @@ TEST_CASE("a recipient policy that throws gets 451 4.3.0 at RCPT") {
   CHECK(c.take() ==
         "250 2.1.0 Ok\r\n451 4.3.0 Error: temporary recipient lookup failure\r\n250 2.0.0 Ok\r\n");
 }
+
+TEST_CASE("aliases count against the recipient limit: ten mailboxes per allowed RCPT at most") {
+  session_config cfg;
+  cfg.max_recipients = 5;  // so at most 50 mailboxes resolved per transaction
+  recipient_rules rules;
+  domain_rules d{.name = "example.com", .users = {}, .aliases = {}};
+  for (int i = 0; i < 20; ++i) d.users.push_back("u" + std::to_string(i));
+  d.aliases["all"] = d.users;
+  rules.domains.push_back(d);
+  test_connection c(cfg, rules);
+  greet(c);
+  c.send(
+      "MAIL FROM:<a@example.com>\r\nRCPT TO:<all@example.com>\r\nRCPT TO:<all@example.com>\r\n"
+      "RCPT TO:<all@example.com>\r\nRCPT TO:<u1@example.com>\r\nDATA\r\nhi\r\n.\r\n");
+  auto lines = test::reply_lines(c.take());
+  REQUIRE(lines.size() == 7);
+  CHECK(lines[1] == "250 2.1.5 Ok");
+  CHECK(lines[2] == "250 2.1.5 Ok");  // 40 resolved, 20 distinct mailboxes
+  CHECK(lines[3] == "452 4.5.3 Error: too many recipients");  // 60 > 50
+  CHECK(lines[4] == "452 4.5.3 Error: too many recipients");  // the budget is spent
+  REQUIRE(c.sink.messages.size() == 1);
+  CHECK(c.sink.messages[0].mailboxes.size() == 20);
+}
