@@ -4,8 +4,10 @@
 #include <uv.h>
 
 #include <fmt/format.h>
+#include <iterator>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "inboxd/server.hpp"
@@ -68,17 +70,27 @@ struct server::state {
 
   state(uv_loop_t* loop, server_config cfg, std::shared_ptr<inboxd::sink> sink, logger log);
 
-  // Formats and writes one log line. Called from libuv callbacks, which are
+  // Formats and writes one log line, into a buffer reused from line to
+  // line: no string is made per line. Called from libuv callbacks, which are
   // noexcept: an embedder's logger that throws, or a line that cannot be
-  // allocated, loses that line and nothing else.
+  // allocated, loses that line and nothing else. Should the logger log
+  // through this server again (it is called with the buffer in use), the
+  // inner line is formatted into a buffer of its own.
   template <typename... Args>
   void logf(log_level level, fmt::format_string<Args...> f, Args&&... args) noexcept {
+    bool nested = std::exchange(log_line_in_use, true);
     try {
-      std::string line = fmt::format(f, std::forward<Args>(args)...);
-      log.write(log.ctx, level, line);
+      fmt::memory_buffer own;
+      fmt::memory_buffer& buf = nested ? own : log_line;
+      buf.clear();
+      fmt::format_to(std::back_inserter(buf), f, std::forward<Args>(args)...);
+      log.write(log.ctx, level, {buf.data(), buf.size()});
     } catch (...) {
     }
+    log_line_in_use = nested;
   }
+  fmt::memory_buffer log_line;  // logf's; grows to the longest line once
+  bool log_line_in_use = false;
 
   // Called when a connection or listener has closed, or a connection starts
   // to linger: in a shutdown, closes the lingering connections once they are
