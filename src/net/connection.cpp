@@ -31,9 +31,17 @@ bool is_loopback(std::string_view ip) {
 
 connection::connection(server::state& srv, std::string peer)
     : srv_(srv),
-      id_(++srv.next_connection_id),
+      session_(srv.settings, *this, srv.ids, std::string{}),
       peer_(std::move(peer)),
-      session_(srv.settings, *this, srv.ids, std::string{}) {}
+      id_(++srv.next_connection_id) {}
+
+std::string_view connection::ip() const noexcept {
+  std::string_view p = peer_;
+  if (p.empty()) return "unknown";
+  // format_address() writes "[v6]:port" or "v4:port".
+  if (p.front() == '[') return p.substr(1, p.rfind(']') - 1);
+  return p.substr(0, p.rfind(':'));
+}
 
 void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) noexcept {
   connection* c = nullptr;
@@ -72,16 +80,13 @@ void connection::start(bool implicit_tls) {
   server::state& srv = srv_;
   sockaddr_storage addr{};
   int len = sizeof addr;
-  std::string ip = "unknown";
-  key_ = ip;
+  key_ = "unknown";
   if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
     const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
     peer_ = format_address(sa);
-    ip = format_address(sa, false);
     key_ = limit_key(sa, srv.config.ipv6_prefix_length);
   }
-  ip_ = ip;
-  session_.set_client_address(std::move(ip));
+  session_.set_client_address(std::string(ip()));
   // Replies are small and pipelined batches go out in one write: no Nagle delay.
   uv_tcp_nodelay(&tcp_, 1);
   srv.logf(log_level::info, "conn={} connect from {}{}", id_, peer_,
@@ -145,7 +150,7 @@ bool connection::over_limits() {
   server::state& srv = srv_;
   const server_config& cfg = srv.config;
   std::string_view why;
-  bool per_ip = cfg.limit_loopback || !is_loopback(ip_);
+  bool per_ip = cfg.limit_loopback || !is_loopback(ip());
   if (srv.admitted >= srv.max_connections) why = "too many connections";
   if (why.empty() && per_ip && cfg.max_connections_per_ip) {
     auto it = srv.per_ip.find(key_);
@@ -167,9 +172,9 @@ bool connection::over_limits() {
       why = "too many connections per minute from this address";
   }
   if (why.empty()) return false;
-  bool grouped = key_ != ip_;
-  srv.logf(log_level::warning, "conn={} refused: {} ({}{}{})", id_, why, ip_, grouped ? " in " : "",
-           grouped ? std::string_view(key_) : "");
+  bool grouped = key_ != ip();
+  srv.logf(log_level::warning, "conn={} refused: {} ({}{}{})", id_, why, ip(),
+           grouped ? " in " : "", grouped ? std::string_view(key_) : "");
   out_ = fmt::format(FMT_STRING("421 4.7.0 {} Error: {}, try again later\r\n"),
                      srv.settings->limits.hostname, why);
   finish();
@@ -241,7 +246,7 @@ void connection::run() {
   // A client gone mid-handshake is gone: nothing more can come.
   bool handshake_over = eof_ && tls_ && !tls_->established();
   bool client_gone = (eof_ && !session_.waiting() && !input_left) || handshake_over;
-  if (client_gone && !writing_) return close();
+  if (client_gone && !write_) return close();
   if (session_.closing() || client_gone) return finish();
   update_reading();
   // The command timeout runs from the last complete command; in DATA, from
@@ -370,7 +375,7 @@ void connection::flush() {
 }
 
 void connection::send() {
-  if (out_.empty() || writing_ || closing_) return;
+  if (out_.empty() || write_ || closing_) return;
   uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
   int n = uv_try_write(stream(), &buf, 1);
   if (n == static_cast<int>(out_.size())) {
@@ -381,13 +386,18 @@ void connection::send() {
     srv_.logf(log_level::info, "conn={} write failed: {}", id_, uv_err_name(n));
     return close();
   }
-  // The socket is full: hand the rest to libuv and keep it alive until write_cb.
-  sending_.assign(out_, n > 0 ? static_cast<std::size_t>(n) : 0);
+  // The socket is full: hand the rest to libuv and keep it alive until
+  // write_cb. (libuv tries the write once more at once, as uv_write always
+  // does on an empty queue: one extra write() when a socket fills up, which
+  // happens only to a client that does not keep up with its replies.)
+  auto w = std::make_unique<pending_write>();
+  w->bytes.assign(out_, n > 0 ? static_cast<std::size_t>(n) : 0);
   out_.clear();
-  buf = uv_buf_init(sending_.data(), static_cast<unsigned>(sending_.size()));
-  writing_ = true;
-  if (int rc = uv_write(&write_req_, stream(), &buf, 1, write_cb); rc != 0) {
-    writing_ = false;
+  buf = uv_buf_init(w->bytes.data(), static_cast<unsigned>(w->bytes.size()));
+  w->req.data = this;
+  write_ = std::move(w);
+  if (int rc = uv_write(&write_->req, stream(), &buf, 1, write_cb); rc != 0) {
+    write_.reset();
     srv_.logf(log_level::info, "conn={} write failed: {}", id_, uv_err_name(rc));
     close();
   }
@@ -397,8 +407,15 @@ void connection::update_reading() {
   if (finishing_) return;
   // During a handshake the session waits (for TLS), but the handshake reads.
   bool handshaking = tls_ && !tls_->established();
-  bool want =
-      !eof_ && !session_.closing() && unsent() < max_unsent && (handshaking || !session_.waiting());
+  // While the session waits (a commit, a credentials check, a delay), a
+  // plaintext connection reads on into its input buffer, which is bounded:
+  // once it is full alloc_cb gives libuv no room, read_cb gets UV_ENOBUFS,
+  // and reading stops here until the session is fed again. Stopping at every
+  // wait instead would cost two epoll_ctl per message. Under TLS, ciphertext
+  // read meanwhile would pile up in the TLS stream unbounded: it stops.
+  bool room = !tls_ && in_len_ < buffer_pool::buffer_size;
+  bool want = !eof_ && !session_.closing() && unsent() < max_unsent &&
+              (handshaking || room || !session_.waiting());
   if (want == reading_) return;
   reading_ = want;
   if (want) {
@@ -465,7 +482,7 @@ void connection::finish() {
   }
   send();
   if (closing_) return;
-  if (!writing_) return linger();
+  if (!write_) return linger();
   if (timer_use_ != timer_use::last_write)
     start_timer(timer_use::last_write,
                 static_cast<std::uint64_t>(srv_.config.command_timeout.count()));
@@ -492,8 +509,15 @@ void connection::linger() {
   partial_ = {};
   release_buffer();
   if (raw_) give_back(std::exchange(raw_, nullptr));
-  shutdown_req_.data = this;
-  if (int rc = uv_shutdown(&shutdown_req_, stream(), shutdown_cb); rc != 0) return close();
+  // Allocated only now, so that no connection carries one it may never
+  // use; shutdown_cb frees it (libuv calls it even on close).
+  auto* req = new (std::nothrow) uv_shutdown_t;
+  if (!req) return close();
+  req->data = this;
+  if (uv_shutdown(req, stream(), shutdown_cb) != 0) {
+    delete req;
+    return close();
+  }
   start_timer(timer_use::linger, linger_ms);
   reading_ = true;
   if (uv_read_start(stream(), alloc_cb, read_cb) != 0) return close();
@@ -625,9 +649,8 @@ void connection::on_read(ssize_t nread, const uv_buf_t* buf) {
 }
 
 void connection::write_cb(uv_write_t* req, int status) noexcept {
-  auto* self = static_cast<connection*>(req->handle->data);
-  self->writing_ = false;
-  self->sending_.clear();
+  auto* self = static_cast<connection*>(req->data);
+  self->write_.reset();
   if (self->closing_) return;
   if (status < 0) {
     self->srv_.logf(log_level::info, "conn={} write failed: {}", self->id_, uv_err_name(status));
@@ -638,6 +661,7 @@ void connection::write_cb(uv_write_t* req, int status) noexcept {
 
 void connection::shutdown_cb(uv_shutdown_t* req, int status) noexcept {
   auto* self = static_cast<connection*>(req->data);
+  delete req;
   // UV_ECANCELED: closed meanwhile (the handle is still there until close_cb).
   if (self->closing_) return;
   if (status < 0) self->close();

@@ -80,7 +80,12 @@ class connection final : proto::session_events {
   void start_timer(timer_use use, std::uint64_t ms);
   void arm_idle();
   void note_data_rate(std::size_t bytes);
-  [[nodiscard]] std::size_t unsent() const noexcept { return out_.size() + sending_.size(); }
+  [[nodiscard]] std::size_t unsent() const noexcept {
+    return out_.size() + (write_ ? write_->bytes.size() : 0);
+  }
+  // The client's address, without the port, as format_address() wrote it
+  // into peer_ ("unknown" when the peer was not known).
+  [[nodiscard]] std::string_view ip() const noexcept;
   void admit();
   [[nodiscard]] bool over_limits();
 
@@ -97,43 +102,47 @@ class connection final : proto::session_events {
 
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&tcp_); }
 
+  // Ordered by size, so that an idle connection carries no padding: an
+  // idle connection is this object and nothing else but its kernel socket
+  // (and the session's reply buffer), and thousands of them may be open.
   server::state& srv_;
   uv_tcp_t tcp_{};
   uv_timer_t timer_{};
-  timer_use timer_use_ = timer_use::none;
-  int open_handles_ = 0;
-  bool admitted_ = false;  // counted against the connection limits
-  std::string ip_;
-  std::string key_;               // ip_ as the per-address limits count it (limit_key)
+  proto::session session_;
+  std::string key_;   // the address as the per-address limits count it (limit_key)
+  std::string peer_;  // "127.0.0.1:5555" for the log; ip() is its address part
+  // A partial command line kept between reads without the buffer.
+  std::string partial_;
+  std::string out_;  // bytes for the socket (plaintext, or ciphertext under TLS)
+  // A write libuv has taken and not completed: allocated only while one is
+  // pending (the socket was full), so that an idle connection does not carry
+  // a uv_write_t. Freed in write_cb, which libuv calls even on close.
+  struct pending_write {
+    uv_write_t req{};
+    std::string bytes;  // alive until write_cb
+  };
+  std::unique_ptr<pending_write> write_;  // null: no write pending
+  std::unique_ptr<tls_stream> tls_;       // null: plaintext
+  std::uint64_t id_;
   std::uint64_t data_start_ = 0;  // uv_now() when DATA began, 0 outside DATA
   std::uint64_t data_bytes_ = 0;
   std::uint64_t commands_seen_ = 0;  // session_.commands() when the timer was armed
-  bool got_bytes_ = false;           // bytes read since the last run()
-  std::uint64_t id_;
-  std::string peer_;  // "127.0.0.1:5555" for the log
-  proto::session session_;
-  std::unique_ptr<tls_stream> tls_;  // null: plaintext
-  bool implicit_tls_ = false;
-
   // Borrowed from srv_.buffers while in_len_ > 0: plaintext for the session.
   char* in_ = nullptr;
   std::size_t in_len_ = 0;
-  // A partial command line kept between reads without the buffer.
-  std::string partial_;
   // With TLS, libuv reads ciphertext into this pooled buffer instead.
   char* raw_ = nullptr;
-
-  std::string out_;      // bytes for the socket (plaintext, or ciphertext under TLS)
-  std::string sending_;  // handed to uv_write; alive until write_cb
-  uv_write_t write_req_{};
-  uv_shutdown_t shutdown_req_{};
-  bool writing_ = false;
+  std::size_t lingered_ = 0;  // bytes dropped while lingering
+  int open_handles_ = 0;
+  timer_use timer_use_ = timer_use::none;
+  bool admitted_ = false;   // counted against the connection limits
+  bool got_bytes_ = false;  // bytes read since the last run()
+  bool implicit_tls_ = false;
   bool reading_ = false;
   bool eof_ = false;
   bool alloc_failed_ = false;  // alloc_cb could not get a buffer
   bool finishing_ = false;     // no more input for the session; linger once written
   bool lingering_ = false;     // write side shut; reading and dropping
-  std::size_t lingered_ = 0;   // bytes dropped while lingering
   bool closing_ = false;
 };
 
