@@ -413,7 +413,9 @@ void connection::update_reading() {
   // and reading stops here until the session is fed again. Stopping at every
   // wait instead would cost two epoll_ctl per message. Under TLS, ciphertext
   // read meanwhile would pile up in the TLS stream unbounded: it stops.
-  bool room = !tls_ && in_len_ < buffer_pool::buffer_size;
+  // So it does in a tarpit's delay: a client kept waiting on purpose is
+  // not read ahead (its bytes wait in the kernel, not in a buffer of ours).
+  bool room = !tls_ && in_len_ < buffer_pool::buffer_size && timer_use_ != timer_use::sleep;
   bool want = !eof_ && !session_.closing() && unsent() < max_unsent &&
               (handshaking || room || !session_.waiting());
   if (want == reading_) return;
