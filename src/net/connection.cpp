@@ -217,7 +217,7 @@ void connection::run() {
     if (in_len_ > 0 && !session_.waiting() && !session_.closing() && unsent() < max_unsent) {
       used = session_.feed({in_, in_len_});
       // Compact between commands only: what is left is a partial command line.
-      if (used < in_len_) std::memmove(in_, in_ + used, in_len_ - used);
+      if (used > 0 && used < in_len_) std::memmove(in_, in_ + used, in_len_ - used);
       in_len_ -= used;
     }
     if (session_.starttls_requested() && !tls_) {
