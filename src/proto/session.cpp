@@ -223,7 +223,7 @@ void session::do_mail(std::string_view arg) {
   path_parse p = parse_mail_from(arg);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "MAIL FROM:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_sender);
-  transaction tx;
+  transaction& tx = tx_.fresh();  // Not open until the command is accepted.
   param_reader params(p.value.params);
   while (auto param = params.next()) {
     // RFC 5321 4.1.1.11: parameters only after EHLO.
@@ -254,7 +254,7 @@ void session::do_mail(std::string_view arg) {
   if (params.error()) return refuse(reply_id::bad_syntax, "MAIL FROM:<address> [parameters]");
   tx.reverse_path.assign(p.value.mailbox);
   tx.queue_id = ids_.next();
-  tx_.emplace(std::move(tx));
+  tx_.open();
   reply(reply_id::mail_ok);
 }
 
@@ -345,9 +345,11 @@ void session::do_data(std::string_view arg, bool bare_lf) {
   mode_ = mode::data;
   decoder_.reset(!bare_lf);
   // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
-  header_.clear();
-  append_received_header(header_);
-  write_to_sink(header_);
+  // One buffer for every session of the thread: the header leaves at once.
+  thread_local std::string header;
+  header.clear();
+  append_received_header(header);
+  write_to_sink(header);
 }
 
 // An embedder's sink may throw. The exception stops here: the log says what,

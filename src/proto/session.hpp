@@ -139,6 +139,45 @@ class session final : delivery_listener, auth_listener {
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
     bool sink_failed = false;  // the sink threw: the rest is discarded, then 451
+
+    // As new, but keeping what the strings and containers have allocated.
+    // Every field above is reset here.
+    void clear() noexcept {
+      queue_id.clear();
+      reverse_path.clear();
+      recipients.clear();
+      mailbox_keys.clear();
+      rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
+      rcpt_seen = body_8bit = too_big = sink_failed = false;
+      sink_delivery = nullptr;
+    }
+  };
+
+  // The session's transaction: made at the first MAIL and reused for every
+  // later one (no allocation per message for what it holds, and nothing
+  // held by a session that never sent MAIL); open from MAIL to RSET or the
+  // end of data. It reads like std::optional<transaction>.
+  class transaction_slot {
+   public:
+    explicit operator bool() const noexcept { return open_; }
+    transaction* operator->() noexcept { return tx_.get(); }
+    const transaction* operator->() const noexcept { return tx_.get(); }
+    transaction& operator*() noexcept { return *tx_; }
+    const transaction& operator*() const noexcept { return *tx_; }
+    // A cleared transaction to fill in; open() then makes it the session's.
+    transaction& fresh() {
+      if (tx_)
+        tx_->clear();
+      else
+        tx_ = std::make_unique<transaction>();
+      return *tx_;
+    }
+    void open() noexcept { open_ = true; }
+    void reset() noexcept { open_ = false; }
+
+   private:
+    std::unique_ptr<transaction> tx_;
+    bool open_ = false;
   };
   enum class mode : std::uint8_t { command, data };
 
@@ -187,14 +226,13 @@ class session final : delivery_listener, auth_listener {
   std::string client_address_;
   std::string helo_;  // copied once; empty until HELO/EHLO
   bool esmtp_ = false;
-  std::optional<transaction> tx_;
+  transaction_slot tx_;
   mode mode_ = mode::command;
   // RFC 4954 4: SASL lines may run to 12288 octets; the session holds every
   // other command to RFC 5321's 512 (4.5.3.1.4).
   line_reader reader_{12288};
   data_decoder decoder_;
   std::string out_;
-  std::string header_;  // the trace header being written; reused
   bool in_feed_ = false;
   bool paused_ = false;      // the sink asked us to stop writing
   bool committing_ = false;  // waiting for committed()
