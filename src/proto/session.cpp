@@ -117,7 +117,7 @@ void session::refuse(reply_id id, std::string_view detail) {
 // Holds a reply back for a while; feed() stops meanwhile, so replies keep
 // their order. A timer of the connection, never a sleep.
 void session::reply_after(std::uint32_t milliseconds, reply_id id, std::string_view detail) {
-  append_reply(held_, id, detail);
+  append_reply(x().held, id, detail);
   sleeping_ = true;
   events_.session_sleep(milliseconds);
 }
@@ -147,7 +147,7 @@ std::size_t session::feed(std::span<char> input) {
         if (r.consumed == 0) goto out;  // A partial line: wait for its end.
         break;
       case line_reader::status::too_long:
-        sasl_ = sasl::none;  // RFC 4954 4: an error reply ends the exchange.
+        if (x_) x_->step = sasl::none;  // RFC 4954 4: an error reply ends the exchange.
         refuse(reply_id::line_too_long);
         break;
       case line_reader::status::line: handle_line(r.line, r.bare_lf); break;
@@ -164,7 +164,7 @@ void session::handle_line(std::string_view line, bool bare_lf) {
     if (bare_lf) return refuse(reply_id::bare_lf);
     if (line.find('\r') != line.npos) return refuse(reply_id::bare_cr);
   }
-  if (sasl_ != sasl::none) return sasl_response(line);
+  if (x_ && x_->step != sasl::none) return sasl_response(line);
   if (line.size() + 2 > command_line_limit &&
       !(line.size() >= 5 && iequals(line.substr(0, 5), "AUTH ")))
     return refuse(reply_id::line_too_long);
@@ -208,8 +208,8 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   auto out = std::back_inserter(out_);
   fmt::format_to(out, FMT_STRING("250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n"),
                  limits().hostname, limits().max_message_size);
-  if (cfg_->tls && tls_.empty()) out_ += "250-STARTTLS\r\n";
-  if (cfg_->auth && (!tls_.empty() || limits().allow_plaintext_auth))
+  if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
+  if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
     out_ += "250-AUTH PLAIN LOGIN\r\n";
   out_ += "250 ENHANCEDSTATUSCODES\r\n";
 }
@@ -218,8 +218,8 @@ void session::do_mail(std::string_view arg) {
   // RFC 5321 4.1.4: MAIL needs a HELO or EHLO first.
   if (helo_.empty()) return refuse(reply_id::need_helo);
   if (tx_) return refuse(reply_id::nested_mail);
-  if (limits().require_tls && tls_.empty()) return refuse(reply_id::need_tls);
-  if (limits().require_auth && user_.empty()) return refuse(reply_id::need_auth);
+  if (limits().require_tls && tls().empty()) return refuse(reply_id::need_tls);
+  if (limits().require_auth && user().empty()) return refuse(reply_id::need_auth);
   path_parse p = parse_mail_from(arg);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "MAIL FROM:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_sender);
@@ -401,7 +401,7 @@ void session::do_quit(std::string_view arg) {
 
 void session::do_starttls(std::string_view arg) {
   if (!cfg_->tls) return refuse(reply_id::tls_unavailable);
-  if (!tls_.empty()) return refuse(reply_id::tls_active);
+  if (!tls().empty()) return refuse(reply_id::tls_active);
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "STARTTLS");
   if (tx_) return refuse(reply_id::bad_sequence);
   reply(reply_id::ready_for_tls);
@@ -411,27 +411,27 @@ void session::do_starttls(std::string_view arg) {
 void session::tls_started(std::string description) {
   // RFC 3207 4.2: forget everything learnt before TLS; a new EHLO is needed.
   starttls_ = false;
-  tls_ = std::move(description);
+  x().tls = std::move(description);
   helo_.clear();
   esmtp_ = false;
-  user_.clear();
+  x().user.clear();
   tx_.reset();
   reader_.reset();
-  events_.session_log(log_level::info, fmt::format(FMT_STRING("tls: {}"), tls_));
+  events_.session_log(log_level::info, fmt::format(FMT_STRING("tls: {}"), tls()));
 }
 
 // RFC 4954 4: AUTH mechanism [initial-response].
 void session::do_auth(std::string_view arg) {
   if (!cfg_->auth) return refuse(reply_id::auth_unavailable);
-  if (tls_.empty() && !limits().allow_plaintext_auth) return refuse(reply_id::auth_needs_tls);
+  if (tls().empty() && !limits().allow_plaintext_auth) return refuse(reply_id::auth_needs_tls);
   if (helo_.empty()) return refuse(reply_id::need_helo);
-  if (!user_.empty()) return refuse(reply_id::auth_done);
+  if (!user().empty()) return refuse(reply_id::auth_done);
   if (tx_) return refuse(reply_id::auth_in_tx);
   std::string_view mechanism = arg.substr(0, arg.find(' '));
   std::string_view initial = mechanism.size() < arg.size() ? arg.substr(mechanism.size() + 1) : "";
   if (iequals(mechanism, "PLAIN")) {
     if (initial.empty()) {
-      sasl_ = sasl::plain;
+      x().step = sasl::plain;
       out_ += "334 \r\n";
       return;
     }
@@ -439,11 +439,11 @@ void session::do_auth(std::string_view arg) {
   }
   if (iequals(mechanism, "LOGIN")) {
     if (initial.empty()) {
-      sasl_ = sasl::login_user;
+      x().step = sasl::login_user;
       out_ += "334 VXNlcm5hbWU6\r\n";  // "Username:"
       return;
     }
-    sasl_ = sasl::login_user;
+    x().step = sasl::login_user;
     return sasl_response(initial);
   }
   refuse(reply_id::auth_mechanism);
@@ -451,18 +451,18 @@ void session::do_auth(std::string_view arg) {
 
 // A line answering an open SASL challenge.
 void session::sasl_response(std::string_view line) {
-  sasl step = std::exchange(sasl_, sasl::none);
+  sasl step = std::exchange(x().step, sasl::none);
   if (line == "*") return refuse(reply_id::auth_cancelled);
   if (step == sasl::plain) return sasl_plain(line);
   std::string decoded;
   if (!base64_decode(line, decoded)) return refuse(reply_id::auth_bad_base64);
   if (step == sasl::login_user) {
-    sasl_user_ = std::move(decoded);
-    sasl_ = sasl::login_password;
+    x().sasl_user = std::move(decoded);
+    x().step = sasl::login_password;
     out_ += "334 UGFzc3dvcmQ6\r\n";  // "Password:"
     return;
   }
-  check_credentials(std::exchange(sasl_user_, {}), decoded);
+  check_credentials(std::exchange(x().sasl_user, {}), decoded);
 }
 
 // RFC 4616: authzid NUL authcid NUL passwd.
@@ -480,46 +480,48 @@ void session::sasl_plain(std::string_view response) {
 }
 
 void session::check_credentials(std::string user, std::string_view password) {
-  pending_user_ = std::move(user);
+  extras& a = x();
+  a.pending_user = std::move(user);
   // A check answers later, on the loop, and feed() stops until then; or it
   // answers inside check() (auth.hpp), and then the pointer is not ours.
-  checking_ = true;
+  a.checking = true;
   auth_check* check = nullptr;
   try {
-    check = cfg_->auth->check(pending_user_, password, *this);
+    check = cfg_->auth->check(a.pending_user, password, *this);
   } catch (...) {
     events_.session_log(log_level::error, "authenticator failed: an exception");
-    if (checking_) auth_checked(auth_result::busy);
+    if (a.checking) auth_checked(auth_result::busy);
     return;
   }
-  if (checking_) auth_check_ = check;
+  if (a.checking) a.check = check;
 }
 
 void session::auth_checked(auth_result result) noexcept {
-  checking_ = false;
-  auth_check_ = nullptr;
+  extras& a = *x_;  // check_credentials() made it.
+  a.checking = false;
+  a.check = nullptr;
   if (result == auth_result::busy) {
     // RFC 4954 6: a temporary failure; no strike against the client.
     events_.session_log(
         log_level::warning,
-        fmt::format(FMT_STRING("auth: user={} not checked: busy"), printable(pending_user_)));
+        fmt::format(FMT_STRING("auth: user={} not checked: busy"), printable(a.pending_user)));
     reply(reply_id::auth_busy);
-  } else if (result == auth_result::ok && !pending_user_.empty()) {
-    user_ = std::move(pending_user_);
+  } else if (result == auth_result::ok && !a.pending_user.empty()) {
+    a.user = std::move(a.pending_user);
     events_.session_log(log_level::info,
-                        fmt::format(FMT_STRING("auth: user={} ok"), printable(user_)));
+                        fmt::format(FMT_STRING("auth: user={} ok"), printable(a.user)));
     reply(reply_id::auth_ok);
   } else {
-    ++auth_failures_;
+    ++a.auth_failures;
     events_.session_log(
         log_level::warning,
-        fmt::format(FMT_STRING("auth: user={} failed ({} of {})"), printable(pending_user_),
-                    auth_failures_, limits().max_auth_failures));
-    if (auth_failures_ >= limits().max_auth_failures) {
+        fmt::format(FMT_STRING("auth: user={} failed ({} of {})"), printable(a.pending_user),
+                    a.auth_failures, limits().max_auth_failures));
+    if (a.auth_failures >= limits().max_auth_failures) {
       close_with(reply_id::auth_too_many);
     } else {
       // A growing delay before the refusal slows down guessing (0.5 s, 1 s, 2 s, ... 8 s).
-      reply_after(500U << std::min<std::size_t>(auth_failures_ - 1, 4), reply_id::auth_failed);
+      reply_after(500U << std::min<std::size_t>(a.auth_failures - 1, 4), reply_id::auth_failed);
     }
   }
   if (!in_feed_) events_.session_ready();
@@ -528,8 +530,8 @@ void session::auth_checked(auth_result result) noexcept {
 void session::wake() {
   if (!sleeping_) return;
   sleeping_ = false;
-  out_ += held_;
-  held_.clear();
+  out_ += x_->held;  // reply_after() made it.
+  x_->held.clear();
   events_.session_ready();
 }
 
@@ -546,7 +548,7 @@ void session::time_out(reply_id why) {
         fmt::format(FMT_STRING("id={} status=dropped (client too slow)"), tx_->queue_id));
   }
   sleeping_ = false;
-  held_.clear();
+  if (x_) x_->held.clear();
   close_with(why);
 }
 
@@ -673,22 +675,22 @@ void session::append_received_header(std::string& h) const {
   h += v6 ? " ([IPv6:" : " ([";
   h += client_address_;
   h += "])\n";
-  if (!tls_.empty()) {
+  if (!tls().empty()) {
     h += "\t(using ";
-    h += tls_;
+    h += tls();
     h += ")\n";
   }
-  if (!user_.empty()) {
+  if (!user().empty()) {
     h += "\t(Authenticated sender: ";
-    h += printable(user_);
+    h += printable(user());
     h += ")\n";
   }
   h += "\tby ";
   h += limits().hostname;
   // RFC 3848: ESMTP, plus S with TLS and A with AUTH.
   h += esmtp_ ? " (inboxd) with ESMTP" : " (inboxd) with SMTP";
-  if (esmtp_ && !tls_.empty()) h += 'S';
-  if (esmtp_ && !user_.empty()) h += 'A';
+  if (esmtp_ && !tls().empty()) h += 'S';
+  if (esmtp_ && !user().empty()) h += 'A';
   h += " id ";
   h += tx.queue_id;
   if (tx.rcpt_accepted == 1) {
@@ -710,8 +712,10 @@ void session::shutdown() {
 
 void session::disconnect() noexcept {
   drop_delivery();
-  if (auth_check_) std::exchange(auth_check_, nullptr)->cancel();
-  checking_ = false;
+  if (x_) {
+    if (x_->check) std::exchange(x_->check, nullptr)->cancel();
+    x_->checking = false;
+  }
   sleeping_ = false;
   committing_ = false;
   closing_ = true;

@@ -93,7 +93,7 @@ class session final : delivery_listener, auth_listener {
   // Waiting for the sink, a credentials check, a delay or STARTTLS: do not
   // feed until session_ready() (or tls_started()).
   [[nodiscard]] bool waiting() const noexcept {
-    return paused_ || committing_ || checking_ || sleeping_ || starttls_;
+    return paused_ || committing_ || (x_ && x_->checking) || sleeping_ || starttls_;
   }
   // STARTTLS was answered with 220: send the output in plaintext, drop any
   // input after the command (CVE-2011-0411), and start the handshake.
@@ -240,20 +240,32 @@ class session final : delivery_listener, auth_listener {
   bool draining_ = false;
   bool starttls_ = false;
 
-  std::string tls_;   // empty, or how TLS was negotiated
-  std::string user_;  // the authenticated identity, or empty
-  // SASL (RFC 4954): what the next line answers, if a challenge is open.
-  enum class sasl : std::uint8_t { none, plain, login_user, login_password };
-  sasl sasl_ = sasl::none;
-  std::string sasl_user_;             // LOGIN's user name, between its two challenges
-  std::string pending_user_;          // the user whose password is being checked
-  auth_check* auth_check_ = nullptr;  // null while the answer came inside check()
-  bool checking_ = false;             // between check() and auth_checked()
-  std::size_t auth_failures_ = 0;
   std::size_t errors_ = 0;  // protocol errors in this session
   std::uint64_t commands_ = 0;
   bool sleeping_ = false;
-  std::string held_;  // a reply waiting for the end of a delay
+  // What few sessions use (TLS, AUTH, a delayed reply) lives apart, made
+  // on first use, so that an idle plaintext session stays small (issue 10).
+  enum class sasl : std::uint8_t { none, plain, login_user, login_password };
+  struct extras {
+    std::string tls;   // empty, or how TLS was negotiated
+    std::string user;  // the authenticated identity, or empty
+    // SASL (RFC 4954): what the next line answers, if a challenge is open.
+    sasl step = sasl::none;
+    std::string sasl_user;        // LOGIN's user name, between its two challenges
+    std::string pending_user;     // the user whose password is being checked
+    auth_check* check = nullptr;  // null while the answer came inside check()
+    bool checking = false;        // between check() and auth_checked()
+    std::size_t auth_failures = 0;
+    std::string held;  // a reply waiting for the end of a delay
+  };
+  std::unique_ptr<extras> x_;
+  extras& x() {
+    if (!x_) x_ = std::make_unique<extras>();
+    return *x_;
+  }
+  [[nodiscard]] const std::string& tls() const noexcept { return x_ ? x_->tls : no_text_; }
+  [[nodiscard]] const std::string& user() const noexcept { return x_ ? x_->user : no_text_; }
+  static inline const std::string no_text_;
 };
 
 }  // namespace inboxd::proto
