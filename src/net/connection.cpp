@@ -415,7 +415,10 @@ void connection::update_reading() {
   // read meanwhile would pile up in the TLS stream unbounded: it stops.
   // So it does in a tarpit's delay: a client kept waiting on purpose is
   // not read ahead (its bytes wait in the kernel, not in a buffer of ours).
-  bool room = !tls_ && in_len_ < buffer_pool::buffer_size && timer_use_ != timer_use::sleep;
+  // In DATA a wait is the sink's backpressure (or the memory budget): reading
+  // ahead then would fill 64 KiB per connection and defeat it.
+  bool room = !tls_ && in_len_ < buffer_pool::buffer_size && timer_use_ != timer_use::sleep &&
+              !session_.in_data();
   bool want = !eof_ && !session_.closing() && unsent() < max_unsent &&
               (handshaking || room || !session_.waiting());
   if (want == reading_) return;

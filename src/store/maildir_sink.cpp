@@ -105,19 +105,24 @@ int copy_file(const std::string& from, const std::string& to) noexcept {
 
 class maildir_sink final : public sink {
  public:
-  maildir_sink(uv_loop_t* loop, std::string path, std::string host)
-      : loop_(loop), path_(std::move(path)), host_(escape_host(host)) {}
+  maildir_sink(uv_loop_t* loop, std::string path, std::string host,
+               std::shared_ptr<memory_budget> memory)
+      : loop_(loop),
+        path_(std::move(path)),
+        host_(escape_host(host)),
+        memory_(memory ? std::move(memory) : std::make_shared<memory_budget>()) {}
   delivery* begin(const envelope& env, delivery_listener& listener) override;
 
   uv_loop_t* loop_;
   std::string path_;  // one Maildir, or a template
   std::string host_;
+  std::shared_ptr<memory_budget> memory_;  // the server's, shared by every sink
 };
 
 class maildir_delivery final : public pooled_delivery {
  public:
   maildir_delivery(maildir_sink& sink, const envelope& env, delivery_listener& listener)
-      : pooled_delivery(sink.loop_, listener, env.recipients.size()),
+      : pooled_delivery(sink.loop_, listener, env.recipients.size(), sink.memory_),
         dirs_(sink.path_, env.recipients) {
     timeval tv{};
     ::gettimeofday(&tv, nullptr);
@@ -302,7 +307,7 @@ std::unique_ptr<sink> open_maildir_sink(uv_loop_t* loop, const maildir_options& 
       return nullptr;
     }
   }
-  return std::make_unique<maildir_sink>(loop, options.path, options.hostname);
+  return std::make_unique<maildir_sink>(loop, options.path, options.hostname, options.memory);
 }
 
 }  // namespace inboxd
