@@ -20,26 +20,16 @@
 #include <string_view>
 
 #include "fuzz_util.hpp"
+#include "reference_mboxrd.hpp"
 #include "store/mboxrd.hpp"
 
 namespace {
 
 using inboxd::store::mboxrd_quoter;
 
-// The whole-buffer model: line by line, a line being everything up to and
-// with its LF (or the unterminated last part).
+// The whole-buffer model (reference_mboxrd.hpp).
 std::string model(std::string_view message) {
-  std::string out;
-  while (!message.empty()) {
-    std::size_t nl = message.find('\n');
-    std::size_t len = nl == message.npos ? message.size() : nl + 1;
-    std::string_view line = message.substr(0, len);
-    std::size_t gt = line.find_first_not_of('>');
-    if (gt != line.npos && line.substr(gt).starts_with("From ")) out += '>';
-    out += line;
-    message.remove_prefix(len);
-  }
-  return out;
+  return inboxd::fuzz::reference_mboxrd(message);
 }
 
 // Feeds one message in pieces of the sizes next_piece gives, checking the

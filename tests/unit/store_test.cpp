@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../fuzz/reference_mboxrd.hpp"
 #include "harness.hpp"
 #include "inboxd/sinks.hpp"
 #include "store/files.hpp"
@@ -63,20 +64,10 @@ TEST_CASE("path templates put each recipient's names in as one safe component") 
 
 namespace {
 
-// The whole-buffer reference: every line (up to and with its LF, or the
-// unterminated last one) that matches ^>*From  gets one more '>' in front.
-std::string reference_quoted(std::string_view message) {
-  std::string out;
-  while (!message.empty()) {
-    std::size_t nl = message.find('\n');
-    std::size_t len = nl == message.npos ? message.size() : nl + 1;
-    std::string_view line = message.substr(0, len);
-    std::size_t gt = line.find_first_not_of('>');
-    if (gt != line.npos && line.substr(gt).starts_with("From ")) out += '>';
-    out += line;
-    message.remove_prefix(len);
-  }
-  return out;
+using inboxd::fuzz::reference_mboxrd;
+
+std::string reference_mboxrd(std::string_view message) {
+  return reference_mboxrd(message);
 }
 
 }  // namespace
@@ -86,7 +77,7 @@ TEST_CASE("mboxrd quotes a From line after a long run of > at every split") {
   std::string in = "x\n" + run + "From a\n" + run + "Fro\n" + run + "\nFrom";
   std::string want = "x\n>" + run + "From a\n" + run + "Fro\n" + run + "\nFrom";
   CHECK(quoted(in) == want);
-  CHECK(reference_quoted(in) == want);
+  CHECK(reference_mboxrd(in) == want);
 }
 
 TEST_CASE("mboxrd quotes >From lines repeated and leaves near misses alone") {
@@ -95,7 +86,7 @@ TEST_CASE("mboxrd quotes >From lines repeated and leaves near misses alone") {
         "From From x\n>>From>From x\r\nFrom\rFrom x\n", "\n\n>\n>>\n>>>From\n>>>From \n", ">From",
         ">>>Fr", "F", ">", "", "\rFrom x\n.From x\n"}) {
     INFO("input: ", inboxd::test::printable(in));
-    CHECK(quoted(in) == reference_quoted(in));
+    CHECK(quoted(in) == reference_mboxrd(in));
   }
 }
 
@@ -107,7 +98,7 @@ TEST_CASE("mboxrd matches the reference on every short input over its alphabet")
   std::string first_bad;
   std::string in;
   auto check = [&](std::string_view s) {
-    std::string want = reference_quoted(s);
+    std::string want = reference_mboxrd(s);
     for (const auto& pieces : inboxd::test::dribbles(s)) {
       mboxrd_quoter q;
       std::string got;
