@@ -62,15 +62,7 @@ TEST_CASE("path templates put each recipient's names in as one safe component") 
 
 // ---- mboxrd: linear cost and exact quoting at any split (issue 9, item 1) ----
 
-namespace {
-
 using inboxd::fuzz::reference_mboxrd;
-
-std::string reference_mboxrd(std::string_view message) {
-  return reference_mboxrd(message);
-}
-
-}  // namespace
 
 TEST_CASE("mboxrd quotes a From line after a long run of > at every split") {
   std::string run(300, '>');
