@@ -110,6 +110,10 @@ const reply_lines& lines() {
 
 }  // namespace
 
+std::string_view reply_line(reply_id id) noexcept {
+  return lines().line[static_cast<std::size_t>(id)];
+}
+
 void append_reply(std::string& out, reply_id id, std::string_view detail) {
   out += lines().line[static_cast<std::size_t>(id)];
   out += detail;

@@ -76,6 +76,9 @@ struct reply_entry {
 
 [[nodiscard]] const reply_entry& reply_of(reply_id id) noexcept;
 
+// "<code> <enhanced> <text>" (or "<code> <text>" for 354), made once.
+[[nodiscard]] std::string_view reply_line(reply_id id) noexcept;
+
 // Appends "<code> <enhanced> <text><detail>\r\n" to out.
 void append_reply(std::string& out, reply_id id, std::string_view detail = {});
 
