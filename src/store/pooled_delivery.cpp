@@ -29,6 +29,10 @@ struct budget_queue {
   pooled_delivery* head = nullptr;
   pooled_delivery* tail = nullptr;
   std::size_t jobs = 0;
+  // Room promised to sessions woken but not written yet (wake_room each):
+  // counted as used, so that one wake-up of many cannot overshoot the budget
+  // by a read per session woken.
+  std::size_t reserved = 0;
   bool waking = false;
 };
 thread_local budget_queue queue;
@@ -52,6 +56,7 @@ pooled_delivery::pooled_delivery(uv_loop_t* loop, delivery_listener& listener,
 
 pooled_delivery::~pooled_delivery() {
   leave_queue();
+  unreserve();
   budget_->used -= counted_;
 }
 
@@ -63,7 +68,14 @@ void pooled_delivery::count() noexcept {
   counted_ = now;
 }
 
+void pooled_delivery::unreserve() noexcept {
+  if (!reserved_) return;
+  reserved_ = false;
+  queue.reserved -= wake_room;
+}
+
 bool pooled_delivery::write(std::string_view bytes) {
+  unreserve();  // What was promised is here now, counted below.
   append(pending_, bytes);
   count();
   if (!should_stage()) return true;
@@ -83,6 +95,7 @@ bool pooled_delivery::write(std::string_view bytes) {
 
 void pooled_delivery::commit() {
   leave_queue();
+  unreserve();
   committing_ = true;
   if (!busy_) start(job::finish);
 }
@@ -90,6 +103,7 @@ void pooled_delivery::commit() {
 void pooled_delivery::abort() noexcept {
   listener_ = nullptr;
   leave_queue();
+  unreserve();
   if (waiting_) {
     // Waiting for a lock: nothing is written anywhere, so nothing to undo.
     uv_timer_stop(&timer_);
@@ -111,6 +125,7 @@ void pooled_delivery::drop() noexcept {
 // may be freed only in its close callback).
 void pooled_delivery::destroy() noexcept {
   leave_queue();
+  unreserve();
   budget_->used -= counted_;
   counted_ = 0;
   if (!timer_open_) {
@@ -204,10 +219,14 @@ void pooled_delivery::wake_queued() noexcept {
   queue.waking = true;
   while (pooled_delivery* d = queue.head) {
     const memory_budget& b = *d->budget_;
-    bool room = b.used + wake_room <= b.limit;
+    bool room = b.used + queue.reserved + wake_room <= b.limit;
     if (!room && queue.jobs > 0) break;
     d->leave_queue();
     d->paused_ = false;
+    if (room) {
+      d->reserved_ = true;
+      queue.reserved += wake_room;
+    }
     // The session may write, commit or abort in this call: d may be gone.
     d->listener_->writable();
     if (!room) break;

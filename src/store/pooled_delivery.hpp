@@ -95,6 +95,7 @@ class pooled_delivery : public delivery {
   void count() noexcept;
   void queue_for_budget() noexcept;
   void leave_queue() noexcept;
+  void unreserve() noexcept;
   static void wake_queued() noexcept;
   [[nodiscard]] bool over_budget() const noexcept { return budget_->used > budget_->limit; }
   // Whether what pending_ holds should go to disk now rather than later.
@@ -124,8 +125,9 @@ class pooled_delivery : public delivery {
   bool committing_ = false;
   bool retry_ = false;  // set by finish() on the pool thread, read after the job
   bool timer_open_ = false;
-  bool waiting_ = false;  // the timer runs: waiting to try the locks again
-  bool queued_ = false;   // paused, in the queue for the budget
+  bool waiting_ = false;   // the timer runs: waiting to try the locks again
+  bool queued_ = false;    // paused, in the queue for the budget
+  bool reserved_ = false;  // woken with room promised (wake_room), not written yet
   pooled_delivery* queue_prev_ = nullptr;
   pooled_delivery* queue_next_ = nullptr;
 };
