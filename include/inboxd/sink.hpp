@@ -74,7 +74,8 @@ class delivery {
  public:
   // Appends message bytes: the trace header first, then the body, with LF
   // line ends and dot-unstuffing already done. The bytes are borrowed for the
-  // call only. Returns false when the caller should pause until
+  // call only, and no listener (this one or another delivery's) may be called
+  // from inside it. Returns false when the caller should pause until
   // listener.writable(); the bytes of this call are taken either way.
   virtual bool write(std::string_view bytes) = 0;
   // Makes the message durable for every recipient, then calls committed().

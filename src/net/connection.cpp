@@ -437,7 +437,10 @@ void connection::update_reading() {
 // in the 64 KiB read buffer, 10,000 such clients would pin 640 MB; held
 // apart, each pins its few bytes, and the buffer goes back to the pool.
 void connection::stash_partial() {
-  if (!in_ || in_len_ == 0 || in_len_ > 4096 || session_.waiting()) return;
+  // Held back by unread replies, the input is whole commands still to run,
+  // not a partial line: it stays in the buffer, where run() finds it.
+  if (!in_ || in_len_ == 0 || in_len_ > 4096 || session_.waiting() || unsent() >= max_unsent)
+    return;
   partial_.assign(in_, in_len_);
   give_back(std::exchange(in_, nullptr));
   in_len_ = 0;

@@ -497,6 +497,15 @@ void session::check_credentials(std::string user, std::string_view password) {
 }
 
 void session::auth_checked(auth_result result) noexcept {
+  try {
+    on_auth_checked(result);
+  } catch (...) {
+    lost_memory();
+  }
+  if (!in_feed_) events_.session_ready();
+}
+
+void session::on_auth_checked(auth_result result) {
   extras& a = *x_;  // check_credentials() made it.
   a.checking = false;
   a.check = nullptr;
@@ -524,7 +533,6 @@ void session::auth_checked(auth_result result) noexcept {
       reply_after(500U << std::min<std::size_t>(a.auth_failures - 1, 4), reply_id::auth_failed);
     }
   }
-  if (!in_feed_) events_.session_ready();
 }
 
 void session::wake() {
@@ -613,7 +621,25 @@ void session::end_of_data() {
   }
 }
 
+// The listener calls cannot throw: no memory for a reply or a log line
+// closes this session (the sender retries what it did not hear about).
 void session::committed(std::span<const store_outcome> per_recipient) noexcept {
+  try {
+    on_committed(per_recipient);
+  } catch (...) {
+    lost_memory();
+  }
+  if (!in_feed_) events_.session_ready();
+}
+
+void session::lost_memory() noexcept {
+  committing_ = false;
+  if (tx_) tx_.reset();
+  if (x_) x_->checking = false;
+  closing_ = true;
+}
+
+void session::on_committed(std::span<const store_outcome> per_recipient) {
   ++commands_;  // The reply leaves now: the client's time runs from here.
   committing_ = false;
   tx_->sink_delivery = nullptr;
@@ -636,7 +662,6 @@ void session::committed(std::span<const store_outcome> per_recipient) noexcept {
     finish_transaction(id, tx_->queue_id, "sent");
   else
     finish_transaction(id, {}, id == reply_id::store_rejected ? "bounced" : "deferred");
-  if (!in_feed_) events_.session_ready();
 }
 
 void session::writable() noexcept {

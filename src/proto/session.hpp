@@ -142,11 +142,17 @@ class session final : delivery_listener, auth_listener {
 
     // As new, but keeping what the strings and containers have allocated.
     // Every field above is reset here.
-    void clear() noexcept {
+    void clear() {
       queue_id.clear();
       reverse_path.clear();
-      recipients.clear();
-      mailbox_keys.clear();
+      // What one big transaction grew is not kept for every later one.
+      if (recipients.capacity() > 64) {
+        std::vector<recipient>().swap(recipients);
+        mailbox_keys = {};
+      } else {
+        recipients.clear();
+        mailbox_keys.clear();
+      }
       rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
       rcpt_seen = body_8bit = too_big = sink_failed = false;
       sink_delivery = nullptr;
@@ -216,6 +222,9 @@ class session final : delivery_listener, auth_listener {
   void committed(std::span<const store_outcome> per_recipient) noexcept override;
   // auth_listener
   void auth_checked(auth_result result) noexcept override;
+  void on_committed(std::span<const store_outcome> per_recipient);
+  void on_auth_checked(auth_result result);
+  void lost_memory() noexcept;
 
   const session_config& limits() const noexcept { return cfg_->limits; }
 

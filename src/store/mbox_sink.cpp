@@ -172,9 +172,9 @@ class mbox_delivery final : public pooled_delivery {
   }
 
  private:
-  ~mbox_delivery() override {
-    if (spool_fd_ >= 0) ::close(spool_fd_);
-  }
+  // The spool is closed on the pool (finish or discard) on every path but
+  // a failed start; this is the last resort.
+  ~mbox_delivery() override { close_spool(); }
 
   void append(std::string& batch, std::string_view bytes) override {
     quoter_.append(batch, bytes);
@@ -238,6 +238,12 @@ class mbox_delivery final : public pooled_delivery {
       outcomes[r] = fail;
       if (e && failed_ != no_mbox && mboxes_.of[r] != failed_) outcomes[r].error = ECANCELED;
     }
+    close_spool();  // Here on the pool: the last close of an unlinked file frees its blocks.
+  }
+
+  void close_spool() noexcept {
+    if (spool_fd_ >= 0) ::close(spool_fd_);
+    spool_fd_ = -1;
   }
 
   // Locks every mbox, then appends to all of them or to none. Returns 0,
@@ -313,8 +319,8 @@ class mbox_delivery final : public pooled_delivery {
     return 0;
   }
 
-  void discard() noexcept override {}
-  bool staged() const noexcept override { return false; }
+  void discard() noexcept override { close_spool(); }
+  bool staged() const noexcept override { return spool_fd_ >= 0; }
 
   std::string spool_dir_;
   store::mailbox_places mboxes_;  // the distinct mbox files
