@@ -132,7 +132,9 @@ namespace {
 // in it: a key is never readable by anyone but its owner, even for a moment.
 int write_file(const std::string& path, const std::string& text, mode_t mode, file_owner owner) {
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+  // A new file of our own, never one that was put there (a link to another).
+  ::unlink(tmp.c_str());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
   if (fd < 0) return errno;
   int e = 0;
   if (owner.set() && ::fchown(fd, owner.uid, owner.gid) != 0) e = errno;

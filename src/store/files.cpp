@@ -69,8 +69,10 @@ bool is_template(std::string_view path) noexcept {
   return path.find("{user}") != path.npos || path.find("{domain}") != path.npos;
 }
 
-int make_dirs(const std::string& path, file_owner owner) noexcept {
+int make_dirs(const std::string& path, file_owner owner, std::vector<std::string>* made) noexcept {
   try {
+    std::vector<std::string> ours;
+    if (!made) made = &ours;
     for (std::size_t i = 1; i <= path.size(); ++i) {
       if (i < path.size() && path[i] != '/') continue;
       if (path[i - 1] == '/') continue;  // "a//b" or a trailing '/'
@@ -82,22 +84,32 @@ int make_dirs(const std::string& path, file_owner owner) noexcept {
       // Only what this call made is handed over: a folder that was there
       // already keeps its owner (chowning an existing /var/mail to the
       // server's user would give that user more than the operator meant).
-      if (int e = chown_to(part, owner)) return e;
+      made->push_back(part);
       // The new entry is in its parent folder, which must reach the disk
       // too, or a crash may forget the folder and every message in it. A
       // parent we may write but not read (mode 0733, say) cannot be opened
       // to fsync: the folder is still made, as durable as that allows.
       if (int e = fsync_dir(parent_of(part)); e && e != EACCES) return e;
     }
-    return 0;
+    return made == &ours ? give_all(ours, owner) : 0;
   } catch (...) {
     return ENOMEM;
   }
 }
 
+int give_all(const std::vector<std::string>& made, file_owner owner) noexcept {
+  for (auto it = made.rbegin(); it != made.rend(); ++it)
+    if (int e = chown_to(*it, owner)) return e;
+  return 0;
+}
+
 int chown_to(const std::string& path, file_owner owner) noexcept {
   if (!owner.set()) return 0;
-  return ::chown(path.c_str(), owner.uid, owner.gid) == 0 ? 0 : errno;
+  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int rc = ::fchown(fd, owner.uid, owner.gid) == 0 ? 0 : errno;
+  ::close(fd);
+  return rc;
 }
 
 std::string fixed_prefix(std::string_view tpl) {

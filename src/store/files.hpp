@@ -37,11 +37,20 @@ struct mailbox_places {
 // handed to owner (when owner.set()), and the parent of each is fsynced, so
 // that the new entry survives a crash: a message acknowledged into a new
 // Maildir must not vanish with the folder it is in. Returns 0 or an errno
-// value.
-[[nodiscard]] int make_dirs(const std::string& path, file_owner owner = {}) noexcept;
+// value. With made, the folders it creates are appended there instead of
+// being handed over: the caller hands them over itself (give_all), once it
+// has made all it needs.
+[[nodiscard]] int make_dirs(const std::string& path, file_owner owner = {},
+                            std::vector<std::string>* made = nullptr) noexcept;
 
-// chown(2) to owner; a no-op (0) when !owner.set(). Returns 0 or an errno
-// value.
+// Hands what a start-up as root made to owner, deepest first: while a
+// folder is handed over, every folder above it made by us is still root's,
+// so the user cannot swap a symlink in above it. Returns 0 or an errno value.
+[[nodiscard]] int give_all(const std::vector<std::string>& made, file_owner owner) noexcept;
+
+// Hands one file or folder to owner, by descriptor: it is opened with
+// O_NOFOLLOW, so a symlink put in its place is refused (ELOOP), never
+// followed. A no-op (0) when !owner.set(). Returns 0 or an errno value.
 [[nodiscard]] int chown_to(const std::string& path, file_owner owner) noexcept;
 
 // The leading folders of a path template before its first component that

@@ -58,19 +58,24 @@ std::atomic<std::uint64_t> name_counter{0};
 // What it creates goes to owner; each new folder's entry is fsynced into its
 // parent, so a message acknowledged into a new Maildir survives a crash.
 int make_maildir(const std::string& root, file_owner owner = {}) noexcept {
-  if (int e = store::make_dirs(root, owner)) return e;
   try {
-    bool made = false;
+    // Everything is made first and handed over last, deepest first
+    // (store::give_all): root never works inside a folder the user owns.
+    std::vector<std::string> made;
+    if (int e = store::make_dirs(root, owner, &made)) return e;
+    bool subs = false;
     for (const char* sub : {"/tmp", "/new", "/cur"}) {
       std::string path = root + sub;
       if (::mkdir(path.c_str(), 0700) != 0) {
         if (errno != EEXIST) return errno;
         continue;
       }
-      made = true;
-      if (int e = store::chown_to(path, owner)) return e;
+      subs = true;
+      made.push_back(std::move(path));
     }
-    return made ? store::fsync_dir(root) : 0;
+    if (subs)
+      if (int e = store::fsync_dir(root)) return e;
+    return store::give_all(made, owner);
   } catch (...) {
     return ENOMEM;
   }

@@ -363,8 +363,11 @@ int prepare(const mbox_options& options, std::string& what) noexcept {
     int fd = ::open(options.path.c_str(),
                     O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
     if (fd < 0) return errno == EEXIST ? 0 : errno;
+    // Handed over by its descriptor, not by name: nothing can be swapped in.
+    int e =
+        options.owner.set() && ::fchown(fd, options.owner.uid, options.owner.gid) != 0 ? errno : 0;
     ::close(fd);
-    if (int e = store::chown_to(options.path, options.owner)) return e;
+    if (e) return e;
     return store::fsync_dir(store::parent_of(options.path));
   } catch (...) {
     return ENOMEM;
