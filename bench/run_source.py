@@ -18,6 +18,8 @@ import time
 
 from benchlib import free_port, greets, pinned, stop, tail
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 START_TIMEOUT = 10.0  # Seconds a server gets to start listening.
@@ -115,7 +117,7 @@ def main():
         sys.exit("error: give one --messages value, or one per --sessions value")
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     server_cpu, client_cpu = (0, 1) if pin else (None, None)
-    inboxd_bin = os.environ.get("INBOXD_BIN", "/work/main/build/inboxd")
+    inboxd_bin = os.environ.get("INBOXD_BIN", os.path.join(REPO, "build", "inboxd"))
     as_root = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses root without -u.
 
     def sink_argv(port):

@@ -20,6 +20,8 @@ import time
 
 from benchlib import free_port, greets, pinned, stop, tail
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 START_TIMEOUT = 10.0  # Seconds the server gets to start listening.
 TICK = os.sysconf("SC_CLK_TCK")
 USER, PASSWORD = "alice", "bench-secret"
@@ -134,8 +136,8 @@ def median_spread(values):
 
 def main():
     args = parse_args()
-    inboxd = os.environ.get("INBOXD_BIN", "/work/main/build/inboxd")
-    bench = os.environ.get("INBOXD_BENCH", "/work/main/build/src/bench/inboxd-bench")
+    inboxd = os.environ.get("INBOXD_BIN", os.path.join(REPO, "build", "inboxd"))
+    bench = os.environ.get("INBOXD_BENCH", os.path.join(REPO, "build", "src", "bench", "inboxd-bench"))
     for path in (inboxd, bench):
         if not os.access(path, os.X_OK):
             print(f"error: {path} is not an executable (set INBOXD_BIN / INBOXD_BENCH)",

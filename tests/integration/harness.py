@@ -20,7 +20,8 @@ import tempfile
 import time
 import unittest
 
-BIN = os.environ.get("INBOXD_BIN", "/work/main/build/inboxd")
+BIN = os.environ.get("INBOXD_BIN", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                "..", "..", "build", "inboxd"))
 HOSTNAME = "mx.inboxd.test"      # passed as --hostname
 HELO = "client.test"             # what our clients say in EHLO/HELO
 TIMEOUT = 5.0                    # seconds, for any single wait on the server
