@@ -550,7 +550,7 @@ void connection::session_ready() noexcept {
 }
 
 void connection::session_log(log_level level, std::string_view line) noexcept {
-  srv_.logf(level, "conn={} {}", id_, line);
+  srv_.log_conn(level, id_, line);
 }
 
 void connection::session_sleep(std::uint32_t milliseconds) noexcept {

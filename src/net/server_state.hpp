@@ -4,6 +4,7 @@
 #include <uv.h>
 
 #include <fmt/format.h>
+#include <charconv>
 #include <iterator>
 #include <string>
 #include <unordered_map>
@@ -84,6 +85,26 @@ struct server::state {
       fmt::memory_buffer& buf = nested ? own : log_line;
       buf.clear();
       fmt::format_to(std::back_inserter(buf), f, std::forward<Args>(args)...);
+      log.write(log.ctx, level, {buf.data(), buf.size()});
+    } catch (...) {
+    }
+    log_line_in_use = nested;
+  }
+  // A session's line with "conn=N " in front, appended rather than
+  // formatted: it is logged for every message.
+  void log_conn(log_level level, std::uint64_t conn, std::string_view line) noexcept {
+    bool nested = std::exchange(log_line_in_use, true);
+    try {
+      fmt::memory_buffer own;
+      fmt::memory_buffer& buf = nested ? own : log_line;
+      buf.clear();
+      static constexpr std::string_view prefix = "conn=";
+      char digits[24];
+      char* end = std::to_chars(digits, digits + sizeof digits, conn).ptr;
+      buf.append(prefix.data(), prefix.data() + prefix.size());
+      buf.append(digits, end);
+      buf.push_back(' ');
+      buf.append(line.data(), line.data() + line.size());
       log.write(log.ctx, level, {buf.data(), buf.size()});
     } catch (...) {
     }
