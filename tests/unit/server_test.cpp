@@ -62,6 +62,18 @@ class smtp_client {
 
   [[nodiscard]] bool connected() const { return connected_; }
 
+  // Connects, reads the greeting and says EHLO; false (a failed check) if
+  // any of it did not work.
+  bool greet() {
+    if (!connected_) {
+      FAIL_CHECK("cannot connect");
+      return false;
+    }
+    bool ok = reply().starts_with("220") && cmd("EHLO client.example").starts_with("250");
+    CHECK_MESSAGE(ok, "no greeting or EHLO reply");
+    return ok;
+  }
+
   void send(std::string_view bytes) {
     while (!bytes.empty()) {
       ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
@@ -423,12 +435,7 @@ TEST_CASE("a sink that throws gets 451, and the next message on the connection 2
     int port = port_of(h.server().bound_addresses().at(0));
     int closed = h.run([&] {
       smtp_client c(port);
-      if (!c.connected()) {
-        FAIL_CHECK("cannot connect");
-        return;
-      }
-      CHECK(starts_with(c.reply(), "220"));
-      CHECK(starts_with(c.cmd("EHLO client.example"), "250"));
+      if (!c.greet()) return;
       CHECK(starts_with(send_message(c), "451 4.3.0"));
       CHECK(starts_with(send_message(c), "250 2.0.0 Ok: queued as "));
       CHECK(starts_with(c.cmd("QUIT"), "221"));
@@ -449,12 +456,7 @@ TEST_CASE("after a sink that throws, a reconfigure to a good sink takes the next
   int port = port_of(h.server().bound_addresses().at(0));
   int closed = h.run([&] {
     smtp_client c(port);
-    if (!c.connected()) {
-      FAIL_CHECK("cannot connect");
-      return;
-    }
-    CHECK(starts_with(c.reply(), "220"));
-    CHECK(starts_with(c.cmd("EHLO client.example"), "250"));
+    if (!c.greet()) return;
     CHECK(starts_with(send_message(c), "451 4.3.0"));
     CHECK(starts_with(send_message(c), "451 4.3.0"));
     bool ok = false;
@@ -490,12 +492,7 @@ TEST_CASE("a recipient policy that throws gets 451 at RCPT, and the session goes
   int port = port_of(h.server().bound_addresses().at(0));
   int closed = h.run([&] {
     smtp_client c(port);
-    if (!c.connected()) {
-      FAIL_CHECK("cannot connect");
-      return;
-    }
-    CHECK(starts_with(c.reply(), "220"));
-    CHECK(starts_with(c.cmd("EHLO client.example"), "250"));
+    if (!c.greet()) return;
     CHECK(starts_with(c.cmd("MAIL FROM:<s@example.com>"), "250"));
     CHECK(starts_with(c.cmd("RCPT TO:<bad@example.org>"), "451 4.3.0"));
     CHECK(starts_with(c.cmd("RCPT TO:<good@example.org>"), "250"));
@@ -524,12 +521,7 @@ TEST_CASE("a logger that throws loses its lines, and the server serves on") {
   int closed = h.run([&] {
     for (int i = 0; i < 2; ++i) {
       smtp_client c(port);
-      if (!c.connected()) {
-        FAIL_CHECK("cannot connect");
-        return;
-      }
-      CHECK(starts_with(c.reply(), "220"));
-      CHECK(starts_with(c.cmd("EHLO client.example"), "250"));
+      if (!c.greet()) return;
       CHECK(starts_with(send_message(c), "250 2.0.0 Ok: queued as "));
       CHECK(starts_with(c.cmd("QUIT"), "221"));
     }
