@@ -19,8 +19,10 @@ constexpr std::size_t max_output = 64 * 1024;
 // The prefix has a fixed width (8 hex digits of the start time, 6 of the
 // pid: Linux pids stay below 2^22), so the counter after it, 6 hex digits or
 // more, never wraps into another process's or another start's ids.
-queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid)
-    : prefix_(fmt::format(FMT_STRING("{:08X}{:06X}"), start_time & 0xffffffffU, pid & 0xffffffU)) {}
+queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid,
+                                 std::uint64_t counter)
+    : prefix_(fmt::format(FMT_STRING("{:08X}{:06X}"), start_time & 0xffffffffU, pid & 0xffffffU)),
+      counter_(counter) {}
 
 std::string queue_id_source::next() {
   // Upper-case hex, at least 6 digits: written by hand, as this runs per message.

@@ -49,7 +49,8 @@ class session_events {
 // counter. Owned by the server, shared by its sessions.
 class queue_id_source {
  public:
-  queue_id_source(std::uint64_t start_time, std::uint32_t pid);
+  // counter is the last id's counter: tests start near a digit boundary.
+  queue_id_source(std::uint64_t start_time, std::uint32_t pid, std::uint64_t counter = 0);
   [[nodiscard]] std::string next();
 
  private:
