@@ -15,6 +15,8 @@ namespace inboxd::proto {
 constexpr std::size_t command_line_limit = 512;
 // feed() stops running commands once this much output waits.
 constexpr std::size_t max_output = 64 * 1024;
+// Up to this many recipients, a repeat is found by a scan (see do_rcpt).
+constexpr std::size_t linear_dedup = 16;
 
 // The prefix has a fixed width (8 hex digits of the start time, 6 of the
 // pid: Linux pids stay below 2^22), so the counter after it, 6 hex digits or
@@ -25,16 +27,20 @@ queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid,
       counter_(counter) {}
 
 std::string queue_id_source::next() {
+  std::string id;
+  next(id);
+  return id;
+}
+
+void queue_id_source::next(std::string& out) {
   // Upper-case hex, at least 6 digits: written by hand, as this runs per message.
   char digits[16];
   std::size_t n = 0;
   for (std::uint64_t v = ++counter_; v != 0 || n < 6; v >>= 4)
     digits[n++] = "0123456789ABCDEF"[v & 15];
-  std::string id;
-  id.reserve(prefix_.size() + n);
-  id = prefix_;
-  while (n > 0) id += digits[--n];
-  return id;
+  out.reserve(prefix_.size() + n);
+  out = prefix_;
+  while (n > 0) out += digits[--n];
 }
 
 std::string printable(std::string_view s) {
@@ -255,7 +261,7 @@ void session::do_mail(std::string_view arg) {
   }
   if (params.error()) return refuse(reply_id::bad_syntax, "MAIL FROM:<address> [parameters]");
   tx.reverse_path.assign(p.value.mailbox);
-  tx.queue_id = ids_.next();
+  ids_.next(tx.queue_id);
   tx_.open();
   reply(reply_id::mail_ok);
 }
@@ -275,7 +281,8 @@ void session::do_rcpt(std::string_view arg) {
   const std::size_t mailbox_limit = 10 * limits().max_recipients;
   if (tx_->rcpt_accepted >= limits().max_recipients || tx_->mailboxes_resolved >= mailbox_limit)
     return too_many_recipients();
-  std::vector<recipient> found;
+  std::vector<recipient>& found = tx_->found;
+  found.clear();
   rcpt_verdict verdict = rcpt_verdict::accept;
   // An embedder's policy may throw: the RCPT gets a temporary failure.
   try {
@@ -300,13 +307,28 @@ void session::do_rcpt(std::string_view arg) {
   }
   tx_->mailboxes_resolved += found.size();
   if (tx_->mailboxes_resolved > mailbox_limit) return too_many_recipients();
-  // A mailbox named twice (an alias and its user) gets one copy; a set of
-  // "user NUL domain" keys finds repeats in O(1), not by a scan per mailbox.
-  for (auto& r : found) {
+  // A mailbox named twice (an alias and its user) gets one copy. Few
+  // recipients are scanned; past linear_dedup a set of "user NUL domain"
+  // keys finds repeats in O(1), so that the work stays linear in them.
+  auto& kept = tx_->recipients;
+  auto key_of = [](const recipient& r) {
     std::string key = r.user;
     key += '\0';
     key += r.domain;
-    if (tx_->mailbox_keys.insert(std::move(key)).second) tx_->recipients.push_back(std::move(r));
+    return key;
+  };
+  for (auto& r : found) {
+    bool fresh;
+    if (kept.size() < linear_dedup) {
+      fresh = std::none_of(kept.begin(), kept.end(), [&](const recipient& k) {
+        return k.user == r.user && k.domain == r.domain;
+      });
+    } else {
+      if (tx_->mailbox_keys.empty())
+        for (const recipient& k : kept) tx_->mailbox_keys.insert(key_of(k));
+      fresh = tx_->mailbox_keys.insert(key_of(r)).second;
+    }
+    if (fresh) kept.push_back(std::move(r));
   }
   ++tx_->rcpt_accepted;
   reply(reply_id::rcpt_ok);

@@ -52,6 +52,8 @@ class queue_id_source {
   // counter is the last id's counter: tests start near a digit boundary.
   queue_id_source(std::uint64_t start_time, std::uint32_t pid, std::uint64_t counter = 0);
   [[nodiscard]] std::string next();
+  // The same, into out's own buffer (no allocation once it has room).
+  void next(std::string& out);
 
  private:
   std::string prefix_;
@@ -132,7 +134,10 @@ class session final : delivery_listener, auth_listener {
     std::size_t rcpt_accepted = 0;                 // RCPT commands accepted
     std::size_t rcpt_overshoot = 0;                // RCPTs past max_recipients
     std::size_t mailboxes_resolved = 0;            // by the policy, repeats included
-    std::unordered_set<std::string> mailbox_keys;  // "user NUL domain" of each recipient
+    // "user NUL domain" of each recipient, once there are more than
+    // linear_dedup of them (below that a scan is cheaper than a key each).
+    std::unordered_set<std::string> mailbox_keys;
+    std::vector<recipient> found;  // what the policy gave for this RCPT (reused)
     bool rcpt_seen = false;                        // any RCPT, accepted or not
     bool body_8bit = false;
     delivery* sink_delivery = nullptr;
@@ -146,11 +151,13 @@ class session final : delivery_listener, auth_listener {
       queue_id.clear();
       reverse_path.clear();
       // What one big transaction grew is not kept for every later one.
-      if (recipients.capacity() > 64) {
+      if (recipients.capacity() > 64 || found.capacity() > 64) {
         std::vector<recipient>().swap(recipients);
+        std::vector<recipient>().swap(found);
         mailbox_keys = {};
       } else {
         recipients.clear();
+        found.clear();
         mailbox_keys.clear();
       }
       rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
