@@ -545,3 +545,29 @@ TEST_CASE("aliases count against the recipient limit: ten mailboxes per allowed 
   REQUIRE(c.sink.messages.size() == 1);
   CHECK(c.sink.messages[0].mailboxes.size() == 20);
 }
+
+TEST_CASE("a mailbox named twice gets one copy, below and past the scan's threshold") {
+  session_config cfg;
+  recipient_rules rules;
+  domain_rules d{.name = "example.com", .users = {}, .aliases = {}};
+  for (int i = 0; i < 30; ++i) d.users.push_back("u" + std::to_string(i));
+  d.aliases["few"] = {"u1", "u2", "u1"};
+  d.aliases["all"] = d.users;
+  rules.domains.push_back(d);
+  test_connection c(cfg, rules);
+  greet(c);
+  // u2 and few: 2 distinct (scanned); all: 30 (the set takes over at 16);
+  // u29 and few again: nothing new.
+  c.send(
+      "MAIL FROM:<a@example.com>\r\nRCPT TO:<u2@example.com>\r\nRCPT TO:<few@example.com>\r\n"
+      "RCPT TO:<all@example.com>\r\nRCPT TO:<u29@example.com>\r\nRCPT TO:<few@example.com>\r\n"
+      "DATA\r\nhi\r\n.\r\n");
+  c.take();
+  REQUIRE(c.sink.messages.size() == 1);
+  CHECK(c.sink.messages[0].mailboxes.size() == 30);
+  // The next transaction starts from nothing.
+  c.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<few@example.com>\r\nDATA\r\nhi\r\n.\r\n");
+  c.take();
+  REQUIRE(c.sink.messages.size() == 2);
+  CHECK(c.sink.messages[1].mailboxes.size() == 2);
+}
