@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <linux/sockios.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -27,6 +28,7 @@ log_writer::~log_writer() {
   if (fd_ >= 0) flush_outside_loop();
   if (restore_flags_ >= 0) ::fcntl(STDERR_FILENO, F_SETFL, restore_flags_);
   if (own_fd_) ::close(fd_);
+  if (watch_fd_ >= 0) ::close(watch_fd_);
 }
 
 void log_writer::open_output() {
@@ -39,28 +41,30 @@ void log_writer::open_output() {
   if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) return;
   // O_NONBLOCK belongs to the open file description, which stderr shares with
   // whoever else holds it (a wrapper script writing to the same pipe, the
-  // program's own stdio): set there, their blocking writes would start to fail
-  // with EAGAIN. A pipe opened again through /proc is a description of the
-  // same pipe that the writer alone uses, so stderr itself stays as it was. A
-  // socket (journald's stream) cannot be opened again: it gets O_NONBLOCK,
-  // and its old flags back at exit.
+  // program's own stdio, the service manager): set there, their blocking
+  // writes would start to fail with EAGAIN. So it is set there only as a
+  // last resort. A pipe opened again through /proc is a description of the same pipe that
+  // the writer alone uses; a socket (journald's stream), which cannot be
+  // opened again, is written with send(MSG_DONTWAIT), non-blocking for this
+  // call only. Only a pipe that cannot be opened again (no /proc) gets
+  // O_NONBLOCK on stderr itself, and its old flags back at exit: a stalled
+  // reader must not stop the server.
   pipe_ = S_ISFIFO(st.st_mode);
-  if (pipe_) {
-    int fd = ::open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd >= 0) {
-      fd_ = fd;
-      own_fd_ = true;
-      nonblocking_ = true;
-      return;
-    }
+  nonblocking_ = true;
+  if (!pipe_) return;
+  int fd = ::open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd >= 0) {
+    fd_ = fd;
+    own_fd_ = true;
+    return;
   }
   int flags = ::fcntl(STDERR_FILENO, F_GETFL);
-  if (flags < 0) return;
-  if ((flags & O_NONBLOCK) == 0) {
-    if (::fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK) != 0) return;
-    restore_flags_ = flags;
+  if (flags < 0 || ((flags & O_NONBLOCK) == 0 &&
+                    ::fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK) != 0)) {
+    nonblocking_ = false;
+    return;
   }
-  nonblocking_ = true;
+  if ((flags & O_NONBLOCK) == 0) restore_flags_ = flags;
 }
 
 void log_writer::write(log_level level, std::string_view line) {
@@ -113,7 +117,9 @@ void log_writer::note_drops() {
 bool log_writer::write_some() {
   for (;;) {
     while (head_ < buf_.size()) {
-      ssize_t n = ::write(fd_, buf_.data() + head_, next_write_size());
+      ssize_t n = is_socket()
+                      ? ::send(fd_, buf_.data() + head_, next_write_size(), MSG_DONTWAIT | MSG_NOSIGNAL)
+                      : ::write(fd_, buf_.data() + head_, next_write_size());
       if (n > 0) {
         head_ += static_cast<std::size_t>(n);
         continue;
@@ -183,7 +189,8 @@ bool log_writer::room_for(std::size_t n) const {
 void log_writer::flush_in_loop() {
   if (waiting_ || pending() == 0) return;
   if (write_some() || !poll_ok_) return;
-  if (uv_poll_start(&poll_, UV_WRITABLE, poll_cb) == 0) waiting_ = true;
+  // The socket's epoll set (start()) is readable when the socket is writable.
+  if (uv_poll_start(&poll_, is_socket() ? UV_READABLE : UV_WRITABLE, poll_cb) == 0) waiting_ = true;
 }
 
 // Outside the loop (before it runs, after it stopped): waits for a reader
@@ -216,7 +223,20 @@ void log_writer::start(uv_loop_t* loop) {
   // uv_poll_t rather than a uv_pipe_t: uv_close on a pipe handle closes its
   // descriptor (stderr must outlive the loop), and uv_write queues without a
   // bound, while the bound and the whole-line drops are the point here.
-  if (nonblocking_ && uv_poll_init(loop, &poll_, fd_) == 0) {
+  // uv_poll_init sets O_NONBLOCK on what it watches: a socket's description
+  // is shared with stderr's other holders, so the handle watches an epoll
+  // set of our own that holds the socket instead.
+  int watched = fd_;
+  if (is_socket()) {
+    watch_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    epoll_event ev{.events = EPOLLOUT, .data = {}};
+    if (watch_fd_ >= 0 && ::epoll_ctl(watch_fd_, EPOLL_CTL_ADD, fd_, &ev) != 0) {
+      ::close(watch_fd_);
+      watch_fd_ = -1;
+    }
+    watched = watch_fd_;
+  }
+  if (nonblocking_ && watched >= 0 && uv_poll_init(loop, &poll_, watched) == 0) {
     poll_ok_ = true;
     poll_.data = this;
     uv_unref(reinterpret_cast<uv_handle_t*>(&poll_));

@@ -86,7 +86,9 @@ class log_writer {
   bool nonblocking_ = false;  // fd_ is a pipe or a socket, written without blocking.
   bool pipe_ = false;         // fd_ is a pipe (else, when nonblocking_, a socket).
   bool own_fd_ = false;       // fd_ was opened here (and is closed at exit).
-  int restore_flags_ = -1;    // stderr's flags before O_NONBLOCK was set on it, if it was.
+  [[nodiscard]] bool is_socket() const noexcept { return nonblocking_ && !pipe_; }
+  int restore_flags_ = -1;  // stderr's flags, when O_NONBLOCK had to be set on it
+  int watch_fd_ = -1;  // for a socket: the epoll set holding fd_ that poll_ watches
   // Bytes [head_, size) are still to be written; [0, head_) are written.
   std::string buf_;
   std::size_t head_ = 0;

@@ -194,6 +194,9 @@ class StalledLogCase(unittest.TestCase):
                          f"{written} lines written and {dropped} dropped of {MESSAGES + 2}")
         self.assertLess(self.noop_latency(watcher), NOOP_BOUND)
 
+        # The writer has waited for the reader (a poll for writability),
+        # and stderr's description is still blocking for its other holders.
+        self.assertEqual(self.fd_flags(2) & os.O_NONBLOCK, 0, "O_NONBLOCK set on stderr")
         # The reader stalls again, for good: SIGTERM still ends the process.
         for i in range(30):
             self.send_message(sender, MESSAGES + 1 + i)
@@ -236,10 +239,10 @@ class StalledLogCase(unittest.TestCase):
         # The same pipe, read all along: nothing is dropped, and the lines
         # written during and after the shutdown are there too.
         c = self.connect()
-        if self.transport == "pipe":
-            # The writer has a description of the pipe of its own: stderr's,
-            # which other writers may share, stays blocking.
-            self.assertEqual(self.fd_flags(2) & os.O_NONBLOCK, 0, "O_NONBLOCK set on stderr")
+        # stderr's description, which other writers may share, stays
+        # blocking: the writer has a description of the pipe of its own, and
+        # writes to a socket with send(MSG_DONTWAIT).
+        self.assertEqual(self.fd_flags(2) & os.O_NONBLOCK, 0, "O_NONBLOCK set on stderr")
         for i in range(50):
             self.send_message(c, i)
             self.read_some(0)
