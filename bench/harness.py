@@ -1014,7 +1014,7 @@ def run_headline(args, workdir):
                 H["latency"].setdefault(name, {})[str(conns)] = row
         log("# headline f: strace -c -f")
         H["strace"] = {n: strace_counts(by[n], P["strace_messages"], client_cpu, sub)
-                       for n in ["inboxd-null", "inboxd-maildir", "smtp-sink", "wire-floor"]}
+                       for n in ["inboxd-null", *maildirs, "smtp-sink", "wire-floor"]}
         H["strace_messages"] = P["strace_messages"]
         other1 = other_cpu(roots)
         H["other_cpu_pct"] = round(100 * sum(t - other0.get(p, 0) for p, t in other1.items()) /
@@ -1084,9 +1084,9 @@ def headline_table(H):
               g(b, "smtp-sink", "server_cpu_us_per_msg")))
     md = H["maildir"]
     for name in [n for n in md if n != "inboxd-null"]:
-        label = "durable Maildir msgs/s vs --sink null (smtp-source -s 20; ratio to null)"
+        label = "durable Maildir msgs/s, smtp-source -s 20 (ratio: to --sink null)"
         if name.endswith("syncfs"):
-            label = label.replace("Maildir", "Maildir --maildir-sync syncfs")
+            label = label.replace("Maildir", "Maildir (syncfs)")
         add(label, "msgs/s", [g(md, name, "msgs_per_s"), None, None],
             ratio(g(md, name, "msgs_per_s"), g(md, "inboxd-null", "msgs_per_s")),
             "maildir_vs_null", "≥ 0.5× null")
@@ -1115,7 +1115,7 @@ def headline_lines(H, markdown):
     if markdown:
         L += ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---|---|"]
     else:
-        L.append(f"{'figure':<74}{'inboxd':>10}{'smtp-sink':>11}{'floor':>10}{'ratio':>7}"
+        L.append(f"{'figure':<76}{'inboxd':>10}{'smtp-sink':>11}{'floor':>10}{'ratio':>7}"
                  f"  {'goal':<14}{'met'}")
     for r in H["table"]:
         cells = [r["figure"], fmt_cell(r["inboxd"]), fmt_cell(r["smtp-sink"]),
@@ -1124,7 +1124,7 @@ def headline_lines(H, markdown):
         if markdown:
             L.append("| " + " | ".join(cells) + " |")
         else:
-            L.append(f"{cells[0]:<74}{cells[1]:>10}{cells[2]:>11}{cells[3]:>10}{cells[4]:>7}"
+            L.append(f"{cells[0]:<76}{cells[1]:>10}{cells[2]:>11}{cells[3]:>10}{cells[4]:>7}"
                      f"  {cells[5]:<14}{cells[6].replace('*', '')}")
     return L
 
@@ -1335,8 +1335,10 @@ def headline_md(H):
     if short:
         L += [f"**{short} run(s) were shorter than the minimum** (see latest.json).", ""]
     L += ["### Durable Maildir: commit latency", "",
-          "inboxd-bench `--pipelining on`, 1 KiB, into inboxd's Maildir sink (fsync of the file "
-          "and of `new/` before each 250); latency from the end of the text to the 250.", "",
+          "inboxd-bench `--pipelining on`, 1 KiB, into inboxd's Maildir sink, which makes each "
+          "message durable before its 250 (inboxd-maildir: fsync of the file and of `new/`; "
+          "-syncfs: `--maildir-sync syncfs`, one syncfs shared by concurrent messages); "
+          "latency from the end of the text to the 250, median of the runs' p50 and p99.", "",
           "| server | sessions | msgs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     for name, by_conns in H["latency"].items():
         for c, row in by_conns.items():
@@ -1471,6 +1473,11 @@ def write_results_md(data, plots):
                          f"{r['session_mb_per_s']:.1f} | {r['session_transactions_per_s']:,.0f} | "
                          f"{r['decoder_mb_per_s']:.1f} |")
         L.append("")
+        if mi.get("allocations_per_message") is not None:
+            L += [f"Heap allocations in steady state (proto-bench's counting operator new): "
+                  f"{mi['allocations_per_message']:.2f} per message "
+                  f"({mi['allocations_per_message_null_sink']:.2f} with inboxd's null sink), "
+                  f"{mi['allocations_per_command']:.2f} per command.", ""]
     L += ["## Servers", ""]
     L += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     L.append("")
