@@ -813,17 +813,22 @@ def bench_run(args, server, conns, messages, cpu, seconds):
 
 
 def alternate(servers, reps, run_one, first_count, target_s, min_s, tag):
-    """A calibration run per server (its warm-up too, not counted) sets how many messages make
-    a run of target_s; then reps rounds, servers in turn (A B C, A B C, ...). A run shorter than
+    """A calibration run per server (its warm-up too, not counted; repeated longer while it is
+    under a quarter of target_s) sets how many messages make a run of target_s; then reps rounds, servers in turn (A B C, A B C, ...). A run shorter than
     min_s is kept, marked short, and the next one of that server is made longer.
     Returns {name: [run, ...]}."""
     counts, samples = {}, {s.name: [] for s in servers}
     first_count = max(1, int(first_count))
     for s in servers:
-        r, err = run_one(s, first_count)
-        if err:
-            raise SystemExit(f"error: --headline: {tag} {s.name}: {err}")
-        counts[s.name] = max(first_count, int(r["msgs_per_s"] * target_s))
+        n = first_count
+        for _ in range(4):  # a run too short to time well is calibrated again, longer
+            r, err = run_one(s, n)
+            if err:
+                raise SystemExit(f"error: --headline: {tag} {s.name}: {err}")
+            if r["seconds"] >= target_s / 4:
+                break
+            n = max(2 * n, int(r["msgs_per_s"] * target_s / 3))
+        counts[s.name] = max(1, int(r["msgs_per_s"] * target_s))
     for rep in range(reps):
         for s in servers:
             r, err = run_one(s, counts[s.name])
