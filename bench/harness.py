@@ -718,7 +718,7 @@ def run_micro(args):
 # What each figure must reach (issue 10), and which way is better.
 HEADLINE_GOALS = {
     "instructions": (0.25, "<="), "source_cpu": (0.65, "<="), "bench_msgs": (2.0, ">="),
-    "maildir_vs_null": (0.5, ">="), "memory": (1024, "<="),
+    "maildir_vs_null": (0.5, ">="), "memory": (1024, "<="), "allocations": (2, "<="),
 }
 HEADLINE_FULL = {"reps": 3, "source_s": 2.0, "source_min_s": 1.5, "bench_s": 2.5,
                  "bench_min_s": 2.0, "latency_s": 2.0, "callgrind_messages": 2000,
@@ -899,6 +899,56 @@ def profile_top(profiles, messages, n=10):
              "percent": round(100 * v / total, 1) if total else 0} for f, v in top]
 
 
+ALLOC_FUNCTIONS = ("malloc", "calloc", "realloc", "aligned_alloc", "posix_memalign", "memalign")
+
+
+def callgrind_callers(path, names):
+    """{caller: calls} of the calls a callgrind profile saw into the named functions. The file
+    names a function once, as "fn=(ID) NAME" or "cfn=(ID) NAME", then by "(ID)" alone; fn= sets
+    the caller, and "calls=N ..." follows the cfn= of the callee."""
+    ids, caller, target, out = {}, None, None, {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                ref, _, name = line.rstrip("\n").partition("=")[2].partition(" ")
+                if name:
+                    ids[ref] = name.strip()
+                if line.startswith("cfn="):
+                    target = ids.get(ref)
+                else:
+                    caller, target = ids.get(ref), None
+            elif line.startswith("calls="):
+                if target in names:
+                    out[caller] = out.get(caller, 0) + int(line[6:].split()[0])
+                target = None
+    return out
+
+
+def callgrind_calls(path, names=ALLOC_FUNCTIONS):
+    """How many calls a callgrind profile saw into libc's allocator (operator new calls malloc,
+    so each allocation counts once)."""
+    return sum(callgrind_callers(path, names).values())
+
+
+NEW_FUNCTIONS = ("operator new(unsigned long)", "operator new[](unsigned long)",
+                 "operator new(unsigned long, std::nothrow_t const&)",
+                 "operator new(unsigned long, std::align_val_t)")
+
+
+def allocating_callers(profiles, messages):
+    """Who calls operator new or malloc per message (run minus baseline), most first."""
+    def callers(path):
+        c = callgrind_callers(path, NEW_FUNCTIONS)
+        for k, v in callgrind_callers(path, ALLOC_FUNCTIONS).items():
+            if not k or not k.startswith("operator new"):  # new's own malloc is counted above
+                c[k] = c.get(k, 0) + v
+        return c
+    run, base = callers(profiles["run"]), callers(profiles["baseline"])
+    per = {k: (v - base.get(k, 0)) / messages for k, v in run.items()}
+    return [{"caller": k, "per_message": round(v, 2)}
+            for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05]
+
+
 def parse_strace(path):
     """{syscall: calls} from strace -c's table."""
     calls = {}
@@ -983,6 +1033,10 @@ def run_headline(args, workdir):
         raise SystemExit("error: --headline: callgrind did not measure every server")
     H["callgrind"] = cg
     H["profile_top"] = profile_top(profiles["inboxd-null"], P["callgrind_messages"])
+    H["heap_allocations_per_message"] = {
+        name: round((callgrind_calls(p["run"]) - callgrind_calls(p["baseline"])) /
+                    P["callgrind_messages"], 2) for name, p in profiles.items()}
+    H["allocating_callers"] = allocating_callers(profiles["inboxd-null"], P["callgrind_messages"])
 
     # b, c, f. smtp-source, inboxd-bench and strace, against the same three servers.
     trio = ["inboxd-null", "smtp-sink", "wire-floor"]
@@ -1064,12 +1118,18 @@ def headline_table(H):
                      "floor": vals[2], "ratio": r,
                      "goal": goal_text or (f"{goal[1].replace('<=', '≤').replace('>=', '≥')} "
                                            f"{goal[0]}×" if goal else None),
-                     "met": goal_met(key, r if key != "memory" else vals[0]) if key else None})
+                     "met": goal_met(key, vals[0] if key in ("memory", "allocations") else r)
+                     if key else None})
 
     cg = {r["server"]: r["instructions_per_message"] for r in H["callgrind"]["rows"]}
     add("user-space instructions per 1 KiB message (callgrind, 1 session)", "instructions",
         [cg.get("inboxd-null"), cg.get("smtp-sink"), cg.get("wire-floor")],
         ratio(cg.get("inboxd-null"), cg.get("smtp-sink")), "instructions")
+    al = H.get("heap_allocations_per_message", {})
+    if al:
+        av = [al.get(n) for n in ("inboxd-null", "smtp-sink", "wire-floor")]
+        add("heap allocations per message, whole server (callgrind: malloc calls)", "calls", av,
+            None, "allocations", "≤ 2 per msg")
     src = H["source"]
     g = lambda d, n, k: d.get(n, {}).get(k)  # noqa: E731
     add("server CPU per message, smtp-source -s 20 (us)", "us",
@@ -1380,6 +1440,15 @@ def headline_md(H):
           "| unit | allocations | bytes |", "|---|---:|---:|"]
     for a in mi.get("allocations") or []:
         L.append(f"| {a['unit']} | {a['allocations']:.2f} | {a['bytes']:.0f} |")
+    al = H.get("heap_allocations_per_message", {})
+    if al:
+        L += ["", f"The whole server under callgrind (step a; calls into libc's malloc, calloc "
+              f"and realloc per message, run minus baseline): inboxd-null "
+              f"**{al.get('inboxd-null', 0):.2f}**, smtp-sink {al.get('smtp-sink', 0):.2f}, "
+              f"wire-floor {al.get('wire-floor', 0):.2f}. Who allocates in inboxd, per message:",
+              ""]
+        L += [f"- {c['per_message']:.2f}: `{short_function(c['caller'] or '?', 100)}`"
+              for c in H.get("allocating_callers", [])] or ["- nobody"]
     L += ["", f"Data decoder on 78-column text (76 characters and CRLF, 64 KiB bodies): "
           f"**{H['decoder_gb_per_s']:.2f} GB/s** (goal ≥ 1.5); 1 KiB bodies: "
           f"{mi['1k']['decoder_mb_per_s'] / 1000:.2f} GB/s.", ""]
