@@ -1136,6 +1136,13 @@ def headline_table(H):
         [g(src, n, "server_cpu_us_per_msg") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
         ratio(g(src, "inboxd-null", "server_cpu_us_per_msg"),
               g(src, "smtp-sink", "server_cpu_us_per_msg")), "source_cpu")
+    above = lambda d, n: (None if g(d, n, "server_cpu_us_per_msg") is None  # noqa: E731
+                          or g(d, "wire-floor", "server_cpu_us_per_msg") is None else
+                          round(g(d, n, "server_cpu_us_per_msg") -
+                                g(d, "wire-floor", "server_cpu_us_per_msg"), 2))
+    add("↳ the same above the floor: the server's own code (us)", "us",
+        [above(src, "inboxd-null"), above(src, "smtp-sink"), 0.0],
+        ratio(above(src, "inboxd-null"), above(src, "smtp-sink")))
     add("msgs/s, smtp-source -s 20", "msgs/s",
         [g(src, n, "msgs_per_s") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
         ratio(g(src, "inboxd-null", "msgs_per_s"), g(src, "smtp-sink", "msgs_per_s")))
@@ -1147,6 +1154,9 @@ def headline_table(H):
         [g(b, n, "server_cpu_us_per_msg") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
         ratio(g(b, "inboxd-null", "server_cpu_us_per_msg"),
               g(b, "smtp-sink", "server_cpu_us_per_msg")))
+    add("↳ the same above the floor: the server's own code (us)", "us",
+        [above(b, "inboxd-null"), above(b, "smtp-sink"), 0.0],
+        ratio(above(b, "inboxd-null"), above(b, "smtp-sink")))
     md = H["maildir"]
     for name in [n for n in md if n != "inboxd-null"]:
         label = "durable Maildir msgs/s, smtp-source -s 20 (ratio: to --sink null)"

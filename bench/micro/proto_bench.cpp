@@ -204,7 +204,7 @@ struct cpu_clock {
   using rep = duration::rep;
   using period = duration::period;
   using time_point = std::chrono::time_point<cpu_clock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;
   static time_point now() noexcept {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
