@@ -34,12 +34,15 @@ import sys
 import tempfile
 import time
 
-from benchlib import free_port, greets, pinned, stop
+from benchlib import free_port, greets, pinned, stop, tail
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 SMTP_SINK = "/usr/sbin/smtp-sink"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+STRACE = "/usr/bin/strace"
+CALLGRIND_ANNOTATE = "/usr/bin/callgrind_annotate"
 POSTFIX = "/usr/sbin/postfix"
 PYTHON = "/usr/bin/python3"
 VALGRIND = "/usr/bin/valgrind"
@@ -59,6 +62,10 @@ DESCRIPTIONS = {
     "aiosmtpd-discard": "aiosmtpd 1 loop, handler returns 250 (bench/aiosmtpd_server.py)",
     "aiosmtpd-maildir": "aiosmtpd, Maildir handler, fsync in a thread pool",
     "postfix-maildir": "Postfix 3 smtpd+cleanup+qmgr+virtual(8) to Maildir (private instance)",
+    "inboxd-maildir-syncfs": "inboxd, Maildir sink with `--maildir-sync syncfs` (`--headline`, "
+                             "when inboxd has it)",
+    "wire-floor": "bench/floor/wire-floor: replies and discards, nothing else; the least any "
+                  "server costs per message on this kernel (`--headline`; never a mail server)",
 }
 
 
@@ -147,11 +154,14 @@ class Server:
                   "--state-dir", os.path.join(self.dir, "state"), "--hostname", "inboxd.bench"]
         if self.name == "inboxd-null":
             return [a.inboxd, *common, "--sink", "null"], f"listening on 127.0.0.1:{p}"
-        if self.name == "inboxd-maildir":
+        if self.name in ("inboxd-maildir", "inboxd-maildir-syncfs"):
             md = os.path.join(self.dir, "Maildir")
             self.maildir_new = os.path.join(md, "new")
-            return [a.inboxd, *common, "--sink", "maildir", "--maildir", md], \
+            sync = ["--maildir-sync", "syncfs"] if self.name.endswith("-syncfs") else []
+            return [a.inboxd, *common, "--sink", "maildir", "--maildir", md, *sync], \
                 f"listening on 127.0.0.1:{p}"
+        if self.name == "wire-floor":
+            return [a.wire_floor, str(p)], f"listening on 127.0.0.1:{p}"
         if self.name == "smtp-sink":
             # Single process; refuses to run as root without -u. -m: at most this many sessions
             # (default 256, past which it stops accepting). Backlog 1024.
@@ -580,8 +590,8 @@ def hold_idle(port, count, timeout):
     return socks, greeted
 
 
-def run_memory(args, workdir):
-    n = args.idle_connections
+def run_memory(args, workdir, names=("inboxd-null", "smtp-sink"), count=None):
+    n = count or args.idle_connections
     got = raise_nofile(n + 1000)
     if got < n + 100:
         log(f"# memory: RLIMIT_NOFILE is {got}; fewer connections than asked")
@@ -589,7 +599,7 @@ def run_memory(args, workdir):
     results = []
     sub = os.path.join(workdir, "memory")
     os.makedirs(sub)
-    for name in ("inboxd-null", "smtp-sink"):
+    for name in names:
         s = make_server(name, sub, args, None)
         try:
             if not s.start():
@@ -627,13 +637,16 @@ def callgrind_total(path):
     raise ValueError(f"no summary in {path}")
 
 
-def run_callgrind(args, workdir):
+def run_callgrind(args, workdir, names=("inboxd-null", "smtp-sink"), messages=None,
+                  profiles=None):
+    """Instructions per message of each server; profiles, if a dict, gets each server's
+    (baseline, run) callgrind.out paths (they live in workdir)."""
     if not os.path.exists(VALGRIND):
         log("# callgrind skipped: no valgrind")
         return None
-    messages = args.callgrind_messages
+    messages = messages or args.callgrind_messages
     rows = []
-    for name in ("inboxd-null", "smtp-sink"):
+    for name in names:
         totals = {}
         for label, count in (("baseline", 0), ("run", messages)):
             sub = os.path.join(workdir, f"cg-{label}")
@@ -665,6 +678,8 @@ def run_callgrind(args, workdir):
             finally:
                 stop(s.proc, grace=60)
             totals[label] = callgrind_total(out)
+            if profiles is not None:
+                profiles.setdefault(name, {})[label] = out
         if len(totals) == 2:
             per = (totals["run"] - totals["baseline"]) / messages
             log(f"# callgrind {name}: Ir baseline {totals['baseline']:,}, with {messages} "
@@ -695,6 +710,498 @@ def run_micro(args):
     d = json.loads(r.stdout)
     d["date"] = now_iso()
     return d
+
+
+# ---------------------------------------------------------------------------------------------
+# The headline (--headline): issue 10's figures in one run, servers alternating.
+
+# What each figure must reach (issue 10), and which way is better.
+HEADLINE_GOALS = {
+    "instructions": (0.25, "<="), "source_cpu": (0.65, "<="), "bench_msgs": (2.0, ">="),
+    "maildir_vs_null": (0.5, ">="), "memory": (1024, "<="), "allocations": (2, "<="),
+}
+HEADLINE_FULL = {"reps": 3, "source_s": 2.0, "source_min_s": 1.5, "bench_s": 2.5,
+                 "bench_min_s": 2.0, "latency_s": 2.0, "callgrind_messages": 2000,
+                 "idle_connections": 2000, "strace_messages": 5000, "micro_seconds": 0.5,
+                 "micro_reps": 3, "first": 1.0}
+# --headline-quick: every step, with runs too short to mean anything (a test of the harness).
+HEADLINE_QUICK = {"reps": 1, "source_s": 0.3, "source_min_s": 0.1, "bench_s": 0.3,
+                  "bench_min_s": 0.1, "latency_s": 0.3, "callgrind_messages": 100,
+                  "idle_connections": 200, "strace_messages": 500, "micro_seconds": 0.05,
+                  "micro_reps": 1, "first": 0.2}
+
+
+def headline_tools(args):
+    """Every program the headline runs, or a clear exit: a missing tool is no silent gap."""
+    need = [(SMTP_SOURCE, "package postfix"), (SMTP_SINK, "package postfix"),
+            (STRACE, "package strace"), (VALGRIND, "package valgrind"),
+            (CALLGRIND_ANNOTATE, "package valgrind"),
+            (args.wire_floor, "build the project: bench/floor/wire-floor"),
+            (args.proto_bench, "build the project: bench/micro/proto-bench")]
+    missing = [f"{exe} ({how})" for exe, how in need if not os.access(exe, os.X_OK)]
+    if missing:
+        sys.exit("error: --headline needs " + "; ".join(missing))
+
+
+def has_maildir_sync(args):
+    r = subprocess.run([args.inboxd, "--help"], capture_output=True, text=True, timeout=30)
+    return "--maildir-sync" in r.stdout + r.stderr
+
+
+def start_all(names, workdir, args, cpu):
+    servers = []
+    for name in names:
+        s = make_server(name, workdir, args, cpu)
+        servers.append(s)
+        try:
+            ok = s.start()
+        except OSError as e:
+            ok = False
+            log(f"# {name}: cannot start: {e}")
+        if not ok:
+            for t in servers:
+                t.stop()
+            raise SystemExit(f"error: --headline: {name} does not start; log:\n{s.tail()}")
+    return servers
+
+
+def source_run(server, sessions, messages, cpu, timeout=300):
+    """smtp-source -d -s SESSIONS -l 1024, timed around the process. Returns (dict, None) or
+    (None, reason). Server CPU: its process tree, from /proc; client CPU: getrusage."""
+    argv = [SMTP_SOURCE, "-4", "-d", "-s", str(sessions), "-m", str(messages), "-l", "1024",
+            "-M", "bench.example", "-f", "sender@bench.example", "-t", "rcpt@bench.example",
+            f"127.0.0.1:{server.port}"]
+    c0, u0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=timeout, preexec_fn=pinned(cpu))
+    except subprocess.TimeoutExpired:
+        return None, f"smtp-source timed out after {timeout} s"
+    t1 = time.monotonic()
+    server.settle()
+    c1, u1 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    server.clean()
+    if r.returncode != 0:
+        return None, f"smtp-source exit {r.returncode}: {(r.stderr.strip() or 'no output')[-300:]}"
+    if not server.alive():
+        return None, f"server died; log:\n{server.tail()}"
+    client = (u1.ru_utime + u1.ru_stime) - (u0.ru_utime + u0.ru_stime)
+    return {"messages": messages, "seconds": round(t1 - t0, 3),
+            "msgs_per_s": messages / (t1 - t0),
+            "server_cpu_us_per_msg": 1e6 * (c1 - c0) / messages,
+            "client_cpu_us_per_msg": 1e6 * client / messages}, None
+
+
+def bench_run(args, server, conns, messages, cpu, seconds):
+    """inboxd-bench --pipelining on, --json; the same figures as source_run, and latency."""
+    c0 = server.cpu_seconds()
+    r, err = run_bench(args, server.port, 1024, conns, "on", messages, max(10, 4 * seconds), cpu)
+    server.settle()
+    c1 = server.cpu_seconds()
+    server.clean()
+    if err:
+        return None, err
+    if not server.alive():
+        return None, f"server died; log:\n{server.tail()}"
+    n = r["accepted"]
+    return {"messages": n, "seconds": r["measured_seconds"],
+            "msgs_per_s": r["messages_per_second"], "server_cpu_us_per_msg": 1e6 * (c1 - c0) / n,
+            "client_cpu_us_per_msg": 1e6 * (r["cpu_user_seconds"] + r["cpu_system_seconds"]) / n,
+            "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"],
+            "cut": r["interrupted"]}, None
+
+
+def alternate(servers, reps, run_one, first_count, target_s, min_s, tag):
+    """A calibration run per server (its warm-up too, not counted; repeated longer while it is
+    under a quarter of target_s) sets how many messages make a run of target_s; then reps rounds, servers in turn (A B C, A B C, ...). A run shorter than
+    min_s is kept, marked short, and the next one of that server is made longer.
+    Returns {name: [run, ...]}."""
+    counts, samples = {}, {s.name: [] for s in servers}
+    first_count = max(1, int(first_count))
+    for s in servers:
+        n = first_count
+        for _ in range(4):  # a run too short to time well is calibrated again, longer
+            r, err = run_one(s, n)
+            if err:
+                raise SystemExit(f"error: --headline: {tag} {s.name}: {err}")
+            if r["seconds"] >= target_s / 4:
+                break
+            n = max(2 * n, int(r["msgs_per_s"] * target_s / 3))
+        counts[s.name] = max(1, int(r["msgs_per_s"] * target_s))
+    for rep in range(reps):
+        for s in servers:
+            r, err = run_one(s, counts[s.name])
+            if err:
+                log(f"# {tag} {s.name} rep {rep + 1}: FAILED: {err}")
+                continue
+            r["short"] = r["seconds"] < min_s
+            if r["short"]:
+                counts[s.name] = int(counts[s.name] * target_s / max(r["seconds"], 1e-3)) + 1
+            samples[s.name].append(r)
+            log(f"# {tag} {s.name} rep {rep + 1}: {r['msgs_per_s']:,.0f} msgs/s over "
+                f"{r['seconds']:.2f} s ({r['messages']:,} msgs{', SHORT' if r['short'] else ''}),"
+                f" server CPU {r['server_cpu_us_per_msg']:.1f} us/msg")
+    return samples
+
+
+def medians(samples):
+    """The median of every numeric figure of a server's runs, and the runs themselves."""
+    out = {}
+    for name, runs in samples.items():
+        if not runs:
+            out[name] = {"runs": 0}
+            continue
+        row = {"runs": len(runs), "short_runs": sum(1 for r in runs if r.get("short")),
+               "seconds_min": min(r["seconds"] for r in runs)}
+        for k in ("msgs_per_s", "server_cpu_us_per_msg", "client_cpu_us_per_msg", "p50_us",
+                  "p99_us"):
+            if k in runs[0]:
+                row[k] = round(statistics.median(r[k] for r in runs), 2)
+        row["samples"] = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
+                          for r in runs]
+        out[name] = row
+    return out
+
+
+def annotate_functions(path):
+    """{function: Ir} of a callgrind profile, every function (callgrind_annotate, self cost)."""
+    r = subprocess.run([CALLGRIND_ANNOTATE, "--threshold=100", path], capture_output=True,
+                       text=True, timeout=300)
+    if r.returncode != 0:
+        raise SystemExit(f"error: callgrind_annotate {path}: {r.stderr.strip()[-300:]}")
+    funcs = {}
+    for line in r.stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) != 2 or not parts[0].replace(",", "").isdigit():
+            continue
+        rest = parts[1]
+        if rest.startswith("("):  # "(12.34%)" after the count, in newer valgrind
+            rest = rest.split(")", 1)[1].strip()
+        if rest.startswith("PROGRAM TOTALS") or not rest:
+            continue
+        name, _, obj = rest.partition(" [")  # the object file in brackets is left out...
+        if name.startswith("???:"):
+            name = name[4:]  # no source file known
+        if name.startswith("0x") and obj:  # ...but for a function without a name
+            name += f" in {os.path.basename(obj.rstrip(']'))}"
+        funcs[name] = funcs.get(name, 0) + int(parts[0].replace(",", ""))
+    return funcs
+
+
+def profile_top(profiles, messages, n=10):
+    """The n functions with the most instructions per message: run minus baseline."""
+    run, base = annotate_functions(profiles["run"]), annotate_functions(profiles["baseline"])
+    per = {f: (ir - base.get(f, 0)) / messages for f, ir in run.items()}
+    total = sum(v for v in per.values() if v > 0)
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:n]
+    return [{"function": f, "instructions_per_message": round(v),
+             "percent": round(100 * v / total, 1) if total else 0} for f, v in top]
+
+
+ALLOC_FUNCTIONS = ("malloc", "calloc", "realloc", "aligned_alloc", "posix_memalign", "memalign")
+
+
+def callgrind_callers(path, names):
+    """{caller: calls} of the calls a callgrind profile saw into the named functions. The file
+    names a function once, as "fn=(ID) NAME" or "cfn=(ID) NAME", then by "(ID)" alone; fn= sets
+    the caller, and "calls=N ..." follows the cfn= of the callee."""
+    ids, caller, target, out = {}, None, None, {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                ref, _, name = line.rstrip("\n").partition("=")[2].partition(" ")
+                if name:
+                    ids[ref] = name.strip()
+                if line.startswith("cfn="):
+                    target = ids.get(ref)
+                else:
+                    caller, target = ids.get(ref), None
+            elif line.startswith("calls="):
+                if target in names:
+                    out[caller] = out.get(caller, 0) + int(line[6:].split()[0])
+                target = None
+    return out
+
+
+def callgrind_calls(path, names=ALLOC_FUNCTIONS):
+    """How many calls a callgrind profile saw into libc's allocator (operator new calls malloc,
+    so each allocation counts once)."""
+    return sum(callgrind_callers(path, names).values())
+
+
+NEW_FUNCTIONS = ("operator new(unsigned long)", "operator new[](unsigned long)",
+                 "operator new(unsigned long, std::nothrow_t const&)",
+                 "operator new(unsigned long, std::align_val_t)")
+
+
+def allocating_callers(profiles, messages):
+    """Who calls operator new or malloc per message (run minus baseline), most first."""
+    def callers(path):
+        c = callgrind_callers(path, NEW_FUNCTIONS)
+        for k, v in callgrind_callers(path, ALLOC_FUNCTIONS).items():
+            if not k or not k.startswith("operator new"):  # new's own malloc is counted above
+                c[k] = c.get(k, 0) + v
+        return c
+    run, base = callers(profiles["run"]), callers(profiles["baseline"])
+    per = {k: (v - base.get(k, 0)) / messages for k, v in run.items()}
+    return [{"caller": k, "per_message": round(v, 2)}
+            for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05]
+
+
+def parse_strace(path):
+    """{syscall: calls} from strace -c's table."""
+    calls = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            t = line.split()
+            if len(t) < 5 or not t[0].replace(".", "").isdigit() or t[-1] == "total":
+                continue
+            try:
+                calls[t[-1]] = int(t[3])
+            except ValueError:
+                continue
+    return calls
+
+
+def strace_counts(server, messages, cpu, outdir):
+    """System calls of the server (every thread, -f) while smtp-source sends `messages`: strace
+    -c slows the server, so these are counts, never rates. Per 1,000 messages."""
+    out = os.path.join(outdir, f"strace-{server.name}.txt")
+    err = os.path.join(outdir, f"strace-{server.name}.err")
+    with open(err, "w") as ef:
+        st = subprocess.Popen([STRACE, "-c", "-f", "-o", out, "-p", str(server.cpu_root)],
+                              stdin=subprocess.DEVNULL, stdout=ef, stderr=ef,
+                              preexec_fn=pinned(cpu))
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and st.poll() is None:
+            with open(err, errors="replace") as f:
+                if "attached" in f.read():
+                    break
+            time.sleep(0.05)
+        if st.poll() is not None:
+            raise SystemExit(f"error: strace could not attach to {server.name}: {tail(err)}")
+        r, e = source_run(server, 20, messages, cpu)
+        if e:
+            raise SystemExit(f"error: --headline: strace run on {server.name}: {e}")
+    finally:
+        if st.poll() is None:
+            st.send_signal(signal.SIGINT)  # detach and write the summary
+            try:
+                st.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                st.kill()
+                st.wait()
+    calls = parse_strace(out)
+    log(f"# strace {server.name}: {sum(calls.values()):,} system calls for {messages:,} "
+        "messages")
+    if not calls:
+        raise SystemExit(f"error: strace -c gave no table for {server.name}: {tail(err)}")
+    return {k: round(v * 1000 / messages, 1) for k, v in sorted(calls.items(),
+                                                               key=lambda kv: -kv[1])}
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def goal_met(key, value):
+    if value is None:
+        return None
+    goal, way = HEADLINE_GOALS[key]
+    return value <= goal if way == "<=" else value >= goal
+
+
+def run_headline(args, workdir):
+    P = HEADLINE_QUICK if args.headline_quick else HEADLINE_FULL
+    headline_tools(args)
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    server_cpu, client_cpu = (0, 1) if pin else (None, None)
+    sync = has_maildir_sync(args)
+    t_start = time.monotonic()
+    H = {"date": now_iso(), "quick": args.headline_quick, "pinned": pin, "params": P,
+         "maildir_sync_syncfs": sync}
+
+    # a. Instructions per message under callgrind (unpinned: a count, not a time).
+    log("# headline a: callgrind")
+    profiles = {}
+    cg = run_callgrind(args, os.path.join(workdir, "cg"), ("inboxd-null", "smtp-sink",
+                                                           "wire-floor"),
+                       P["callgrind_messages"], profiles)
+    if not cg or len(cg["rows"]) < 3:
+        raise SystemExit("error: --headline: callgrind did not measure every server")
+    H["callgrind"] = cg
+    H["profile_top"] = profile_top(profiles["inboxd-null"], P["callgrind_messages"])
+    H["heap_allocations_per_message"] = {
+        name: round((callgrind_calls(p["run"]) - callgrind_calls(p["baseline"])) /
+                    P["callgrind_messages"], 2) for name, p in profiles.items()}
+    H["allocating_callers"] = allocating_callers(profiles["inboxd-null"], P["callgrind_messages"])
+
+    # b, c, f. smtp-source, inboxd-bench and strace, against the same three servers.
+    trio = ["inboxd-null", "smtp-sink", "wire-floor"]
+    sub = os.path.join(workdir, "load")
+    os.makedirs(sub)
+    maildirs = ["inboxd-maildir"] + (["inboxd-maildir-syncfs"] if sync else [])
+    servers = start_all(trio + maildirs, sub, args, server_cpu)
+    by = {s.name: s for s in servers}
+    roots = [os.getpid()] + [s.cpu_root for s in servers]
+    other0, wall0 = other_cpu(roots), time.monotonic()
+    try:
+        log("# headline b: smtp-source -d -s 20 -l 1024")
+        H["source"] = medians(alternate(
+            [by[n] for n in trio], P["reps"],
+            lambda s, n: source_run(s, 20, n, client_cpu), 5000 * P["first"], P["source_s"],
+            P["source_min_s"], "smtp-source"))
+        log("# headline c: inboxd-bench -c 16 --size 1024 --pipelining on")
+        H["bench"] = medians(alternate(
+            [by[n] for n in trio], P["reps"],
+            lambda s, n: bench_run(args, s, 16, n, client_cpu, P["bench_s"]), 20000 * P["first"],
+            P["bench_s"], P["bench_min_s"], "inboxd-bench"))
+        log("# headline d: durable Maildir, smtp-source -d -s 20 -l 1024, beside inboxd-null")
+        H["maildir"] = medians(alternate(
+            [by[n] for n in ["inboxd-null"] + maildirs], P["reps"],
+            lambda s, n: source_run(s, 20, n, client_cpu), 1000 * P["first"], P["source_s"],
+            P["source_min_s"], "maildir"))
+        H["latency"] = {}
+        for conns in (1, 20):
+            got = medians(alternate(
+                [by[n] for n in maildirs], P["reps"],
+                lambda s, n, c=conns: bench_run(args, s, c, n, client_cpu, P["latency_s"]),
+                50 * conns, P["latency_s"], P["latency_s"] / 2, f"latency c={conns}"))
+            for name, row in got.items():
+                H["latency"].setdefault(name, {})[str(conns)] = row
+        log("# headline f: strace -c -f")
+        H["strace"] = {n: strace_counts(by[n], P["strace_messages"], client_cpu, sub)
+                       for n in ["inboxd-null", *maildirs, "smtp-sink", "wire-floor"]}
+        H["strace_messages"] = P["strace_messages"]
+        other1 = other_cpu(roots)
+        H["other_cpu_pct"] = round(100 * sum(t - other0.get(p, 0) for p, t in other1.items()) /
+                                   max(time.monotonic() - wall0, 1e-3), 1)
+    finally:
+        for s in servers:
+            s.stop()
+
+    # e. Memory per idle greeted connection.
+    log("# headline e: memory per idle connection")
+    mem = run_memory(args, os.path.join(workdir, "mem"), trio, P["idle_connections"])
+    H["memory"] = {r["server"]: r for r in mem["rows"]}
+
+    # g. The micro benchmark: decoder GB/s on 78-column text, allocations.
+    log("# headline g: proto-bench")
+    r = subprocess.run([args.proto_bench, "--json", "--no-hostile", "--seconds",
+                        str(P["micro_seconds"]), "--reps", str(P["micro_reps"])],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"error: proto-bench failed: {r.stderr.strip()[-300:]}")
+    mi = json.loads(r.stdout)
+    H["micro"] = {k: mi.get(k) for k in ("1k", "64k", "allocations_per_message",
+                                         "allocations_per_message_null_sink",
+                                         "allocations_per_command", "allocations")}
+    H["decoder_gb_per_s"] = round(mi["64k"]["decoder_mb_per_s"] / 1000, 2)
+    if "allocations_per_message" not in mi:
+        raise SystemExit("error: proto-bench reports no allocation counts (an old build?)")
+
+    H["table"] = headline_table(H)
+    H["seconds"] = round(time.monotonic() - t_start)
+    log(f"# headline took {H['seconds']} s")
+    return H
+
+
+def headline_table(H):
+    """The five figures of issue 10 (and two more for context), ratios to smtp-sink."""
+    rows = []
+
+    def add(figure, unit, vals, r, key=None, goal_text=None):
+        goal = HEADLINE_GOALS.get(key)
+        rows.append({"figure": figure, "unit": unit, "inboxd": vals[0], "smtp-sink": vals[1],
+                     "floor": vals[2], "ratio": r,
+                     "goal": goal_text or (f"{goal[1].replace('<=', '≤').replace('>=', '≥')} "
+                                           f"{goal[0]}×" if goal else None),
+                     "met": goal_met(key, vals[0] if key in ("memory", "allocations") else r)
+                     if key else None})
+
+    cg = {r["server"]: r["instructions_per_message"] for r in H["callgrind"]["rows"]}
+    add("user-space instructions per 1 KiB message (callgrind, 1 session)", "instructions",
+        [cg.get("inboxd-null"), cg.get("smtp-sink"), cg.get("wire-floor")],
+        ratio(cg.get("inboxd-null"), cg.get("smtp-sink")), "instructions")
+    al = H.get("heap_allocations_per_message", {})
+    if al:
+        av = [al.get(n) for n in ("inboxd-null", "smtp-sink", "wire-floor")]
+        add("heap allocations per message, whole server (callgrind: malloc calls)", "calls", av,
+            None, "allocations", "≤ 2 per msg")
+    src = H["source"]
+    g = lambda d, n, k: d.get(n, {}).get(k)  # noqa: E731
+    add("server CPU per message, smtp-source -s 20 (us)", "us",
+        [g(src, n, "server_cpu_us_per_msg") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
+        ratio(g(src, "inboxd-null", "server_cpu_us_per_msg"),
+              g(src, "smtp-sink", "server_cpu_us_per_msg")), "source_cpu")
+    above = lambda d, n: (None if g(d, n, "server_cpu_us_per_msg") is None  # noqa: E731
+                          or g(d, "wire-floor", "server_cpu_us_per_msg") is None else
+                          round(g(d, n, "server_cpu_us_per_msg") -
+                                g(d, "wire-floor", "server_cpu_us_per_msg"), 2))
+    add("↳ the same above the floor: the server's own code (us)", "us",
+        [above(src, "inboxd-null"), above(src, "smtp-sink"), 0.0],
+        ratio(above(src, "inboxd-null"), above(src, "smtp-sink")))
+    add("msgs/s, smtp-source -s 20", "msgs/s",
+        [g(src, n, "msgs_per_s") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
+        ratio(g(src, "inboxd-null", "msgs_per_s"), g(src, "smtp-sink", "msgs_per_s")))
+    b = H["bench"]
+    add("msgs/s, inboxd-bench -c 16, 1 KiB, pipelining on", "msgs/s",
+        [g(b, n, "msgs_per_s") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
+        ratio(g(b, "inboxd-null", "msgs_per_s"), g(b, "smtp-sink", "msgs_per_s")), "bench_msgs")
+    add("server CPU per message, inboxd-bench -c 16 (us)", "us",
+        [g(b, n, "server_cpu_us_per_msg") for n in ("inboxd-null", "smtp-sink", "wire-floor")],
+        ratio(g(b, "inboxd-null", "server_cpu_us_per_msg"),
+              g(b, "smtp-sink", "server_cpu_us_per_msg")))
+    add("↳ the same above the floor: the server's own code (us)", "us",
+        [above(b, "inboxd-null"), above(b, "smtp-sink"), 0.0],
+        ratio(above(b, "inboxd-null"), above(b, "smtp-sink")))
+    md = H["maildir"]
+    for name in [n for n in md if n != "inboxd-null"]:
+        label = "durable Maildir msgs/s, smtp-source -s 20 (ratio: to --sink null)"
+        if name.endswith("syncfs"):
+            label = label.replace("Maildir", "Maildir (syncfs)")
+        add(label, "msgs/s", [g(md, name, "msgs_per_s"), None, None],
+            ratio(g(md, name, "msgs_per_s"), g(md, "inboxd-null", "msgs_per_s")),
+            "maildir_vs_null", "≥ 0.5× null")
+    mem = H["memory"]
+    mv = [mem.get(n, {}).get("bytes_per_connection") for n in ("inboxd-null", "smtp-sink",
+                                                              "wire-floor")]
+    add("memory per idle greeted connection (bytes)", "bytes", mv, ratio(mv[0], mv[1]), "memory",
+        "≤ 1,024 bytes")
+    return rows
+
+
+def fmt_cell(v):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float) and v < 100:
+        return f"{v:.1f}"
+    return f"{v:,.0f}"
+
+
+def headline_lines(H, markdown):
+    """The headline as Markdown (RESULTS.md) or plain text (the terminal)."""
+    L = []
+    head = ["figure", "inboxd", "smtp-sink", "floor", "ratio", "goal", "met"]
+    if markdown:
+        L += ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---|---|"]
+    else:
+        L.append(f"{'figure':<76}{'inboxd':>10}{'smtp-sink':>11}{'floor':>10}{'ratio':>7}"
+                 f"  {'goal':<14}{'met'}")
+    for r in H["table"]:
+        cells = [r["figure"], fmt_cell(r["inboxd"]), fmt_cell(r["smtp-sink"]),
+                 fmt_cell(r["floor"]), fmt_ratio(r["ratio"]), r["goal"] or "-",
+                 fmt_cell(r["met"]) if r["met"] is not None else "-"]
+        if markdown:
+            L.append("| " + " | ".join(cells) + " |")
+        else:
+            L.append(f"{cells[0]:<76}{cells[1]:>10}{cells[2]:>11}{cells[3]:>10}{cells[4]:>7}"
+                     f"  {cells[5]:<14}{cells[6].replace('*', '')}")
+    return L
 
 
 # ---------------------------------------------------------------------------------------------
@@ -846,14 +1353,128 @@ def machine(args):
     }
 
 
+def short_function(name, width=90):
+    """A profile's function without its source file and parameter list (C++ names are long),
+    cut to width."""
+    head, sep, rest = name.partition(":")
+    if sep and "/" in head and not rest.startswith(":"):
+        name = rest  # "./string/../memmove.S:__memcpy_avx" -> "__memcpy_avx"
+    if name.endswith(" const"):
+        name = name[:-len(" const")]
+    if name.endswith(")"):  # the parameter list: from its own "(", which may hold parentheses
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i]
+                break
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def headline_md(H):
+    P = H["params"]
+    L = ["## Headline (issue 10)", "",
+         f"Run {H['date']}"
+         f"{' (`--headline-quick`: runs far too short to mean anything)' if H['quick'] else ''}"
+         f", `bench/harness.py --headline`, {H.get('seconds', '?')} s: every figure in one run, "
+         f"servers {'on CPU 0 and load generators on CPU 1' if H['pinned'] else 'unpinned'}, "
+         f"taking turns (A B C, A B C, …), the median of {P['reps']} run(s) each after one "
+         "calibration run. **ratio**: inboxd / smtp-sink in the same run (the Maildir rows: "
+         "inboxd Maildir / inboxd `--sink null`, interleaved). **floor**: "
+         "`bench/floor/wire-floor`, a responder that only replies (one read and one write per "
+         "batch, nothing stored or parsed): it shows the kernel's share, the CPU per message "
+         "and the rate no server can beat on this machine.", ""]
+    L += headline_lines(H, True)
+    L += ["",
+          f"- instructions: each server under callgrind, {P['callgrind_messages']:,} × 1 KiB "
+          "messages over one session (inboxd-bench `-c 1 --pipelining group`), total Ir minus "
+          "that of a run with no message, per message.",
+          f"- smtp-source: `smtp-source -4 -d -s 20 -l 1024 -m N`, N set for runs of about "
+          f"{P['source_s']} s (≥ {P['source_min_s']} s); server CPU = user + system of its "
+          "process tree from `/proc/PID/stat`, per message.",
+          f"- inboxd-bench: `-c 16 --size 1024 --pipelining on --messages N`, N set for runs of "
+          f"about {P['bench_s']} s (≥ {P['bench_min_s']} s).",
+          f"- memory: {P['idle_connections']:,} connections greeted and held idle; VmRSS after "
+          "minus before, per connection.", ""]
+    cl = lambda d, k: "-" if d.get(k) is None else fmt_cell(d.get(k))  # noqa: E731
+    L += ["Client CPU per message (the load generator shares the two cores): "
+          + "; ".join(f"{tool} → {n} {cl(H[key].get(n, {}), 'client_cpu_us_per_msg')} us"
+                      for tool, key in (("smtp-source", "source"), ("inboxd-bench", "bench"))
+                      for n in ("inboxd-null", "smtp-sink", "wire-floor")) + ".", ""]
+    if H.get("other_cpu_pct") is not None:
+        noisy = ": **noise, rerun on a quiet machine**" if H["other_cpu_pct"] > 10 else ""
+        L += [f"Other CPU during the load runs (processes outside the benchmark, % of one core):"
+              f" {H['other_cpu_pct']:.0f} %{noisy}.", ""]
+    short = sum(r.get("short_runs", 0) for part in ("source", "bench", "maildir")
+                for r in H[part].values())
+    if short:
+        L += [f"**{short} run(s) were shorter than the minimum** (see latest.json).", ""]
+    L += ["### Durable Maildir: commit latency", "",
+          "inboxd-bench `--pipelining on`, 1 KiB, into inboxd's Maildir sink, which makes each "
+          "message durable before its 250 (inboxd-maildir: fsync of the file and of `new/`; "
+          "-syncfs: `--maildir-sync syncfs`, one syncfs shared by concurrent messages); "
+          "latency from the end of the text to the 250, median of the runs' p50 and p99.", "",
+          "| server | sessions | msgs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+    for name, by_conns in H["latency"].items():
+        for c, row in by_conns.items():
+            L.append(f"| {name} | {c} | {fmt_cell(row.get('msgs_per_s'))} | "
+                     f"{row.get('p50_us', 0) / 1000:.2f} | {row.get('p99_us', 0) / 1000:.2f} |")
+    md = H["maildir"]
+    L += ["", "smtp-source -s 20 msgs/s in the same interleaved runs: " + ", ".join(
+        f"{n} {fmt_cell(r.get('msgs_per_s'))}" for n, r in md.items()) + ".", ""]
+    st = H["strace"]
+    names = list(st)
+    calls = sorted({c for n in names for c in st[n]}, key=lambda c: -max(st[n].get(c, 0)
+                                                                         for n in names))
+    L += ["### System calls per 1,000 messages", "",
+          f"`strace -c -f -p PID` on the server while `smtp-source -d -s 20 -l 1024` sends "
+          f"{H['strace_messages']:,} messages; counts only (strace slows the server, so no "
+          "rate here). Every thread counts (inboxd's pool too).", "",
+          "| syscall | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for c in calls:
+        L.append(f"| {c} | " + " | ".join(fmt_cell(st[n].get(c)) for n in names) + " |")
+    L += ["", "### Where inboxd's instructions go", "",
+          "callgrind_annotate of the inboxd-null profile (self cost), run minus baseline, per "
+          "message:", "", "| # | function | instructions per message | % |",
+          "|---:|---|---:|---:|"]
+    for i, f in enumerate(H["profile_top"], 1):
+        name = short_function(f["function"])
+        L.append(f"| {i} | `{name.replace('|', '¦')}` | {f['instructions_per_message']:,} | "
+                 f"{f['percent']:.1f} |")
+    mi = H["micro"]
+    L += ["", "### Allocations and the decoder (proto-bench)", "",
+          f"Heap allocations in steady state, counted by proto-bench's counting operator new "
+          f"(goal: ≤ 2 per message, 0 per command): **{mi['allocations_per_message']:.2f} per "
+          f"message** (the session; {mi['allocations_per_message_null_sink']:.2f} with inboxd's "
+          f"null sink), **{mi['allocations_per_command']:.2f} per command**.", "",
+          "| unit | allocations | bytes |", "|---|---:|---:|"]
+    for a in mi.get("allocations") or []:
+        L.append(f"| {a['unit']} | {a['allocations']:.2f} | {a['bytes']:.0f} |")
+    al = H.get("heap_allocations_per_message", {})
+    if al:
+        L += ["", f"The whole server under callgrind (step a; calls into libc's malloc, calloc "
+              f"and realloc per message, run minus baseline): inboxd-null "
+              f"**{al.get('inboxd-null', 0):.2f}**, smtp-sink {al.get('smtp-sink', 0):.2f}, "
+              f"wire-floor {al.get('wire-floor', 0):.2f}. Who allocates in inboxd, per message:",
+              ""]
+        L += [f"- {c['per_message']:.2f}: `{short_function(c['caller'] or '?', 100)}`"
+              for c in H.get("allocating_callers", [])] or ["- nobody"]
+    L += ["", f"Data decoder on 78-column text (76 characters and CRLF, 64 KiB bodies): "
+          f"**{H['decoder_gb_per_s']:.2f} GB/s** (goal ≥ 1.5); 1 KiB bodies: "
+          f"{mi['1k']['decoder_mb_per_s'] / 1000:.2f} GB/s.", ""]
+    return L
+
+
 def write_results_md(data, plots):
     m = data["machine"]
     L = ["# inboxd benchmark results", "",
          "Regenerated by `bench/harness.py` (see `bench/HARNESS.md`) from "
          "`bench/results/latest.json`; do not edit by hand. Absolute figures depend on the "
          "machine; the **ratios to Postfix's `smtp-sink`, measured in the same run**, are the "
-         "figures to compare.", "",
-         "## Machine", "",
+         "figures to compare.", ""]
+    if data.get("headline"):
+        L += headline_md(data["headline"])
+    L += ["## Machine", "",
          f"- CPU: {m['cpu']}, {m['cores']} cores; {m['memory_gib']} GiB RAM",
          f"- Kernel: Linux {m['kernel']} ({m['os']})",
          f"- inboxd: {m['inboxd']}; compiler: {m['compiler']}",
@@ -936,6 +1557,11 @@ def write_results_md(data, plots):
                          f"{r['session_mb_per_s']:.1f} | {r['session_transactions_per_s']:,.0f} | "
                          f"{r['decoder_mb_per_s']:.1f} |")
         L.append("")
+        if mi.get("allocations_per_message") is not None:
+            L += [f"Heap allocations in steady state (proto-bench's counting operator new): "
+                  f"{mi['allocations_per_message']:.2f} per message "
+                  f"({mi['allocations_per_message_null_sink']:.2f} with inboxd's null sink), "
+                  f"{mi['allocations_per_command']:.2f} per command.", ""]
     L += ["## Servers", ""]
     L += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     L.append("")
@@ -956,6 +1582,11 @@ def parse_args():
     p.add_argument("--memory", action="store_true", help="RSS per idle connection")
     p.add_argument("--callgrind", action="store_true", help="instructions per message")
     p.add_argument("--micro", action="store_true", help="the src/proto micro benchmark")
+    p.add_argument("--headline", action="store_true",
+                   help="issue 10's figures in one run (~6 minutes; no matrix unless --matrix)")
+    p.add_argument("--headline-quick", action="store_true",
+                   help="the headline with tiny runs: a test of the harness, not a measurement")
+    p.add_argument("--matrix", action="store_true", help="with --headline: the matrix too")
     p.add_argument("--servers", help="comma-separated subset of: " + ",".join(SERVER_ORDER))
     p.add_argument("--sizes", help="message sizes, e.g. 1k,64k,1M")
     p.add_argument("--connections", help="connection counts, e.g. 1,16,256")
@@ -976,6 +1607,7 @@ def parse_args():
     p.add_argument("--bench", default=os.environ.get("INBOXD_BENCH",
                                                       f"{build}/src/bench/inboxd-bench"))
     p.add_argument("--proto-bench", default=f"{build}/bench/micro/proto-bench")
+    p.add_argument("--wire-floor", default=f"{build}/bench/floor/wire-floor")
     p.add_argument("--no-results-md", action="store_true",
                    help="do not write bench/results or bench/RESULTS.md")
     return p.parse_args()
@@ -983,6 +1615,11 @@ def parse_args():
 
 def main():
     args = parse_args()
+    args.headline = args.headline or args.headline_quick
+    if args.headline and not args.matrix:
+        args.no_matrix = True
+    if args.headline:
+        headline_tools(args)  # before anything runs: a missing tool is a clear error
     for exe in (args.inboxd, args.bench, SMTP_SINK):
         if not os.access(exe, os.X_OK):
             sys.exit(f"error: {exe} not found (build the project, or set INBOXD_BUILD)")
@@ -1004,6 +1641,14 @@ def main():
     os.chmod(workdir, 0o755)
     ran = False
     try:
+        if args.headline:
+            os.makedirs(os.path.join(workdir, "headline"))
+            data["headline"] = run_headline(args, os.path.join(workdir, "headline"))
+            ran = True
+            print("\n".join(headline_lines(data["headline"], markdown=False)))
+            print("ratio: inboxd / smtp-sink in the same run (Maildir rows: to inboxd "
+                  "--sink null); floor: bench/floor/wire-floor, the kernel's share. Other CPU: "
+                  f"{data['headline'].get('other_cpu_pct')} % of a core (above 10: noise).")
         if not args.no_matrix:
             os.makedirs(os.path.join(workdir, "matrix"))
             data["matrix"] = run_matrix(args, os.path.join(workdir, "matrix"))

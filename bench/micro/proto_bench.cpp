@@ -31,7 +31,23 @@
 // --no-hostile leaves this part out, --hostile-only runs it alone, --shape
 // NAME runs one shape.
 //
+// Then heap allocations (issue 10): this program replaces the global
+// operator new and delete (every form) with counting ones, and counts, after a
+// warm-up pass, the allocations the session makes per message (the 1 KiB
+// workload: MAIL, RCPT, DATA, the text, ".") and per command (NOOP, RSET,
+// and a MAIL, RCPT, RSET cycle). Each figure is the difference between a
+// pass of 2N and one of N units, over N: what the session costs to set up,
+// greet and close is not in it. The goal: at most two per message, none per
+// command (a last cycle with longer names is shown apart: a std::string
+// holds 15 bytes in place). The bench's own sink allocates nothing; the figure "with
+// inboxd::null_sink" adds what `inboxd --sink null`'s sink does per message.
+// --alloc-trace N prints a backtrace (raw frames, backtrace_symbols_fd) of
+// each of the first N allocations of a steady-state pass of each workload;
+// `addr2line -Cfipe BUILD/bench/micro/proto-bench ADDR...` (a build with
+// debug info: -Dbuildtype=debugoptimized) names the lines.
+//
 // --json prints one JSON object. A benchmark, never a timed test (STYLE.md).
+#include <execinfo.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -43,6 +59,7 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -52,6 +69,7 @@
 #include "inboxd/config.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
+#include "inboxd/sinks.hpp"
 #include "proto/base64.hpp"
 #include "proto/command.hpp"
 #include "proto/data_decoder.hpp"
@@ -59,6 +77,119 @@
 #include "proto/session.hpp"
 #include "proto/settings.hpp"
 #include "store/mboxrd.hpp"
+
+// ---- The counting allocator (issue 10) ----
+//
+// Every operator new of this program counts here; the program is one
+// thread, and thread_local keeps it right if that changes. malloc itself is
+// not counted: src/proto allocates through operator new (strings, vectors,
+// fmt's buffers), and glibc's own mallocs (stdio, backtrace) are not ours.
+namespace alloc_count {
+thread_local std::uint64_t count = 0;
+thread_local std::uint64_t bytes = 0;
+// --alloc-trace: how many more allocations get a backtrace, and a guard so
+// that the trace's own work is never traced.
+thread_local int trace_left = 0;
+thread_local bool tracing = false;
+
+void trace(std::size_t size) noexcept {
+  tracing = true;
+  void* frames[24];
+  int n = backtrace(frames, 24);
+  std::fprintf(stderr, "proto-bench: allocation of %zu bytes:\n", size);
+  backtrace_symbols_fd(frames, n, 2);
+  tracing = false;
+}
+
+void* allocate(std::size_t size, std::size_t align = 0) {
+  ++count;
+  bytes += size;
+  if (trace_left > 0 && !tracing) {
+    --trace_left;
+    trace(size);
+  }
+  if (size == 0) size = 1;
+  void* p = nullptr;
+  if (align > alignof(std::max_align_t)) {
+    // aligned_alloc wants a size that is a multiple of the alignment.
+    p = std::aligned_alloc(align, (size + align - 1) / align * align);
+  } else {
+    p = std::malloc(size);
+  }
+  return p;
+}
+
+// Out of line, so that the compiler does not pair an inlined free() with
+// an operator new and warn (-Wmismatched-new-delete).
+[[gnu::noinline]] void release(void* p) noexcept {
+  std::free(p);
+}
+}  // namespace alloc_count
+
+void* operator new(std::size_t n) {
+  if (void* p = alloc_count::allocate(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  if (void* p = alloc_count::allocate(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return alloc_count::allocate(n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return alloc_count::allocate(n);
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  if (void* p = alloc_count::allocate(n, static_cast<std::size_t>(a))) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  if (void* p = alloc_count::allocate(n, static_cast<std::size_t>(a))) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return alloc_count::allocate(n, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return alloc_count::allocate(n, static_cast<std::size_t>(a));
+}
+void operator delete(void* p) noexcept {
+  alloc_count::release(p);
+}
+void operator delete[](void* p) noexcept {
+  alloc_count::release(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  alloc_count::release(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  alloc_count::release(p);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+  alloc_count::release(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  alloc_count::release(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+  alloc_count::release(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+  alloc_count::release(p);
+}
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+  alloc_count::release(p);
+}
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+  alloc_count::release(p);
+}
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
+  alloc_count::release(p);
+}
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
+  alloc_count::release(p);
+}
 
 namespace {
 
@@ -73,7 +204,7 @@ struct cpu_clock {
   using rep = duration::rep;
   using period = duration::period;
   using time_point = std::chrono::time_point<cpu_clock>;
-  static constexpr bool is_steady = true;
+  [[maybe_unused]] static constexpr bool is_steady = true;
   static time_point now() noexcept {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -84,39 +215,40 @@ struct cpu_clock {
 constexpr std::size_t read_buffer_size = 64 * 1024;
 
 // Counts and discards, committing at once (the sink of `inboxd --sink null`
-// does the same, but lives in libinboxd, which links libuv).
-class null_sink final : public sink {
+// does the same, but lives in libinboxd, which links libuv). It allocates
+// nothing per message, so that the allocation counts are the session's own.
+class bench_sink final : public sink {
  public:
   std::uint64_t messages = 0;
   std::uint64_t bytes = 0;
 
   delivery* begin(const envelope& env, delivery_listener& listener) override {
-    open_.emplace(*this, listener, env.recipients.size());
+    results_.assign(env.recipients.size(), store_outcome{});  // room kept from the last one
+    open_.emplace(*this, listener);
     return &*open_;
   }
 
  private:
-  class null_delivery final : public delivery {
+  class bench_delivery final : public delivery {
    public:
-    null_delivery(null_sink& s, delivery_listener& l, std::size_t recipients)
-        : sink_(s), listener_(l), results_(recipients) {}
+    bench_delivery(bench_sink& s, delivery_listener& l) : sink_(s), listener_(l) {}
     bool write(std::string_view b) override {
       sink_.bytes += b.size();
       return true;
     }
     void commit() override {
       ++sink_.messages;
-      listener_.committed(results_);
+      listener_.committed(sink_.results_);
     }
     void abort() noexcept override {}
 
    private:
-    null_sink& sink_;
+    bench_sink& sink_;
     delivery_listener& listener_;
-    std::vector<store_outcome> results_;
   };
+  std::vector<store_outcome> results_;
   // One delivery at a time: a session holds at most one open transaction.
-  std::optional<null_delivery> open_;
+  std::optional<bench_delivery> open_;
 };
 
 class null_events final : public proto::session_events {
@@ -172,14 +304,26 @@ struct pass_result {
   std::uint64_t transactions;
 };
 
+std::uint64_t sink_messages(const bench_sink& s) {
+  return s.messages;
+}
+std::uint64_t sink_messages(const inboxd::null_sink& s) {
+  return s.messages();
+}
+
+// --alloc-trace: how many allocations a tracing pass traces, once its first
+// read buffer has been fed (the session is set up and greeted by then).
+int trace_after_first_feed = 0;
+
 // One pass of the session over the transcript; fails loudly if a message is
 // lost (a benchmark of a broken parser measures nothing).
-template <class Clock = clock_type>
-pass_result session_pass(const workload& w, const proto::settings_ptr& settings, null_sink& sink,
+template <class Clock = clock_type, class Sink = bench_sink>
+pass_result session_pass(const workload& w, const proto::settings_ptr& settings, Sink& sink,
                          std::vector<char>& buf) {
   null_events events;
   proto::queue_id_source ids{0x12345678, 0x4242};
-  std::uint64_t before = sink.messages;
+  std::uint64_t before = sink_messages(sink);
+  bool first_feed = true;
   std::size_t reply_bytes = 0;
   auto t0 = Clock::now();
   {
@@ -195,13 +339,17 @@ pass_result session_pass(const workload& w, const proto::settings_ptr& settings,
       std::size_t used = s.feed(std::span<char>(buf.data(), held));
       reply_bytes += s.output().size();
       s.output().clear();
+      if (first_feed && trace_after_first_feed > 0)
+        alloc_count::trace_left = trace_after_first_feed;
+      first_feed = false;
       if (used == 0 && n == 0) break;  // stuck: checked below
       std::memmove(buf.data(), buf.data() + used, held - used);
       held -= used;
     }
   }
+  alloc_count::trace_left = 0;
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::uint64_t done = sink.messages - before;
+  std::uint64_t done = sink_messages(sink) - before;
   if (done != w.transactions || reply_bytes == 0) {
     std::fprintf(stderr, "proto-bench: %s: session stored %llu of %zu messages\n", w.name.c_str(),
                  static_cast<unsigned long long>(done), w.transactions);
@@ -272,6 +420,151 @@ figure measure(Pass pass, double seconds, int reps) {
   return best;
 }
 
+// ---- Allocations per message and per command (issue 10) ----
+
+// A pipelined session of `times` repeats of `unit` (commands only) between
+// EHLO and QUIT.
+workload make_command_workload(std::string name, std::string_view unit, std::size_t times) {
+  workload w{std::move(name), 0, 0, "EHLO client.example\r\n", {}};
+  w.transcript.reserve(w.transcript.size() + unit.size() * times + 8);
+  for (std::size_t i = 0; i < times; ++i) w.transcript += unit;
+  w.transcript += "QUIT\r\n";
+  return w;
+}
+
+struct alloc_figure {
+  std::string name;
+  std::size_t commands_per_unit;  // 0 for a message
+  double per_unit = 0;            // allocations
+  double bytes_per_unit = 0;      // bytes asked for
+  double per_session = 0;         // setting up, greeting, EHLO, QUIT
+};
+
+// Allocations of one unit (a message, a command, a cycle of commands) in
+// steady state: after a warm-up pass, a pass of 2N units minus a pass of N,
+// over N; what a session costs once is in neither difference. With
+// --alloc-trace, the 2N pass traces its first allocations past its first
+// read buffer.
+template <class Pass>
+alloc_figure count_allocations(std::string name, std::size_t commands_per_unit, std::size_t n,
+                               const workload& once, const workload& twice, Pass pass, int trace) {
+  pass(twice);  // warm-up: every string and vector at its steady size
+  std::uint64_t c0 = alloc_count::count, b0 = alloc_count::bytes;
+  pass(once);
+  std::uint64_t c1 = alloc_count::count, b1 = alloc_count::bytes;
+  if (trace > 0) std::fprintf(stderr, "proto-bench: --alloc-trace: %s\n", name.c_str());
+  trace_after_first_feed = trace;
+  pass(twice);
+  trace_after_first_feed = 0;
+  std::uint64_t c2 = alloc_count::count, b2 = alloc_count::bytes;
+  alloc_figure f{std::move(name), commands_per_unit};
+  double once_n = static_cast<double>(c1 - c0), twice_n = static_cast<double>(c2 - c1);
+  f.per_unit = (twice_n - once_n) / static_cast<double>(n);
+  f.bytes_per_unit =
+      (static_cast<double>(b2 - b1) - static_cast<double>(b1 - b0)) / static_cast<double>(n);
+  f.per_session = once_n - f.per_unit * static_cast<double>(n);
+  return f;
+}
+
+struct alloc_report {
+  std::vector<alloc_figure> rows;
+  double per_message = 0;            // the session, with an allocation-free sink
+  double per_message_null_sink = 0;  // the session with inboxd::null_sink
+  double per_command = 0;            // over every command of the command workloads
+};
+
+alloc_report run_allocations(std::vector<char>& buf, int trace) {
+  alloc_report rep;
+  auto own = std::make_shared<bench_sink>();
+  auto real = std::make_shared<inboxd::null_sink>();
+  auto make_settings = [](std::shared_ptr<sink> store) {
+    auto s = std::make_shared<proto::settings>();
+    s->limits.hostname = "inboxd.example";
+    s->policy = make_rules_policy({});
+    s->store = std::move(store);
+    return proto::settings_ptr(s);
+  };
+  proto::settings_ptr own_settings = make_settings(own), real_settings = make_settings(real);
+
+  constexpr std::size_t messages = 1024;
+  workload m1 = make_workload("message", 1024, messages);
+  workload m2 = make_workload("message", 1024, 2 * messages);
+  rep.rows.push_back(count_allocations(
+      "message (1 KiB: MAIL, RCPT, DATA, text, '.')", 0, messages, m1, m2,
+      [&](const workload& w) { return session_pass(w, own_settings, *own, buf); }, trace));
+  rep.per_message = rep.rows.back().per_unit;
+  rep.rows.push_back(count_allocations(
+      "message, with inboxd::null_sink", 0, messages, m1, m2,
+      [&](const workload& w) { return session_pass(w, real_settings, *real, buf); }, trace));
+  rep.per_message_null_sink = rep.rows.back().per_unit;
+
+  struct command_unit {
+    const char* name;
+    std::string_view text;
+    std::size_t commands;
+  };
+  constexpr std::size_t times = 8192;
+  const command_unit units[] = {
+      {"NOOP", "NOOP\r\n", 1},
+      {"RSET", "RSET\r\n", 1},
+      {"MAIL+RCPT+RSET cycle",
+       "MAIL FROM:<sender@client.example> SIZE=1000\r\nRCPT TO:<user1@inboxd.example>\r\n"
+       "RSET\r\n",
+       3},
+      // Names past the 15 bytes a std::string holds in place: what short
+      // names hide. Shown, but not in allocations_per_command.
+      {"MAIL+RCPT+RSET cycle, names > 15 bytes",
+       "MAIL FROM:<a.long.sender.name@client.example.org>\r\n"
+       "RCPT TO:<a.long.recipient.name@mail.inboxd-example.org>\r\nRSET\r\n",
+       3},
+  };
+  double allocations = 0, commands = 0;
+  for (const command_unit& u : units) {
+    workload c1 = make_command_workload(u.name, u.text, times);
+    workload c2 = make_command_workload(u.name, u.text, 2 * times);
+    rep.rows.push_back(count_allocations(
+        u.name, u.commands, times, c1, c2,
+        [&](const workload& w) { return session_pass(w, own_settings, *own, buf); }, trace));
+    if (&u == &units[std::size(units) - 1]) break;
+    allocations += rep.rows.back().per_unit;
+    commands += static_cast<double>(u.commands);
+  }
+  rep.per_command = allocations / commands;
+  return rep;
+}
+
+void print_allocations(const alloc_report& rep) {
+  fmt::print(
+      "\nheap allocations in steady state (operator new; a pass of 2N units minus one of N, "
+      "over N)\n{:<48}{:>12}{:>12}{:>14}\n",
+      "unit", "allocations", "bytes", "per session");
+  for (const alloc_figure& f : rep.rows) {
+    fmt::print("{:<48}{:>12.2f}{:>12.1f}{:>14.1f}\n", f.name, f.per_unit, f.bytes_per_unit,
+               f.per_session);
+  }
+  fmt::print(
+      "per message: {:.2f} (session alone), {:.2f} with inboxd::null_sink; per command: {:.2f}\n"
+      "goal (issue 10): at most 2 per message, 0 per command\n",
+      rep.per_message, rep.per_message_null_sink, rep.per_command);
+}
+
+std::string allocations_json(const alloc_report& rep) {
+  std::string out = fmt::format(
+      ",\"allocations_per_message\":{:.3f},\"allocations_per_message_null_sink\":{:.3f},"
+      "\"allocations_per_command\":{:.3f},\"allocations\":[",
+      rep.per_message, rep.per_message_null_sink, rep.per_command);
+  bool first = true;
+  for (const alloc_figure& f : rep.rows) {
+    out += fmt::format(
+        "{}{{\"unit\":\"{}\",\"commands\":{},\"allocations\":{:.3f},\"bytes\":{:.1f},"
+        "\"per_session\":{:.1f}}}",
+        first ? "" : ",", f.name, f.commands_per_unit, f.per_unit, f.bytes_per_unit, f.per_session);
+    first = false;
+  }
+  out += "]";
+  return out;
+}
+
 // ---- Hostile shapes (issue 9) ----
 
 // One shape at one size: its wire body (CRLF line ends, without the final
@@ -325,7 +618,11 @@ constexpr hostile_shape hostile_shapes[] = {
     {"tiny-lines", "empty lines", [](std::size_t n) { return with_command(repeat_to("\r\n", n)); }},
     {"quoted-local", "a quoted local part of escapes",
      [](std::size_t n) {
-       return with_command("\"" + repeat_to("\\\"", n - 16) + "\"@example.com\r\n");
+       // Appends, not operator+: GCC 12 at -O3 warns (-Wrestrict) on "\"" + string.
+       std::string local(1, '"');
+       local += repeat_to("\\\"", n - 16);
+       local += "\"@example.com\r\n";
+       return with_command(std::move(local));
      }},
     {"addr-literal", "a long general address literal",
      [](std::size_t n) { return with_command("u@[x-tag:" + std::string(n - 12, 'y') + "]\r\n"); }},
@@ -511,7 +808,7 @@ std::string size_name(std::size_t n) {
 // Runs every path on every shape at every size; prints a table (or adds a
 // "hostile" object to the JSON line).
 void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::string_view only) {
-  auto sink = std::make_shared<null_sink>();
+  auto sink = std::make_shared<bench_sink>();
   auto s = std::make_shared<proto::settings>();
   s->limits.hostname = "inboxd.example";
   s->limits.max_message_size = 64 * 1024 * 1024;  // the shapes are stored, not refused
@@ -640,7 +937,8 @@ void run_hostile(bool json, std::string& out, std::vector<char>& buf, std::strin
 
 int main(int argc, char** argv) {
   bool json = false;
-  bool hostile = true, fixed = true;
+  bool hostile = true, fixed = true, allocations = true;
+  int alloc_trace = 0;
   std::string_view only_shape;
   double seconds = 0.5;
   int reps = 3;
@@ -655,15 +953,24 @@ int main(int argc, char** argv) {
     } else if (a == "--no-hostile") {
       hostile = false;
     } else if (a == "--hostile-only") {
-      fixed = false;
+      fixed = allocations = false;
     } else if (a == "--shape" && i + 1 < argc) {
       only_shape = argv[++i];
+    } else if (a == "--allocations-only") {
+      fixed = hostile = false;
+    } else if (a == "--no-allocations") {
+      allocations = false;
+    } else if (a == "--alloc-trace" && i + 1 < argc) {
+      alloc_trace = std::atoi(argv[++i]);
     } else {
       std::fprintf(stderr,
                    "usage: proto-bench [--json] [--seconds S (0.5)] [--reps N (3)]\n"
                    "                   [--no-hostile | --hostile-only] [--shape NAME]\n"
+                   "                   [--allocations-only | --no-allocations] [--alloc-trace N]\n"
                    "Throughput of the sans-I/O session and the data decoder over a fixed\n"
                    "pipelined transcript (1 KiB and 64 KiB bodies); best of N runs of S s.\n"
+                   "Then heap allocations per message and per command in steady state\n"
+                   "(--alloc-trace N: a backtrace of the first N of each workload's pass).\n"
                    "Then every per-byte path on hostile shapes at 64 KiB, 1 MiB and 8 MiB.\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
@@ -673,7 +980,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  auto sink = std::make_shared<null_sink>();
+  auto sink = std::make_shared<bench_sink>();
   auto s = std::make_shared<proto::settings>();
   s->limits.hostname = "inboxd.example";
   s->policy = make_rules_policy({});
@@ -711,6 +1018,17 @@ int main(int argc, char** argv) {
   }
   if (!json && fixed)
     fmt::print("MB = 10^6 bytes of wire text; best of {} runs of >= {} s each\n", reps, seconds);
+  if (allocations || alloc_trace > 0) {
+    if (alloc_trace > 0) {
+      void* frames[4];
+      backtrace(frames, 4);  // loads libgcc_s now, not inside a traced allocation
+    }
+    alloc_report rep = run_allocations(buf, alloc_trace);
+    if (json)
+      out += allocations_json(rep);
+    else
+      print_allocations(rep);
+  }
   if (hostile) run_hostile(json, out, buf, only_shape);
   if (json) {
     out += fmt::format(",\"seconds\":{},\"reps\":{}}}", seconds, reps);
