@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "inboxd/owner.hpp"
 #include "inboxd/sink.hpp"
@@ -26,9 +27,16 @@ struct memory_budget {
   std::size_t used = 0;
 };
 
-// Counts and discards: the reference for throughput.
+class null_delivery;
+
+// Counts and discards: the reference for throughput. Its deliveries are
+// reused (no allocation per message); it must outlive them.
 class null_sink final : public sink {
  public:
+  null_sink() = default;
+  null_sink(const null_sink&) = delete;
+  null_sink& operator=(const null_sink&) = delete;
+  ~null_sink() override;
   delivery* begin(const envelope& env, delivery_listener& listener) override;
   [[nodiscard]] std::uint64_t messages() const noexcept { return messages_; }
   [[nodiscard]] std::uint64_t bytes() const noexcept { return bytes_; }
@@ -37,6 +45,7 @@ class null_sink final : public sink {
   friend class null_delivery;
   std::uint64_t messages_ = 0;
   std::uint64_t bytes_ = 0;
+  std::vector<null_delivery*> spare_;  // finished deliveries, for the next begin()
 };
 
 struct maildir_options {
