@@ -16,6 +16,7 @@ std::string resolve(const recipient_policy& p, std::string_view address) {
   switch (p.resolve(address, out)) {
     case rcpt_verdict::unknown_user: return "unknown user";
     case rcpt_verdict::relay_denied: return "relay denied";
+    case rcpt_verdict::bad_domain: return "bad domain";
     case rcpt_verdict::accept: break;
   }
   std::string s = "accept";
