@@ -1,10 +1,17 @@
 #include <doctest/doctest.h>
 
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "harness.hpp"
+#include "inboxd/auth.hpp"
+#include "proto/base64.hpp"
 #include "proto/utf8.hpp"
 
 using namespace inboxd::proto;
+using inboxd::test::test_connection;
 
 TEST_CASE("is_utf8_text takes well-formed UTF-8 of every length") {
   CHECK(is_utf8_text(""));
@@ -110,4 +117,113 @@ TEST_CASE("every one- and two-octet input is judged as a decoder would") {
       std::string four{static_cast<char>(a), static_cast<char>(b), '\x80', '\xBF'};
       REQUIRE(is_utf8_text(four) == reference(four));
     }
+}
+
+// ---- SMTPUTF8 through the session: the policy, the trace header, the log ----
+
+namespace {
+
+// Knows alice with password "secret", and answers at once.
+class instant_auth final : public inboxd::authenticator {
+ public:
+  inboxd::auth_check* check(std::string_view user, std::string_view password,
+                            inboxd::auth_listener& listener) const override {
+    listener.auth_checked(user == "alice" && password == "secret" ? inboxd::auth_result::ok
+                                                                  : inboxd::auth_result::failed);
+    return nullptr;
+  }
+};
+
+inboxd::recipient_rules munich() {
+  inboxd::recipient_rules rules;
+  rules.domains.push_back({"m\xC3\xBCnchen.example", {"j\xC3\xB6rg", "alice"}, {}});
+  return rules;
+}
+
+// A connection whose settings have TLS credentials and an authenticator.
+struct secure_connection : test_connection {
+  explicit secure_connection(inboxd::session_config cfg = {}) : test_connection(cfg, munich()) {
+    auto s = std::make_shared<inboxd::proto::settings>(*settings);
+    s->auth = std::make_shared<instant_auth>();
+    static char token;  // Only their presence is asked for.
+    s->tls = {std::shared_ptr<void>{}, reinterpret_cast<const inboxd::tls_credentials*>(&token)};
+    settings = s;
+    (void)take();
+  }
+};
+
+const std::string utf8_message =
+    "MAIL FROM:<j\xC3\xB6rg@m\xC3\xBCnchen.example> SMTPUTF8\r\n"
+    "RCPT TO:<j\xC3\xB6rg@xn--mnchen-3ya.example>\r\nDATA\r\n"
+    "Subject: Gr\xC3\xBC\xC3\x9F""e\r\n\r\n\xE4\xBD\xA0\xE5\xA5\xBD\r\n.\r\n";
+
+std::string trace_of(const test_connection& c) {
+  REQUIRE(c.sink.messages.size() == 1);
+  return std::string(c.sink.messages[0].trace());
+}
+
+}  // namespace
+
+TEST_CASE("SMTPUTF8 mail is traced with UTF8SMTP, and stored with its UTF-8 bytes") {
+  test_connection c({}, munich());
+  c.send("EHLO client.example\r\n" + utf8_message);
+  REQUIRE(c.sink.messages.size() == 1);
+  const auto& m = c.sink.messages[0];
+  CHECK(m.reverse_path == "j\xC3\xB6rg@m\xC3\xBCnchen.example");
+  CHECK(m.mailboxes == std::vector<std::string>{"j\xC3\xB6rg@xn--mnchen-3ya.example"});
+  CHECK(trace_of(c).find("\tby localhost (inboxd) with UTF8SMTP id ") != std::string::npos);
+  CHECK(trace_of(c).find("\tfor <j\xC3\xB6rg@xn--mnchen-3ya.example>; ") != std::string::npos);
+  CHECK(m.body() == "Subject: Gr\xC3\xBC\xC3\x9F""e\n\n\xE4\xBD\xA0\xE5\xA5\xBD\n");
+  // The log line escapes what is not printable ASCII.
+  bool logged = false;
+  for (const auto& line : c.events.log)
+    if (line.find("from=<j\\xc3\\xb6rg@m\\xc3\\xbcnchen.example> "
+                  "to=<j\\xc3\\xb6rg@xn--mnchen-3ya.example>") != std::string::npos)
+      logged = true;
+  CHECK(logged);
+}
+
+TEST_CASE("without SMTPUTF8 the trace says ESMTP, even with 8-bit header bytes") {
+  test_connection c({}, munich());
+  c.send(
+      "EHLO client.example\r\nMAIL FROM:<a@example.com> BODY=8BITMIME\r\n"
+      "RCPT TO:<alice@xn--mnchen-3ya.example>\r\nDATA\r\nSubject: \xC3\xBC\r\n\r\nx\r\n.\r\n");
+  CHECK(trace_of(c).find(" with ESMTP id ") != std::string::npos);
+  CHECK(c.sink.messages[0].body() == "Subject: \xC3\xBC\n\nx\n");
+}
+
+TEST_CASE("the UTF8SMTP trace gains S with TLS and A with AUTH (RFC 6531 4.3)") {
+  const std::string plain_auth = "AUTH PLAIN " + base64_encode(std::string("\0alice\0secret", 13));
+  {
+    secure_connection c;
+    c.send("EHLO c\r\nSTARTTLS\r\n");
+    c.session.tls_started("TLSv1.3 with cipher TEST");
+    c.send("EHLO c\r\n" + utf8_message);
+    CHECK(trace_of(c).find(" with UTF8SMTPS id ") != std::string::npos);
+  }
+  {
+    secure_connection c({.allow_plaintext_auth = true});
+    c.send("EHLO c\r\n" + plain_auth + "\r\n" + utf8_message);
+    CHECK(trace_of(c).find(" with UTF8SMTPA id ") != std::string::npos);
+  }
+  {
+    secure_connection c;
+    c.send("EHLO c\r\nSTARTTLS\r\n");
+    c.session.tls_started("TLSv1.3 with cipher TEST");
+    c.send("EHLO c\r\n" + plain_auth + "\r\n" + utf8_message);
+    CHECK(trace_of(c).find(" with UTF8SMTPSA id ") != std::string::npos);
+  }
+}
+
+TEST_CASE("a recipient domain that is no IDNA name gets 550 5.1.2") {
+  test_connection c({}, munich());
+  c.send(
+      "EHLO c\r\nMAIL FROM:<a@example.com> SMTPUTF8\r\n"
+      "RCPT TO:<alice@\xE2\x98\x83.example>\r\nRCPT TO:<alice@xn--a.example>\r\n"
+      "RCPT TO:<alice@muenchen.example>\r\nRCPT TO:<alice@M\xC3\x9CNCHEN.example>\r\n");
+  std::string replies = c.take();
+  CHECK(replies.find("550 5.1.2 Bad destination domain: <alice@\xE2\x98\x83.example>\r\n"
+                     "550 5.1.2 Bad destination domain: <alice@xn--a.example>\r\n"
+                     "550 5.7.1 Relaying denied: <alice@muenchen.example>\r\n"
+                     "250 2.1.5 Ok\r\n") != std::string::npos);
 }
