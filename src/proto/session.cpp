@@ -32,6 +32,18 @@ std::optional<reply_id> utf8_refusal(std::string_view mailbox, bool smtputf8, re
   return std::nullopt;
 }
 
+// "<mailbox>" for a reply. Replies stay ASCII (RFC 6531 leaves UTF-8 in
+// reply text to a later extension): a UTF-8 address is shown escaped.
+std::string quoted_path(std::string_view mailbox) {
+  std::string out = "<";
+  if (is_ascii(mailbox))
+    out += mailbox;
+  else
+    append_printable(out, mailbox);
+  out += '>';
+  return out;
+}
+
 }  // namespace
 
 // The prefix has a fixed width (8 hex digits of the start time, 6 of the
@@ -331,11 +343,11 @@ void session::do_rcpt(std::string_view arg) {
   switch (verdict) {
     case rcpt_verdict::accept: break;
     case rcpt_verdict::unknown_user:
-      return refuse(reply_id::unknown_user, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+      return refuse(reply_id::unknown_user, quoted_path(p.value.mailbox));
     case rcpt_verdict::relay_denied:
-      return refuse(reply_id::relay_denied, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+      return refuse(reply_id::relay_denied, quoted_path(p.value.mailbox));
     case rcpt_verdict::bad_domain:
-      return refuse(reply_id::bad_domain, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+      return refuse(reply_id::bad_domain, quoted_path(p.value.mailbox));
   }
   tx_->mailboxes_resolved += found.size();
   if (tx_->mailboxes_resolved > mailbox_limit) return too_many_recipients();
