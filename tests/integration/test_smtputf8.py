@@ -11,6 +11,7 @@ from email.message import EmailMessage
 
 import harness
 from harness import HELO, InboxdTestCase
+from test_dovecot import DovecotTestBase
 
 # münchen.example is configured as a U-label, bücher.example as its A-label:
 # both forms must match both forms on the wire.
@@ -185,6 +186,33 @@ class Smtputf8Test(InboxdTestCase):
         outside = set(os.listdir(self.server.dir)) - {"mail", "inboxd.toml", "stderr.log",
                                                       "var"}
         self.assertEqual(outside, set())
+
+
+class Smtputf8DovecotTest(DovecotTestBase):
+    """Dovecot's IMAP reads a message stored for a UTF-8 local part at a U-label."""
+    server_kwargs = {"maildir": False, "config": CONFIG}
+
+    def test_dovecot_reads_the_utf8_message(self):
+        body = BODY.replace(b"Subject: ", b"Subject: m0 ")
+        s = smtplib.SMTP("127.0.0.1", self.server.port, local_hostname=HELO,
+                         timeout=harness.TIMEOUT)
+        try:
+            self.assertEqual(s.sendmail("jörg@münchen.example", ["用户@münchen.example"], body,
+                                        mail_options=["SMTPUTF8", "BODY=8BITMIME"]), {})
+            s.quit()
+        finally:
+            s.close()
+        folder = os.path.join(self.server.dir, "mail", MUNICH, "用户")
+        got = self.fetch_all(self.imap(f"maildir:{folder}"))
+        self.assertEqual(list(got), [b"m0"])
+        fetched, size = got[b"m0"]
+        self.assertEqual(size, len(fetched))
+        self.assertEqual(fetched.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), fetched)
+        self.assertTrue(fetched.startswith("Return-Path: <jörg@münchen.example>\r\n".encode()),
+                        fetched[:200])
+        self.assertIn(b" (inboxd) with UTF8SMTP id ", fetched)
+        self.assertTrue(fetched.endswith(body), fetched[-200:])
+        self.assertDovecotQuiet()
 
 
 if __name__ == "__main__":
