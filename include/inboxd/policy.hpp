@@ -8,6 +8,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,7 @@ enum class rcpt_verdict {
   accept,        // 250 2.1.5; mailboxes were appended
   unknown_user,  // 550 5.1.1
   relay_denied,  // 550 5.7.1: not a domain we serve
+  bad_domain,    // 550 5.1.2: the domain is no valid IDNA name (RFC 5891)
 };
 
 class recipient_policy {
@@ -39,6 +41,10 @@ struct domain_rules {
   std::map<std::string, std::vector<std::string>> aliases;
 };
 
+// Domain names match in U-label and A-label form alike: the rules policy
+// compares, and gives sinks (recipient::domain, {domain}), the A-label form
+// in lower case. Local parts compare as UTF-8 octets; case_insensitive
+// folds ASCII letters only.
 struct recipient_rules {
   std::vector<domain_rules> domains;        // empty: every domain, any local part
   bool case_insensitive = true;             // compare local parts ignoring ASCII case
@@ -49,5 +55,10 @@ struct recipient_rules {
 };
 
 [[nodiscard]] std::unique_ptr<recipient_policy> make_rules_policy(recipient_rules rules);
+
+// A domain as the rules policy compares it: lower-case ASCII, U-labels
+// turned into A-labels (IDNA2008, libidn2); nullopt when it is no valid
+// IDNA name. An address literal ("[...]") is returned lower-cased.
+[[nodiscard]] std::optional<std::string> canonical_domain(std::string_view domain);
 
 }  // namespace inboxd

@@ -42,6 +42,9 @@ struct envelope {
   std::span<const recipient> recipients;  // distinct mailboxes, in RCPT order
   bool esmtp = false;
   bool body_8bit = false;  // BODY=8BITMIME was given
+  // MAIL had SMTPUTF8 (RFC 6531): addresses and headers may be UTF-8. A sink
+  // that hands the message on needs a next hop that offers SMTPUTF8.
+  bool smtputf8 = false;
 };
 
 // The outcome for one recipient (mailbox), in envelope order.

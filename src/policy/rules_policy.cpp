@@ -2,8 +2,15 @@
 //
 // Sans I/O like src/proto: a table lookup per RCPT, built once per config
 // load. Names are normalised (case, sub-address) the same way when the table
-// is built and when it is consulted.
+// is built and when it is consulted. Domains are compared in one form, the
+// A-label one in lower case (RFC 5890: münchen.example is
+// xn--mnchen-3ya.example), converted by libidn2 (IDNA2008 with the UTS 46
+// non-transitional mapping, as libidn2 recommends for lookups).
+#include <idn2.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
 #include <unordered_map>
 
 #include "inboxd/policy.hpp"
@@ -12,6 +19,7 @@
 namespace inboxd {
 namespace {
 
+// ASCII only: the octets of UTF-8 are never touched.
 std::string lower(std::string_view s) {
   std::string out(s);
   for (char& c : out)
@@ -19,12 +27,44 @@ std::string lower(std::string_view s) {
   return out;
 }
 
+bool needs_idna(std::string_view domain) {
+  for (char c : domain)
+    if (static_cast<unsigned char>(c) >= 0x80) return true;
+  // An A-label ("xn--" in any case) is checked, and so compared, as libidn2 reads it.
+  for (std::size_t at = 0; at < domain.size(); ++at) {
+    if ((at == 0 || domain[at - 1] == '.') && domain.size() - at >= 4 &&
+        proto::iequals(domain.substr(at, 4), "xn--"))
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// A domain in the form the policy compares: lower-case ASCII with A-labels;
+// nullopt when it is no valid IDNA name. An address literal stays as given.
+std::optional<std::string> canonical_domain(std::string_view domain) {
+  std::string low = lower(domain);
+  if (low.empty() || low.front() == '[' || !needs_idna(low)) return low;
+  char* out = nullptr;
+  int rc = idn2_to_ascii_8z(low.c_str(), &out, IDN2_NONTRANSITIONAL | IDN2_NFC_INPUT);
+  if (rc != IDN2_OK) {
+    std::free(out);
+    return std::nullopt;
+  }
+  std::string ascii = lower(out);
+  std::free(out);
+  return ascii;
+}
+
+namespace {
+
 class rules_policy final : public recipient_policy {
  public:
   explicit rules_policy(recipient_rules rules) : rules_(std::move(rules)) {
     for (auto& d : rules_.domains) {
       domain_table t;
-      t.name = lower(d.name);
+      t.name = config_domain(d.name);
       t.any_user = d.users.empty() && d.aliases.empty();
       for (const auto& u : d.users) t.users.emplace(normal(u), u);
       for (const auto& [alias, targets] : d.aliases) t.aliases.emplace(normal(alias), targets);
@@ -39,8 +79,10 @@ class rules_policy final : public recipient_policy {
       // RFC 5321 4.1.1.3: <postmaster> without a domain is always accepted.
       local = "postmaster";
       domain = postmaster_domain();
+    } else if (auto canonical = canonical_domain(domain_part)) {
+      domain = std::move(*canonical);
     } else {
-      domain = lower(domain_part);
+      return rcpt_verdict::bad_domain;
     }
     std::string name = unquote_and_fold(local);
     // RFC 5321 4.5.1: "postmaster" is case-insensitive, whatever the config says.
@@ -101,6 +143,15 @@ class rules_policy final : public recipient_policy {
     return at == std::string::npos || at == 0 ? name : name.substr(0, at);
   }
 
+  // A configured name, "*." kept; one that is no IDNA name stays in lower
+  // case and so matches nothing (a name on the wire that fails is refused).
+  static std::string config_domain(std::string_view name) {
+    bool wild = name.starts_with("*.");
+    if (wild) name.remove_prefix(2);
+    std::string d = canonical_domain(name).value_or(lower(name));
+    return wild ? "*." + d : d;
+  }
+
   const domain_table* find_domain(std::string_view domain) const {
     for (const auto& t : tables_)
       if (t.name == domain) return &t;
@@ -114,7 +165,7 @@ class rules_policy final : public recipient_policy {
   }
 
   std::string postmaster_domain() const {
-    if (!rules_.postmaster_domain.empty()) return lower(rules_.postmaster_domain);
+    if (!rules_.postmaster_domain.empty()) return config_domain(rules_.postmaster_domain);
     for (const auto& t : tables_)
       if (!t.name.starts_with("*.")) return t.name;
     return {};
@@ -128,7 +179,8 @@ class rules_policy final : public recipient_policy {
       if (at == std::string::npos)
         out.push_back({std::string(address), target, domain});
       else
-        out.push_back({std::string(address), target.substr(0, at), lower(target.substr(at + 1))});
+        out.push_back({std::string(address), target.substr(0, at),
+                       config_domain(std::string_view(target).substr(at + 1))});
     }
   }
 

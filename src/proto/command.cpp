@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include "proto/utf8.hpp"
+
 #include <array>
 
 namespace inboxd::proto {
@@ -63,18 +65,28 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-bool is_dot_string(std::string_view s) {
+bool is_domain_of(std::string_view s, bool eight) noexcept;
+bool is_mailbox_of(std::string_view s, bool eight) noexcept;
+
+// Octets of UTF8-non-ascii (RFC 6531 3.3: atext, qtextSMTP and sub-domain
+// take them). The parser lets any of them through where the grammar allows
+// one; whether they are well-formed UTF-8 is is_utf8_text()'s question.
+constexpr bool is_8bit(char c) {
+  return static_cast<unsigned char>(c) >= 0x80;
+}
+
+bool is_dot_string(std::string_view s, bool eight) {
   if (s.empty() || s.front() == '.' || s.back() == '.') return false;
   char prev = 0;
   for (char c : s) {
-    if (c == '.' ? prev == '.' : !is_atext(c)) return false;
+    if (c == '.' ? prev == '.' : !(is_atext(c) || (eight && is_8bit(c)))) return false;
     prev = c;
   }
   return true;
 }
 
 // Quoted-string = DQUOTE *QcontentSMTP DQUOTE, with quoted-pairSMTP = "\" %d32-126.
-bool is_quoted_string(std::string_view s) {
+bool is_quoted_string(std::string_view s, bool eight) {
   if (s.size() < 2 || s.front() != '"' || s.back() != '"') return false;
   for (std::size_t i = 1; i + 1 < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
@@ -82,7 +94,7 @@ bool is_quoted_string(std::string_view s) {
       if (++i + 1 >= s.size()) return false;
       auto q = static_cast<unsigned char>(s[i]);
       if (q < 32 || q > 126) return false;
-    } else if (c < 32 || c > 126 || c == '"') {
+    } else if ((c < 32 || c > 126 || c == '"') && !(eight && c >= 0x80)) {
       return false;
     }
   }
@@ -106,11 +118,11 @@ std::size_t local_part_end(std::string_view s) {
 
 // A-d-l = At-domain *( "," At-domain ), At-domain = "@" Domain. Obsolete
 // source routes are accepted and ignored (RFC 5321 4.1.2, C.).
-bool is_source_route(std::string_view s) {
+bool is_source_route(std::string_view s, bool eight) {
   while (!s.empty()) {
     if (s.front() != '@') return false;
     auto comma = s.find(',');
-    if (!is_domain(s.substr(1, comma == s.npos ? s.npos : comma - 1))) return false;
+    if (!is_domain_of(s.substr(1, comma == s.npos ? s.npos : comma - 1), eight)) return false;
     if (comma == s.npos) return true;
     s.remove_prefix(comma + 1);
   }
@@ -119,7 +131,8 @@ bool is_source_route(std::string_view s) {
 
 enum class path_kind { reverse, forward };
 
-path_parse parse_path_arg(std::string_view arg, std::string_view keyword, path_kind kind) {
+path_parse parse_path_arg(std::string_view arg, std::string_view keyword, path_kind kind,
+                          bool eight) {
   if (arg.size() < keyword.size() || !iequals(arg.substr(0, keyword.size()), keyword))
     return {path_error::no_keyword, {}};
   arg.remove_prefix(keyword.size());
@@ -158,11 +171,11 @@ path_parse parse_path_arg(std::string_view arg, std::string_view keyword, path_k
     return {path_error::none, {inner, rest}};
   if (inner.front() == '@') {
     auto colon = inner.find(':');
-    if (colon == inner.npos || !is_source_route(inner.substr(0, colon)))
+    if (colon == inner.npos || !is_source_route(inner.substr(0, colon), eight))
       return {path_error::bad_path, {}};
     inner.remove_prefix(colon + 1);
   }
-  if (!is_mailbox(inner)) return {path_error::bad_path, {}};
+  if (!is_mailbox_of(inner, eight)) return {path_error::bad_path, {}};
   return {path_error::none, {inner, rest}};
 }
 
@@ -185,16 +198,28 @@ command parse_command(std::string_view line) noexcept {
 }
 
 bool is_domain(std::string_view s) noexcept {
+  return is_domain_of(s, false);
+}
+
+namespace {
+
+// With eight, a label may be a U-label (RFC 6531 3.3). Its octets are not
+// held to 63: the limit is the A-label's, which the recipient policy checks
+// when it converts the name (IDNA); the whole name keeps its 255.
+bool is_domain_of(std::string_view s, bool eight) noexcept {
   // RFC 5321 4.5.3.1.2: a domain is at most 255 octets.
   if (s.empty() || s.size() > 255) return false;
   std::size_t label = 0;
+  bool label_8bit = false;
   char prev = '.';
   for (char c : s) {
     if (c == '.') {
       if (prev == '.' || prev == '-') return false;
       label = 0;
-    } else if (is_alpha(c) || is_digit(c) || (c == '-' && prev != '.')) {
-      if (++label > 63) return false;
+      label_8bit = false;
+    } else if (is_alpha(c) || is_digit(c) || (c == '-' && prev != '.') || (eight && is_8bit(c))) {
+      label_8bit = label_8bit || is_8bit(c);
+      if (++label > 63 && !label_8bit) return false;
     } else {
       return false;
     }
@@ -202,6 +227,20 @@ bool is_domain(std::string_view s) noexcept {
   }
   return prev != '.' && prev != '-';
 }
+
+bool is_mailbox_of(std::string_view s, bool eight) noexcept {
+  std::size_t at = local_part_end(s);
+  if (at == std::string_view::npos || at == 0) return false;
+  std::string_view local = s.substr(0, at);
+  std::string_view domain = s.substr(at + 1);
+  // RFC 5321 4.5.3.1.1: a local part is at most 64 octets (RFC 6531 keeps
+  // the limit in octets).
+  if (local.size() > 64) return false;
+  if (!(is_dot_string(local, eight) || is_quoted_string(local, eight))) return false;
+  return is_domain_of(domain, eight) || is_address_literal(domain);
+}
+
+}  // namespace
 
 bool is_address_literal(std::string_view s) noexcept {
   if (s.size() < 3 || s.front() != '[' || s.back() != ']') return false;
@@ -237,15 +276,8 @@ bool is_address_literal(std::string_view s) noexcept {
   return true;
 }
 
-bool is_mailbox(std::string_view s) noexcept {
-  std::size_t at = local_part_end(s);
-  if (at == std::string_view::npos || at == 0) return false;
-  std::string_view local = s.substr(0, at);
-  std::string_view domain = s.substr(at + 1);
-  // RFC 5321 4.5.3.1.1: a local part is at most 64 octets.
-  if (local.size() > 64) return false;
-  if (!(is_dot_string(local) || is_quoted_string(local))) return false;
-  return is_domain(domain) || is_address_literal(domain);
+bool is_mailbox(std::string_view s, bool utf8) noexcept {
+  return is_mailbox_of(s, utf8) && (!utf8 || is_utf8_text(s));
 }
 
 bool split_mailbox(std::string_view mailbox, std::string_view& local,
@@ -267,12 +299,12 @@ std::string unquote_local_part(std::string_view local) {
   return out;
 }
 
-path_parse parse_mail_from(std::string_view arg) noexcept {
-  return parse_path_arg(arg, "FROM:", path_kind::reverse);
+path_parse parse_mail_from(std::string_view arg, bool utf8) noexcept {
+  return parse_path_arg(arg, "FROM:", path_kind::reverse, utf8);
 }
 
-path_parse parse_rcpt_to(std::string_view arg) noexcept {
-  return parse_path_arg(arg, "TO:", path_kind::forward);
+path_parse parse_rcpt_to(std::string_view arg, bool utf8) noexcept {
+  return parse_path_arg(arg, "TO:", path_kind::forward, utf8);
 }
 
 std::optional<esmtp_param> param_reader::next() noexcept {

@@ -48,16 +48,22 @@ enum class path_error : std::uint8_t { none, no_keyword, bad_path };
 // Path = "<" [ A-d-l ":" ] Mailbox ">", with "<>" allowed for MAIL and
 // "<Postmaster>" (any case) for RCPT (RFC 5321 4.1.1.3). One space between
 // the colon and the path is tolerated, as real clients send it.
+// With utf8, the grammar is RFC 6531 3.3's: local parts and domain labels
+// may hold octets above 0x7F. They are let through unjudged, so that the
+// session can tell "non-ASCII without SMTPUTF8" (553 5.6.7) from malformed
+// UTF-8: check the mailbox with is_utf8_text() (proto/utf8.hpp).
 struct path_parse {
   path_error error;
   path_arg value;
 };
-[[nodiscard]] path_parse parse_mail_from(std::string_view arg) noexcept;
-[[nodiscard]] path_parse parse_rcpt_to(std::string_view arg) noexcept;
+[[nodiscard]] path_parse parse_mail_from(std::string_view arg, bool utf8 = false) noexcept;
+[[nodiscard]] path_parse parse_rcpt_to(std::string_view arg, bool utf8 = false) noexcept;
 
 // RFC 5321 4.1.2 Mailbox = Local-part "@" ( Domain / address-literal ),
-// within the lengths of RFC 5321 4.5.3.1.
-[[nodiscard]] bool is_mailbox(std::string_view s) noexcept;
+// within the lengths of RFC 5321 4.5.3.1 (in octets). With utf8, RFC 6531's
+// Mailbox: UTF-8 local parts and U-labels too, well-formed and without
+// control characters.
+[[nodiscard]] bool is_mailbox(std::string_view s, bool utf8 = false) noexcept;
 [[nodiscard]] bool is_domain(std::string_view s) noexcept;
 [[nodiscard]] bool is_address_literal(std::string_view s) noexcept;
 

@@ -1,12 +1,14 @@
 #include "proto/session.hpp"
 
 #include "proto/base64.hpp"
+#include "proto/utf8.hpp"
 
 #include <fmt/format.h>
 #include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <utility>
 
 namespace inboxd::proto {
@@ -17,6 +19,32 @@ constexpr std::size_t command_line_limit = 512;
 constexpr std::size_t max_output = 64 * 1024;
 // Up to this many recipients, a repeat is found by a scan (see do_rcpt).
 constexpr std::size_t linear_dedup = 16;
+
+namespace {
+
+// RFC 6531 3.6.2: an address with non-ASCII octets needs SMTPUTF8 on MAIL
+// (553 5.6.7); with it, the address must be well-formed UTF-8 without
+// control characters (RFC 6532 3.1), else malformed is the reply.
+std::optional<reply_id> utf8_refusal(std::string_view mailbox, bool smtputf8, reply_id malformed) {
+  if (is_ascii(mailbox)) return std::nullopt;
+  if (!smtputf8) return reply_id::non_ascii_address;
+  if (!is_utf8_text(mailbox)) return malformed;
+  return std::nullopt;
+}
+
+// "<mailbox>" for a reply. Replies stay ASCII (RFC 6531 leaves UTF-8 in
+// reply text to a later extension): a UTF-8 address is shown escaped.
+std::string quoted_path(std::string_view mailbox) {
+  std::string out = "<";
+  if (is_ascii(mailbox))
+    out += mailbox;
+  else
+    append_printable(out, mailbox);
+  out += '>';
+  return out;
+}
+
+}  // namespace
 
 // The prefix has a fixed width (8 hex digits of the start time, 6 of the
 // pid: Linux pids stay below 2^22), so the counter after it, 6 hex digits or
@@ -44,9 +72,14 @@ void queue_id_source::next(std::string& out) {
 }
 
 std::string printable(std::string_view s) {
-  static constexpr char hex[] = "0123456789abcdef";
   std::string out;
   out.reserve(s.size());
+  append_printable(out, s);
+  return out;
+}
+
+void append_printable(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
   for (char c : s) {
     auto u = static_cast<unsigned char>(c);
     if (u >= 32 && u < 127 && c != '\\') {
@@ -56,7 +89,6 @@ std::string printable(std::string_view s) {
       out.append(escaped, 4);
     }
   }
-  return out;
 }
 
 std::string rfc5322_date(std::int64_t unix_time) {
@@ -110,7 +142,7 @@ void session::reply(reply_id id, std::string_view detail) {
 void session::refuse(reply_id id, std::string_view detail) {
   const reply_entry& e = reply_of(id);
   events_.session_log(log_level::info, fmt::format(FMT_STRING("refused: {} {} {}{}"), e.code,
-                                                   e.enhanced, e.text, detail));
+                                                   e.enhanced, e.text, printable(detail)));
   if (++errors_ >= limits().max_errors) {
     reply(id, detail);
     events_.session_log(log_level::warning, fmt::format(FMT_STRING("{} errors: closing"), errors_));
@@ -216,6 +248,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   auto out = std::back_inserter(out_);
   fmt::format_to(out, FMT_STRING("250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n"),
                  limits().hostname, limits().max_message_size);
+  out_ += "250-SMTPUTF8\r\n";  // RFC 6531
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
     out_ += "250-AUTH PLAIN LOGIN\r\n";
@@ -228,7 +261,7 @@ void session::do_mail(std::string_view arg) {
   if (tx_) return refuse(reply_id::nested_mail);
   if (limits().require_tls && tls().empty()) return refuse(reply_id::need_tls);
   if (limits().require_auth && user().empty()) return refuse(reply_id::need_auth);
-  path_parse p = parse_mail_from(arg);
+  path_parse p = parse_mail_from(arg, true);  // UTF-8 judged below (utf8_refusal)
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "MAIL FROM:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_sender);
   transaction& tx = tx_.fresh();  // Not open until the command is accepted.
@@ -252,6 +285,11 @@ void session::do_mail(std::string_view arg) {
         tx.body_8bit = true;
       else if (!iequals(param->value, "7BIT"))
         return refuse(reply_id::bad_body_type);
+    } else if (iequals(param->keyword, "SMTPUTF8")) {
+      // RFC 6531 3.4: a parameter without a value, given once.
+      if (param->has_value) return refuse(reply_id::bad_syntax, "SMTPUTF8 takes no value");
+      if (tx.smtputf8) return refuse(reply_id::bad_syntax, "SMTPUTF8 given twice");
+      tx.smtputf8 = true;
     } else if (iequals(param->keyword, "AUTH") && cfg_->auth) {
       // RFC 4954 5: AUTH=<mailbox> or <>; nothing we relay, so nothing to keep.
       if (!param->has_value) return refuse(reply_id::bad_syntax, "AUTH=<mailbox>");
@@ -260,6 +298,8 @@ void session::do_mail(std::string_view arg) {
     }
   }
   if (params.error()) return refuse(reply_id::bad_syntax, "MAIL FROM:<address> [parameters]");
+  if (auto why = utf8_refusal(p.value.mailbox, tx.smtputf8, reply_id::bad_utf8_sender))
+    return refuse(*why);
   tx.reverse_path.assign(p.value.mailbox);
   ids_.next(tx.queue_id);
   tx_.open();
@@ -269,9 +309,11 @@ void session::do_mail(std::string_view arg) {
 void session::do_rcpt(std::string_view arg) {
   if (!tx_) return refuse(reply_id::need_mail);
   tx_->rcpt_seen = true;
-  path_parse p = parse_rcpt_to(arg);
+  path_parse p = parse_rcpt_to(arg, true);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_recipient);
+  if (auto why = utf8_refusal(p.value.mailbox, tx_->smtputf8, reply_id::bad_utf8_recipient))
+    return refuse(*why);
   param_reader params(p.value.params);
   if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
   if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
@@ -301,9 +343,11 @@ void session::do_rcpt(std::string_view arg) {
   switch (verdict) {
     case rcpt_verdict::accept: break;
     case rcpt_verdict::unknown_user:
-      return refuse(reply_id::unknown_user, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+      return refuse(reply_id::unknown_user, quoted_path(p.value.mailbox));
     case rcpt_verdict::relay_denied:
-      return refuse(reply_id::relay_denied, fmt::format(FMT_STRING("<{}>"), p.value.mailbox));
+      return refuse(reply_id::relay_denied, quoted_path(p.value.mailbox));
+    case rcpt_verdict::bad_domain:
+      return refuse(reply_id::bad_domain, quoted_path(p.value.mailbox));
   }
   tx_->mailboxes_resolved += found.size();
   if (tx_->mailboxes_resolved > mailbox_limit) return too_many_recipients();
@@ -362,6 +406,7 @@ void session::do_data(std::string_view arg, bool bare_lf) {
       .recipients = tx_->recipients,
       .esmtp = esmtp_,
       .body_8bit = tx_->body_8bit,
+      .smtputf8 = tx_->smtputf8,
   };
   if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
     return finish_transaction(reply_id::store_failed, {}, "deferred");
@@ -703,7 +748,7 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   line += "id=";
   line += tx.queue_id;
   line += " from=<";
-  line += tx.reverse_path;
+  append_printable(line, tx.reverse_path);  // UTF-8 addresses (SMTPUTF8) too
   line += "> to=";
   // Aliases give one address several mailboxes: name each address once.
   // Mailboxes of one address are adjacent (do_rcpt appends them together),
@@ -713,7 +758,7 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
     if (!last.empty() && r.address == last) continue;
     if (!last.empty()) line += ',';
     line += '<';
-    line += r.address;
+    append_printable(line, r.address);
     line += '>';
     last = r.address;
   }
@@ -754,8 +799,11 @@ void session::append_received_header(std::string& h) const {
   }
   h += "\tby ";
   h += limits().hostname;
-  // RFC 3848: ESMTP, plus S with TLS and A with AUTH.
-  h += esmtp_ ? " (inboxd) with ESMTP" : " (inboxd) with SMTP";
+  // RFC 3848: ESMTP, plus S with TLS and A with AUTH; RFC 6531 4.3:
+  // UTF8SMTP for SMTPUTF8, with the same S and A.
+  h += !esmtp_       ? " (inboxd) with SMTP"
+       : tx.smtputf8 ? " (inboxd) with UTF8SMTP"
+                     : " (inboxd) with ESMTP";
   if (esmtp_ && !tls().empty()) h += 'S';
   if (esmtp_ && !user().empty()) h += 'A';
   h += " id ";

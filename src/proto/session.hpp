@@ -63,6 +63,8 @@ class queue_id_source {
 // Text safe for a log line or a header: bytes outside printable ASCII (and
 // the backslash) become \xHH.
 [[nodiscard]] std::string printable(std::string_view s);
+// The same, appended to out.
+void append_printable(std::string& out, std::string_view s);
 
 // The date of a trace header, RFC 5322 3.3, in UTC.
 [[nodiscard]] std::string rfc5322_date(std::int64_t unix_time);
@@ -140,6 +142,7 @@ class session final : delivery_listener, auth_listener {
     std::vector<recipient> found;  // what the policy gave for this RCPT (reused)
     bool rcpt_seen = false;                        // any RCPT, accepted or not
     bool body_8bit = false;
+    bool smtputf8 = false;  // MAIL had SMTPUTF8 (RFC 6531)
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
@@ -162,6 +165,7 @@ class session final : delivery_listener, auth_listener {
       }
       rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
       rcpt_seen = body_8bit = too_big = sink_failed = false;
+      smtputf8 = false;
       sink_delivery = nullptr;
     }
   };

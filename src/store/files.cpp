@@ -7,22 +7,45 @@
 #include <cerrno>
 #include <unordered_map>
 
+#include "proto/utf8.hpp"
 #include "store/pooled_delivery.hpp"
 
 namespace inboxd::store {
 namespace {
 
+// One value as one path component, reversibly: '%' itself, '/', a leading
+// '.' (so neither "." nor ".." nor a hidden name), NUL and the other control
+// octets (C1 too), and every octet that is not part of well-formed UTF-8 become %XX.
+// Well-formed UTF-8 (an SMTPUTF8 local part) stays as it is: a readable
+// file name. So whatever octets a local part holds, the name stays one
+// component below the template's folder.
 void append_component(std::string& out, std::string_view value) {
-  for (std::size_t i = 0; i < value.size(); ++i) {
-    char c = value[i];
-    if (c == '/')
-      out += "%2F";
-    else if (c == '.' && i == 0)
-      out += "%2E";
-    else if (c == '%')
-      out += "%25";
+  static constexpr char hex[] = "0123456789ABCDEF";
+  auto escape = [&](unsigned char c) {
+    out += '%';
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  };
+  for (std::size_t i = 0; i < value.size();) {
+    auto c = static_cast<unsigned char>(value[i]);
+    if (c >= 0x80) {
+      std::size_t n = proto::utf8_sequence(value.substr(i));
+      // A C1 control (U+0080-U+009F) is escaped like the C0 ones.
+      bool c1 = n == 2 && c == 0xC2 && static_cast<unsigned char>(value[i + 1]) < 0xA0;
+      if (n == 0 || c1) {
+        escape(c);
+        ++i;
+      } else {
+        out.append(value.substr(i, n));
+        i += n;
+      }
+      continue;
+    }
+    if (c == '/' || c == '%' || c < 0x20 || c == 0x7F || (c == '.' && i == 0))
+      escape(c);
     else
-      out += c;
+      out += static_cast<char>(c);
+    ++i;
   }
   if (value.empty()) out += "%00";
 }

@@ -14,8 +14,10 @@
 namespace inboxd::store {
 
 // Expands {user} and {domain} in a path template for one recipient. The
-// values are made safe as one path component each: '/' and a leading '.'
-// are escaped (%2F, %2E), so no address can point outside the template.
+// values are made safe as one path component each: '%', '/', a leading '.',
+// control octets (NUL included) and octets outside well-formed UTF-8 are
+// escaped as %XX (%2F, %2E, %00...), so no address can point outside the
+// template, whatever octets it holds; UTF-8 names stay readable.
 [[nodiscard]] std::string expand_path(std::string_view path_template, const recipient& r);
 
 // The distinct mailboxes (files or folders) a message goes to, from a path

@@ -16,6 +16,7 @@
 #include "fuzz_util.hpp"
 #include "proto/base64.hpp"
 #include "proto/command.hpp"
+#include "proto/utf8.hpp"
 
 namespace {
 
@@ -141,6 +142,34 @@ void check_mailbox(std::string_view s) {
   }
 }
 
+// SMTPUTF8 (RFC 6531): the UTF-8 grammar accepts what the ASCII one does,
+// the same way; what it accepts beyond that has octets above 0x7F; and
+// is_mailbox(s, true) is the lenient grammar plus well-formed UTF-8.
+void check_utf8_path(std::string_view arg, bool reverse) {
+  path_parse p = reverse ? parse_mail_from(arg, true) : parse_rcpt_to(arg, true);
+  path_parse ascii = reverse ? parse_mail_from(arg) : parse_rcpt_to(arg);
+  if (ascii.error == path_error::none) {
+    INBOXD_FUZZ_CHECK(p.error == path_error::none);
+    INBOXD_FUZZ_CHECK(p.value.mailbox == ascii.value.mailbox);
+    INBOXD_FUZZ_CHECK(p.value.params == ascii.value.params);
+  }
+  if (p.error != path_error::none) return;
+  const path_arg& v = p.value;
+  INBOXD_FUZZ_CHECK(inside(v.mailbox, arg) && inside(v.params, arg));
+  INBOXD_FUZZ_CHECK(v.mailbox.size() + 2 <= 256);
+  if (ascii.error != path_error::none) INBOXD_FUZZ_CHECK(!is_ascii(arg));
+  if (v.mailbox.empty() || (!reverse && iequals(v.mailbox, "postmaster"))) return;
+  INBOXD_FUZZ_CHECK(is_mailbox(v.mailbox, true) == is_utf8_text(v.mailbox));
+  check_params(v.params);
+}
+
+void check_utf8_mailbox(std::string_view s) {
+  bool utf8 = is_mailbox(s, true);
+  if (utf8) INBOXD_FUZZ_CHECK(is_utf8_text(s));
+  if (is_ascii(s) && is_utf8_text(s)) INBOXD_FUZZ_CHECK(utf8 == is_mailbox(s));
+  if (is_mailbox(s)) INBOXD_FUZZ_CHECK(utf8);
+}
+
 // SASL responses (RFC 4954) are base64: what decodes re-encodes to the same
 // text, and every byte string survives encoding and decoding.
 void check_base64(std::string_view s) {
@@ -165,6 +194,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check_path(s, false);
   check_params(s);
   check_mailbox(s);
+  check_utf8_mailbox(s);
   check_base64(s);
 
   // The same bytes one layer down, so that short inputs reach the grammar.
@@ -173,6 +203,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string path = "<" + std::string(s) + ">";
   check_path("FROM:" + path, true);
   check_path("TO:" + path, false);
+  check_utf8_path("FROM:" + path, true);
+  check_utf8_path("TO:" + path, false);
   check_path("FROM:<a@b> " + std::string(s), true);
   // A source route in front: "<@relay,@relay:input>".
   check_path("TO:<@a.example,@b.example:" + std::string(s) + ">", false);

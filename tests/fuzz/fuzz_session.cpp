@@ -311,12 +311,13 @@ class fuzz_sink final : public sink {
       INBOXD_FUZZ_CHECK(r->st == state::committed || r->st == state::aborted);
     INBOXD_FUZZ_CHECK(!env.queue_id.empty() && printable(env.queue_id));
     INBOXD_FUZZ_CHECK(!env.helo.empty() && env.helo.size() <= 255 && printable(env.helo));
-    INBOXD_FUZZ_CHECK(env.reverse_path.empty() || proto::is_mailbox(env.reverse_path));
+    INBOXD_FUZZ_CHECK(env.reverse_path.empty() || proto::is_mailbox(env.reverse_path, env.smtputf8));
     INBOXD_FUZZ_CHECK(!env.recipients.empty());
     INBOXD_FUZZ_CHECK(env.recipients.size() <= limits_.max_recipients * max_fanout);
     for (std::size_t i = 0; i < env.recipients.size(); ++i) {
       const recipient& r = env.recipients[i];
-      INBOXD_FUZZ_CHECK(proto::is_mailbox(r.address) || proto::iequals(r.address, "postmaster"));
+      INBOXD_FUZZ_CHECK(proto::is_mailbox(r.address, env.smtputf8) ||
+                        proto::iequals(r.address, "postmaster"));
       for (char c : r.domain) INBOXD_FUZZ_CHECK(c < 'A' || c > 'Z');
       // Distinct mailboxes: one copy each.
       for (std::size_t j = 0; j < i; ++j)

@@ -82,6 +82,16 @@ def command():
         "verbs": b"VRFY postmaster",
         "noparam-junk": b"FROM:<a@b>junk",
         "ipv6-long": b"x@[IPv6:" + b"1:" * 40 + b"1]",
+        # SMTPUTF8 (RFC 6531): UTF-8 local parts and U-labels, and broken UTF-8.
+        "utf8-mail": "MAIL FROM:<jörg@münchen.example> SMTPUTF8".encode(),
+        "utf8-rcpt": "RCPT TO:<用户@例子.广告>".encode(),
+        "utf8-quoted": "TO:<\"é x\"@xn--mnchen-3ya.example>".encode(),
+        "utf8-overlong": b"j\xc0\xafrg@example.com",
+        "utf8-surrogate": b"a@\xed\xa0\x80.example",
+        "utf8-truncated": b"j\xc3@example.com",
+        "utf8-c1": b"a\xc2\x85b@example.com",
+        "utf8-max": b"\xf4\x8f\xbf\xbf@\xf4\x90\x80\x80.example",
+        "utf8-long-label": b"u@" + "ü".encode() * 40 + b".example",
     }
     for name, line in lines.items():
         write("command", name, line)
@@ -207,6 +217,12 @@ def session():
         "auth-no-tls": (control(auth=True), ehlo + b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nHELO x\r\nAUTH LOGIN\r\nQUIT\r\n"),
         "many-small": (control(size=300, commit=2, pauses=1, rcpts=1),
                        ehlo + b"".join(tx(body=b"n%d\r\n" % i) for i in range(12)) + b"QUIT\r\n"),
+        "smtputf8": (control(rules=1), ehlo + tx(sender="<jörg@münchen.example> SMTPUTF8".encode(),
+                                               rcpts=("<用户@xn--mnchen-3ya.example>".encode(),
+                                                      b"<a@\xc0\xaf.example>", b"<x@xn--a.example>"),
+                                               body="Subject: Grüße\r\n\r\n你好\r\n".encode())
+                     + b"MAIL FROM:<j\xc3\xb6rg@example.com>\r\nMAIL FROM:<a@b> SMTPUTF8=1\r\n"
+                     b"MAIL FROM:<a@b> SMTPUTF8 SMTPUTF8\r\nQUIT\r\n"),
     }
     for i, (name, (ctl, wire)) in enumerate(cases.items()):
         write("session", name, ctl + seed(i + 200) + wire)

@@ -284,3 +284,57 @@ TEST_CASE("iequals compares ASCII case-insensitively") {
   CHECK_FALSE(iequals("postmaster", "postmaste"));
   CHECK_FALSE(iequals("a", "b"));
 }
+
+// SMTPUTF8 (RFC 6531 3.3): UTF-8 local parts and U-labels.
+
+TEST_CASE("without utf8 a path with non-ASCII octets is a bad path") {
+  CHECK(from("FROM:<j\xC3\xB6rg@example.com>") == "<bad path>");
+  CHECK(to("TO:<a@m\xC3\xBCnchen.example>") == "<bad path>");
+  CHECK_FALSE(is_mailbox("j\xC3\xB6rg@example.com"));
+}
+
+TEST_CASE("with utf8 local parts, quoted strings and domain labels may be UTF-8") {
+  auto f = [](std::string_view arg) {
+    auto p = parse_mail_from(arg, true);
+    return p.error == path_error::none ? std::string(p.value.mailbox) : "<bad path>";
+  };
+  auto t = [](std::string_view arg) {
+    auto p = parse_rcpt_to(arg, true);
+    return p.error == path_error::none ? std::string(p.value.mailbox) : "<bad path>";
+  };
+  CHECK(f("FROM:<j\xC3\xB6rg@example.com> SMTPUTF8") == "j\xC3\xB6rg@example.com");
+  CHECK(parse_mail_from("FROM:<j\xC3\xB6rg@example.com> SMTPUTF8", true).value.params ==
+        "SMTPUTF8");
+  CHECK(t("TO:<\xE7\x94\xA8\xE6\x88\xB7@\xE4\xBE\x8B\xE5\xAD\x90.\xE5\xB9\xBF\xE5\x91\x8A>") ==
+        "\xE7\x94\xA8\xE6\x88\xB7@\xE4\xBE\x8B\xE5\xAD\x90.\xE5\xB9\xBF\xE5\x91\x8A");
+  CHECK(t("TO:<\"j\xC3\xB6 rg\"@example.com>") == "\"j\xC3\xB6 rg\"@example.com");
+  CHECK(t("TO:<a@m\xC3\xBCnchen.example>") == "a@m\xC3\xBCnchen.example");
+  CHECK(t("TO:<@m\xC3\xBCnchen.example:a@b.c>") == "a@b.c");  // a source route too
+  // The structure still holds: dots, '@', brackets, the lengths in octets.
+  CHECK(t("TO:<j\xC3\xB6..rg@example.com>") == "<bad path>");
+  CHECK(t("TO:<j\xC3\xB6rg@>") == "<bad path>");
+  CHECK(t("TO:<j\xC3\xB6rg@[\xC3\xBC]>") == "<bad path>");  // no UTF-8 in a literal
+  CHECK(t("TO:<a@-m\xC3\xBC.example>") == "<bad path>");
+  std::string local32;  // 32 times U+00FC: 64 octets, the limit
+  for (int i = 0; i < 32; ++i) local32 += "\xC3\xBC";
+  CHECK(t("TO:<" + local32 + "@b.c>") == local32 + "@b.c");
+  CHECK(t("TO:<" + local32 + "a@b.c>") == "<bad path>");  // 65 octets
+  // A U-label's octets are not held to 63 (its A-label is, by the policy);
+  // the whole domain is held to 255.
+  std::string label;
+  for (int i = 0; i < 40; ++i) label += "\xC3\xBC";
+  CHECK(t("TO:<a@" + label + ".example>") == "a@" + label + ".example");
+  CHECK(t("TO:<a@" + std::string(64, 'x') + ".example>") == "<bad path>");
+}
+
+TEST_CASE("is_mailbox with utf8 also wants well-formed UTF-8 without controls") {
+  CHECK(is_mailbox("j\xC3\xB6rg@example.com", true));
+  CHECK(is_mailbox("a@m\xC3\xBCnchen.example", true));
+  CHECK(is_mailbox("plain@example.com", true));
+  CHECK_FALSE(is_mailbox("j\xC3rg@example.com", true));          // truncated
+  CHECK_FALSE(is_mailbox("j\xC0\xAFrg@example.com", true));      // overlong
+  CHECK_FALSE(is_mailbox("j\xED\xA0\x80rg@example.com", true));  // a surrogate
+  CHECK_FALSE(is_mailbox("j\xF4\x90\x80\x80@example.com", true));  // past U+10FFFF
+  CHECK_FALSE(is_mailbox("j\xC2\x85rg@example.com", true));      // C1 NEL
+  CHECK_FALSE(is_mailbox("a@m\xFFnchen.example", true));
+}

@@ -15,7 +15,7 @@ using inboxd::test::test_connection;
 namespace {
 
 constexpr std::string_view ehlo_reply =
-    "250-localhost\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n"
+    "250-localhost\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
     "250 ENHANCEDSTATUSCODES\r\n";
 
 // The client's bytes from MAIL to DATA, for one recipient.

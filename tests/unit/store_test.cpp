@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,63 @@ TEST_CASE("path templates put each recipient's names in as one safe component") 
   CHECK(expand_path("var/{domain}/{user}", evil) == "var/a%2Fb/%2E.%2F..%2Fetc%2Fpasswd");
   recipient dot{"x", ".", ""};
   CHECK(expand_path("{domain}/{user}", dot) == "%00/%2E");
+}
+
+TEST_CASE("path templates stay below their folder whatever octets a local part holds") {
+  auto user = [](std::string name) {
+    return expand_path("root/{domain}/{user}/Maildir", recipient{"x", std::move(name), "d"});
+  };
+  // Each shape: .., /, NUL, a leading dot, controls, malformed and C1 UTF-8.
+  CHECK(user("..") == "root/d/%2E./Maildir");
+  CHECK(user("../..") == "root/d/%2E.%2F../Maildir");
+  CHECK(user("/etc") == "root/d/%2Fetc/Maildir");
+  CHECK(user("a/../../b") == "root/d/a%2F..%2F..%2Fb/Maildir");
+  CHECK(user(std::string("a\0/../x", 7)) == "root/d/a%00%2F..%2Fx/Maildir");
+  CHECK(user(std::string(1, '\0')) == "root/d/%00/Maildir");
+  CHECK(user(".hidden") == "root/d/%2Ehidden/Maildir");
+  CHECK(user("a.b") == "root/d/a.b/Maildir");
+  CHECK(user("a\nb\r\x7F") == "root/d/a%0Ab%0D%7F/Maildir");
+  CHECK(user("100%") == "root/d/100%25/Maildir");
+  // Well-formed UTF-8 stays readable; what is not is escaped octet by octet.
+  CHECK(user("j\xC3\xB6rg") == "root/d/j\xC3\xB6rg/Maildir");
+  CHECK(user("\xE7\x94\xA8\xE6\x88\xB7") == "root/d/\xE7\x94\xA8\xE6\x88\xB7/Maildir");
+  CHECK(user("j\xC3rg") == "root/d/j%C3rg/Maildir");            // truncated
+  CHECK(user("\xC0\xAE\xC0\xAE") == "root/d/%C0%AE%C0%AE/Maildir");  // overlong ".."
+  CHECK(user("\xED\xA0\x80") == "root/d/%ED%A0%80/Maildir");    // a surrogate
+  CHECK(user("a\xC2\x85") == "root/d/a%C2%85/Maildir");         // C1 NEL
+  CHECK(user("\xEF\xBC\x8F") == "root/d/\xEF\xBC\x8F/Maildir");  // U+FF0F, not a '/'
+  // The domain too.
+  CHECK(expand_path("r/{domain}", recipient{"x", "u", "../.."}) == "r/%2E.%2F..");
+  // Distinct names stay distinct (the escaping is reversible): no two users share a mailbox.
+  CHECK(user("%2F") != user("/"));
+  CHECK(user("%2E.") != user(".."));
+}
+
+TEST_CASE("every short local part over a hostile alphabet expands below the root") {
+  // Every string of up to 3 octets over '.', '/', NUL, '%', 'a' and a few
+  // UTF-8 and non-UTF-8 octets: one component, never "." or "..", no NUL.
+  const std::string alphabet{'.', '/', '\0', '%', 'a', '\xC3', '\xB6', '\xFF', '\n'};
+  std::vector<std::string> names{""};
+  for (int len = 1; len <= 3; ++len) {
+    std::vector<std::string> longer;
+    for (const auto& n : names)
+      if (n.size() == static_cast<std::size_t>(len - 1))
+        for (char c : alphabet) longer.push_back(n + c);
+    names.insert(names.end(), longer.begin(), longer.end());
+  }
+  std::set<std::string> seen;
+  for (const auto& n : names) {
+    std::string path = expand_path("root/{user}", recipient{"x", n, "d"});
+    INFO(inboxd::test::printable(n));
+    REQUIRE(path.starts_with("root/"));
+    std::string_view component = std::string_view(path).substr(5);
+    CHECK(component.find('/') == std::string_view::npos);
+    CHECK(component.find('\0') == std::string_view::npos);
+    CHECK(component != ".");
+    CHECK(component != "..");
+    CHECK_FALSE(component.starts_with("."));
+    if (!n.empty()) CHECK(seen.insert(path).second);
+  }
 }
 
 // ---- mboxrd: linear cost and exact quoting at any split (issue 9, item 1) ----
