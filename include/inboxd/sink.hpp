@@ -42,6 +42,11 @@ struct envelope {
   std::span<const recipient> recipients;  // distinct mailboxes, in RCPT order
   bool esmtp = false;
   bool body_8bit = false;  // BODY=8BITMIME was given
+  // BODY=BINARYMIME (RFC 3030), sent with BDAT: the header section comes
+  // with LF line ends as usual, but after the empty line that ends it the
+  // body is written exactly as sent, its CR and LF bytes included (a sink
+  // that changes line ends must leave it alone).
+  bool body_binary = false;
 };
 
 // The outcome for one recipient (mailbox), in envelope order.
@@ -73,7 +78,8 @@ class delivery_listener {
 class delivery {
  public:
   // Appends message bytes: the trace header first, then the body, with LF
-  // line ends and dot-unstuffing already done. The bytes are borrowed for the
+  // line ends and dot-unstuffing already done (a BINARYMIME body, see
+  // envelope::body_binary, is as sent). The bytes are borrowed for the
   // call only, and no listener (this one or another delivery's) may be called
   // from inside it. Returns false when the caller should pause until
   // listener.writable(); the bytes of this call are taken either way.

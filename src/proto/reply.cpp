@@ -47,7 +47,7 @@ constexpr std::array rows{
     row{size_exceeded, {552, "5.3.4", "Message size exceeds fixed limit"}},
     row{bare_lf, {550, "5.5.2", "Error: bare <LF> received"}},
     row{bare_cr, {550, "5.5.2", "Error: bare <CR> received"}},
-    row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT or 8BITMIME"}},
+    row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT, 8BITMIME or BINARYMIME"}},
     row{unknown_user, {550, "5.1.1", "User unknown: "}},
     row{relay_denied, {550, "5.7.1", "Relaying denied: "}},
     row{ready_for_tls, {220, "2.0.0", "Ready to start TLS"}},
@@ -72,6 +72,10 @@ constexpr std::array rows{
     row{pregreet, {554, "5.5.1", "Protocol error: you talked before the greeting"}},
     row{auth_busy, {454, "4.7.0", "Temporary authentication failure, try again later"}},
     row{lookup_failed, {451, "4.3.0", "Error: temporary recipient lookup failure"}},
+    row{chunk_ok, {250, "2.0.0", "Ok: "}},
+    row{binary_not_data, {503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA"}},
+    row{data_after_bdat, {503, "5.5.1", "Error: DATA after BDAT, send RSET"}},
+    row{chunk_refused, {503, "5.5.1", "Error: an earlier BDAT of this message failed, send RSET"}},
 };
 
 constexpr bool in_enum_order() {

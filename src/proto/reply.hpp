@@ -66,6 +66,10 @@ enum class reply_id : std::uint8_t {
   pregreet,          // 554 5.5.1
   auth_busy,         // 454 4.7.0
   lookup_failed,     // 451 4.3.0
+  chunk_ok,          // 250 2.0.0 Ok: <n> octets (a BDAT chunk, not the last)
+  binary_not_data,   // 503 5.5.1 (DATA after BODY=BINARYMIME)
+  data_after_bdat,   // 503 5.5.1 (DATA in a transaction BDAT began)
+  chunk_refused,     // 503 5.5.1 (BDAT after a refused one, until RSET or LAST)
 };
 
 struct reply_entry {

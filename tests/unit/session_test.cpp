@@ -16,6 +16,7 @@ namespace {
 
 constexpr std::string_view ehlo_reply =
     "250-localhost\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n"
+    "250-BINARYMIME\r\n250-CHUNKING\r\n"
     "250 ENHANCEDSTATUSCODES\r\n";
 
 // The client's bytes from MAIL to DATA, for one recipient.
@@ -562,12 +563,12 @@ TEST_CASE("a mailbox named twice gets one copy, below and past the scan's thresh
       "MAIL FROM:<a@example.com>\r\nRCPT TO:<u2@example.com>\r\nRCPT TO:<few@example.com>\r\n"
       "RCPT TO:<all@example.com>\r\nRCPT TO:<u29@example.com>\r\nRCPT TO:<few@example.com>\r\n"
       "DATA\r\nhi\r\n.\r\n");
-  c.take();
+  (void)c.take();
   REQUIRE(c.sink.messages.size() == 1);
   CHECK(c.sink.messages[0].mailboxes.size() == 30);
   // The next transaction starts from nothing.
   c.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<few@example.com>\r\nDATA\r\nhi\r\n.\r\n");
-  c.take();
+  (void)c.take();
   REQUIRE(c.sink.messages.size() == 2);
   CHECK(c.sink.messages[1].mailboxes.size() == 2);
 }
