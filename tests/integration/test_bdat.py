@@ -10,6 +10,7 @@ and BDAT when the server offers CHUNKING and BINARYMIME; its debug output shows
 the BDAT commands. (Postfix 3.7's smtp client has no BDAT: `strings` on it
 finds none, so Postfix cannot be the client here.)
 """
+import json
 import mailbox
 import os
 import re
@@ -145,6 +146,32 @@ class BdatMboxTest(InboxdTestCase):
         self.assertEqual(mb.get_message(key)["Subject"], "binary")
         body = stored_body(self, unquote(mb.get_bytes(key)))
         self.assertEqual(body, HEADER.replace(b"\r\n", b"\n") + BINARY)
+
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(harness.BIN)), "src", "bench", "inboxd-bench")
+
+
+@unittest.skipIf(not os.access(BENCH, os.X_OK), f"inboxd-bench not built at {BENCH}")
+class BenchBdatTest(InboxdTestCase):
+    """inboxd-bench --bdat delivers whole messages (no timing is checked)."""
+
+    def test_bench_bdat_delivers(self):
+        for pipelining in ("on", "off"):
+            p = subprocess.run([BENCH, "--port", str(self.server.port), "--messages", "20",
+                                "--connections", "2", "--bdat", "--pipelining", pipelining,
+                                "--size", "3000", "--json", "--progress", "off"],
+                               capture_output=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            result = json.loads(p.stdout)
+            self.assertTrue(result["bdat"])
+            self.assertEqual((result["accepted"], result["refused"], result["failed"]), (20, 0, 0))
+        stored = self.stored()
+        self.assertEqual(len(stored), 40)
+        for m in stored:
+            body = harness.parse_stored(m)["body"]
+            # The text as the bench makes it, with LF line ends and no "." line.
+            self.assertEqual(len(body), 3000 - body.count(b"\n"))
+            self.assertTrue(body.endswith(b"\n") and not body.endswith(b"\n.\n"), body[-20:])
 
 
 def net_smtp_reason():
