@@ -113,7 +113,7 @@ bool chunk_decoder::finish() noexcept {
 
 // As data_decoder: a vector scan to the next CR or LF, one memmove per line,
 // each byte looked at once.
-chunk_decoder::result chunk_decoder::decode(std::span<char> input) noexcept {
+chunk_decoder::result chunk_decoder::decode(std::span<char> input, bool last) noexcept {
   char* const base = input.data();
   const std::size_t n = input.size();
   if (n == 0 || raw_) return {{base, n}, n};
@@ -155,8 +155,14 @@ chunk_decoder::result chunk_decoder::decode(std::span<char> input) noexcept {
       break;
     }
     if (base[k] == '\r') {
-      if (k + 1 == n) {
+      if (k + 1 == n && !last) {
         held_cr_ = true;  // A CRLF split here, or a bare CR: the next byte says.
+        i = n;
+        break;
+      }
+      if (k + 1 == n) {
+        bare_cr_ = true;  // The message's last byte.
+        *out++ = '\r';
         i = n;
         break;
       }

@@ -63,6 +63,8 @@ class data_decoder {
 // decode() works in place and takes all of its input, with one exception:
 // a held CR that turns out to be bare comes out alone, as out = "\r" with
 // nothing consumed (output never outruns input), and the caller calls again.
+// With last, the input ends the message: a CR at its end is bare and comes
+// out with the rest (so that the caller's last write is one write).
 class chunk_decoder {
  public:
   struct result {
@@ -71,9 +73,9 @@ class chunk_decoder {
   };
 
   void reset(bool binary) noexcept;
-  [[nodiscard]] result decode(std::span<char> input) noexcept;
-  // The end of the message: true when a CR was still held, a bare CR the
-  // caller writes as the last byte.
+  [[nodiscard]] result decode(std::span<char> input, bool last = false) noexcept;
+  // The end of the message: true when a CR was still held (the LAST chunk
+  // was empty), a bare CR the caller writes as the last byte.
   [[nodiscard]] bool finish() noexcept;
 
   [[nodiscard]] bool saw_bare_lf() const noexcept { return bare_lf_; }

@@ -702,7 +702,9 @@ std::size_t session::feed_chunk(std::span<char> input) {
   auto n = static_cast<std::size_t>(std::min<std::uint64_t>(input.size(), chunk_left_));
   std::size_t used = n;
   if (!chunk_refused_ && !tx_->too_big && !tx_->sink_failed) {
-    auto r = chunk_decoder_.decode(input.first(n));
+    // A write that pauses is the last of this call: end_of_chunks() must not
+    // write after it, so the message's last bytes come out whole here.
+    auto r = chunk_decoder_.decode(input.first(n), chunk_last_ && n == chunk_left_);
     write_chunk(r.out);
     used = r.consumed;
   }

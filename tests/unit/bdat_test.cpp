@@ -326,4 +326,24 @@ TEST_CASE("chunk_decoder converts line ends in place and holds only a trailing C
   r = d.decode(e);
   CHECK(r.out.empty());
   CHECK(d.finish());
+  // At the message's end a CR is bare at once.
+  d.reset(false);
+  std::string f = "a\r";
+  r = d.decode(f, true);
+  CHECK(r.out == "a\r");
+  CHECK_FALSE(d.finish());
+}
+
+// Found by the fuzzer: the LAST chunk ending in a CR, its write refused.
+TEST_CASE("a LAST chunk that ends in a CR is written once, even when the write pauses") {
+  test_connection c;
+  greet(c);
+  c.sink.pause_from_write = 2;  // The chunk's write.
+  c.send(std::string(plain_envelope) + bdat("QUIT\r", true) + "NOOP\r\n");
+  CHECK_FALSE(c.sink.wrote_while_paused);
+  REQUIRE(c.sink.messages.size() == 1);
+  CHECK(c.sink.messages[0].committed);
+  CHECK(c.sink.messages[0].body() == "QUIT\r");
+  CHECK(c.take() ==
+        std::string(envelope_replies) + queued(c.sink.messages[0]) + "250 2.0.0 Ok\r\n");
 }
