@@ -113,6 +113,23 @@ class BdatMaildirTest(InboxdTestCase):
         self.assertTrue(raw.endswith(b"\n\n" + BINARY))
 
 
+    def test_large_chunks_stream_through_the_store(self):
+        """8 MiB in chunks of 3 MiB and less, binary, sent without waiting:
+        the store stages and pauses the client as it needs (memory budget)."""
+        body = (bytes(range(256)) * 4096 * 8)[:8 * 1024 * 1024 - 1] + b"\n"
+        message = HEADER + body
+        parts = chunks(message, 3 * 1024 * 1024 + 7)
+        c = self.ehlo()
+        c.send(self.envelope(" BODY=BINARYMIME") +
+               b"".join(bdat(x, i + 1 == len(parts)) for i, x in enumerate(parts)))
+        c.set_timeout(60)
+        replies = c.replies(1 + len(parts))
+        self.assertTrue(all(r.code == 250 for r in replies), replies)
+        self.assertQueued(c.reply())
+        [m] = self.stored()
+        self.assertEqual(stored_body(self, m), HEADER.replace(b"\r\n", b"\n") + body)
+
+
 class BdatSizeTest(InboxdTestCase):
     server_args = ("--max-message-size", "1000")
 
