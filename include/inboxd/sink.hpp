@@ -45,6 +45,11 @@ struct envelope {
   // MAIL had SMTPUTF8 (RFC 6531): addresses and headers may be UTF-8. A sink
   // that hands the message on needs a next hop that offers SMTPUTF8.
   bool smtputf8 = false;
+  // BODY=BINARYMIME (RFC 3030), sent with BDAT: the header section comes
+  // with LF line ends as usual, but after the empty line that ends it the
+  // body is written exactly as sent, its CR and LF bytes included (a sink
+  // that changes line ends must leave it alone).
+  bool body_binary = false;
 };
 
 // The outcome for one recipient (mailbox), in envelope order.
@@ -76,7 +81,8 @@ class delivery_listener {
 class delivery {
  public:
   // Appends message bytes: the trace header first, then the body, with LF
-  // line ends and dot-unstuffing already done. The bytes are borrowed for the
+  // line ends and dot-unstuffing already done (a BINARYMIME body, see
+  // envelope::body_binary, is as sent). The bytes are borrowed for the
   // call only, and no listener (this one or another delivery's) may be called
   // from inside it. Returns false when the caller should pause until
   // listener.writable(); the bytes of this call are taken either way.

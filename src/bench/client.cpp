@@ -1,5 +1,6 @@
 #include "bench/client.hpp"
 
+#include <cstdio>
 #include <cstring>
 
 #include "bench/run.hpp"
@@ -42,6 +43,7 @@ void client::connect() {
   out_.clear();
   writing_ = text_queued_ = false;
   pipelining_ = ehlo_pipelining_ = finishing_ = false;
+  bdat_ = ehlo_chunking_ = false;
   chained_ = quit_chained_ = false;
   session_failed_ = session_ok_ = false;
   session_messages_ = 0;
@@ -166,6 +168,8 @@ bool client::process_lines() {
 bool client::on_reply_line(const reply_line& line) {
   if (state_ == state::ehlo && line.code == 250 && ehlo_keyword_is(line.text, "PIPELINING"))
     ehlo_pipelining_ = true;
+  if (state_ == state::ehlo && line.code == 250 && ehlo_keyword_is(line.text, "CHUNKING"))
+    ehlo_chunking_ = true;
   if (!line.last) return true;
   return on_reply(line.code);
 }
@@ -189,6 +193,7 @@ bool client::on_reply(int code) {
     case state::ehlo:
       if (ok) {
         pipelining_ = ehlo_pipelining_ && run_.opt().pipelining;
+        bdat_ = ehlo_chunking_ && run_.opt().bdat;
         after_ehlo();
       } else if (code >= 500 && code <= 502) {
         // An old server: RFC 5321 4.1.4 lets the client fall back to HELO.
@@ -207,7 +212,7 @@ bool client::on_reply(int code) {
         fail(conn_error::rejected);
         break;
       }
-      pipelining_ = false;
+      pipelining_ = bdat_ = false;
       after_ehlo();
       break;
     case state::starttls:
@@ -260,7 +265,12 @@ bool client::on_reply(int code) {
       if (tx_.replies - 1 < k) {
         send_rcpt(tx_.replies);
       } else if (tx_.rcpt_accepted > 0) {
-        send_data();
+        if (bdat_) {
+          state_ = state::text;
+          send_bdat();
+        } else {
+          send_data();
+        }
       } else {
         end_refused(tx_.refusal);
         send_rset();
@@ -288,6 +298,8 @@ bool client::on_reply(int code) {
           ++tx_.rcpt_refused;
           if (!tx_.refusal) tx_.refusal = code;
         }
+        // With BDAT the next reply is the message's own: no 354 comes.
+        if (bdat_ && index == k) state_ = state::text;
       } else if (code == 354) {
         // A server should refuse DATA when no recipient was accepted (RFC
         // 2920 3.1); when it does not, an empty message ends the data.
@@ -315,7 +327,9 @@ bool client::on_reply(int code) {
         run_.message_accepted(tx_.measured, tx_.start_ns, code, tx_.size_index, tx_.rcpt_refused);
         tx_.active = false;
       } else {
-        end_refused(ok ? tx_.refusal : code);
+        // A refused BDAT LAST ends the transaction (RFC 3030 2: the client
+        // sends no more chunks of it); inboxd and Postfix then take a MAIL.
+        end_refused(ok || (bdat_ && tx_.refusal) ? tx_.refusal : code);
       }
       transaction_finished();
       if (quit_chained_) {
@@ -450,6 +464,13 @@ void client::start_message() {
          .measured = plan.measured,
          .active = true};
   if (!pipelining_) return send_mail();
+  if (bdat_) {
+    // RFC 3030 4.2: MAIL, RCPT and BDAT with its chunk in one go.
+    append_mail(tx_.number);
+    for (unsigned r = 1; r <= run_.opt().recipients; ++r) append_rcpt(tx_.number, r);
+    state_ = state::pipelined;
+    return send_bdat();
+  }
   append_group(tx_.number);
   state_ = state::pipelined;
   expect_reply();
@@ -500,6 +521,21 @@ void client::send_data() {
   state_ = state::data;
   expect_reply();
   flush();
+}
+
+// RFC 3030 2: the whole text as one chunk, BDAT <n> LAST, with nothing to
+// wait for before it. The next transaction waits for this one's reply.
+void client::send_bdat() {
+  char line[48];
+  int n = std::snprintf(line, sizeof line, "BDAT %zu LAST\r\n", run_.text().size(tx_.size_index));
+  out_.append(line, static_cast<std::size_t>(n));
+  expect_reply();
+  // The previous write may still be in flight: then write_cb sends it all.
+  if (writing_) {
+    text_queued_ = true;
+    return;
+  }
+  write_text();
 }
 
 void client::send_rset() {
@@ -561,6 +597,17 @@ void client::write_text() {
   auto slices = run_.text().slices(tx_.size_index);
   std::array<uv_buf_t, 4> bufs;
   unsigned count = 0;
+  if (bdat_) {
+    // The commands, BDAT last, then the text without DATA's final ".\r\n".
+    bdat_head_.swap(out_);
+    out_.clear();
+    slices[2].remove_suffix(3);
+    bufs[count++] = uv_buf_init(bdat_head_.data(), static_cast<unsigned>(bdat_head_.size()));
+    for (auto slice : slices)
+      bufs[count++] =
+          uv_buf_init(const_cast<char*>(slice.data()), static_cast<unsigned>(slice.size()));
+    return write_bufs(bufs.data(), count, false);
+  }
   for (auto slice : slices)
     bufs[count++] =
         uv_buf_init(const_cast<char*>(slice.data()), static_cast<unsigned>(slice.size()));

@@ -131,6 +131,7 @@ class client {
   void send_mail();
   void send_rcpt(unsigned number);
   void send_data();
+  void send_bdat();
   void send_text();
   void send_rset();
   void send_quit();
@@ -165,6 +166,8 @@ class client {
   std::uint64_t session_messages_ = 0;
   bool pipelining_ = false;       // offered by the server and wanted
   bool ehlo_pipelining_ = false;  // seen in the EHLO reply being read
+  bool bdat_ = false;             // --bdat, and CHUNKING offered
+  bool ehlo_chunking_ = false;    // seen in the EHLO reply being read
   bool finishing_ = false;        // QUIT after the current transaction
   bool session_failed_ = false;   // ended before any transaction finished
   bool session_ok_ = false;       // a transaction finished in this session
@@ -180,6 +183,9 @@ class client {
   // is; the message text waits in text_queued_ (its memory is static).
   std::string out_;
   std::string sending_;  // the unwritten rest of a command batch, until write_cb
+  // With BDAT the commands go before the text: held here until the next
+  // write_text(), which comes only once this write is done.
+  std::string bdat_head_;
   bool writing_ = false;
   bool text_queued_ = false;
 

@@ -107,6 +107,9 @@ int parse_options(int argc, char** argv, options& opt) {
                  "on (default): MAIL+RCPT+DATA in one write, and with the previous text; "
                  "group: not with the text; off: one command per round trip")
       ->check(CLI::IsMember({"on", "group", "off"}));
+  app.add_flag("--bdat", opt.bdat,
+               "send the text as one BDAT <n> LAST (RFC 3030) where the server offers CHUNKING, "
+               "pipelined with MAIL and RCPT where it offers PIPELINING");
   app.add_option("--messages-per-connection", opt.messages_per_connection,
                  "QUIT and reconnect after this many messages (default: never)")
       ->check(CLI::Range(std::uint64_t{1}, UINT64_MAX));

@@ -33,6 +33,10 @@ struct options {
   // With pipelining: send the next transaction's commands with the message
   // text (RFC 2920 3.1). --pipelining group turns this off.
   bool chain = true;
+  // --bdat: the text goes as one BDAT <n> LAST (RFC 3030) when the server
+  // offers CHUNKING, after MAIL and RCPT in the same write with PIPELINING;
+  // else DATA as usual.
+  bool bdat = false;
   // 0: unlimited (one session per connection slot for the whole run).
   std::uint64_t messages_per_connection = 0;
   // Messages per second over all connections; 0: closed loop (as fast as the

@@ -117,11 +117,11 @@ void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usag
   double measured = r.measured_seconds(), wall = r.wall_seconds();
   std::string mode = opt.rate > 0 ? fmt::format("open loop at {:g}/s", opt.rate) : "closed loop";
   fmt::print(out,
-             "inboxd-bench: {}:{}, {} connection{}, {}, {} recipient{}, pipelining {}, {}{}{}\n",
+             "inboxd-bench: {}:{}, {} connection{}, {}, {} recipient{}, pipelining {}, {}{}{}{}\n",
              opt.host, opt.port, opt.connections, opt.connections == 1 ? "" : "s", sizes_text(opt),
              opt.recipients, opt.recipients == 1 ? "" : "s", pipelining_name(opt), mode,
              opt.tls != tls_mode::none ? fmt::format(", TLS {}", tls_name(opt)) : "",
-             opt.auth_user.empty() ? "" : ", AUTH PLAIN");
+             opt.auth_user.empty() ? "" : ", AUTH PLAIN", opt.bdat ? ", BDAT" : "");
   fmt::print(out, "  messages    {} sent, {} accepted, {} refused, {} failed", st.started,
              st.accepted, st.refused, st.failed);
   if (st.warmup) fmt::print(out, " (and {} in the warm-up)", st.warmup);
@@ -204,6 +204,7 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("sizes", "[" + sizes + "]");
   field("recipients", std::to_string(opt.recipients));
   field("pipelining", json_string(pipelining_name(opt)));
+  field("bdat", opt.bdat ? "true" : "false");
   field("messages_per_connection",
         opt.messages_per_connection ? std::to_string(opt.messages_per_connection) : "null");
   field("tls", opt.tls != tls_mode::none ? json_string(tls_name(opt)) : "null");

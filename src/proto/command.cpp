@@ -5,6 +5,7 @@
 #include "proto/utf8.hpp"
 
 #include <array>
+#include <cstdint>
 
 namespace inboxd::proto {
 namespace {
@@ -57,6 +58,7 @@ constexpr std::array verbs{
     verb_name{"NOOP", verb::noop},         verb_name{"QUIT", verb::quit},
     verb_name{"VRFY", verb::vrfy},         verb_name{"HELP", verb::help},
     verb_name{"STARTTLS", verb::starttls}, verb_name{"AUTH", verb::auth},
+    verb_name{"BDAT", verb::bdat},
 };
 
 std::string_view trim(std::string_view s) {
@@ -305,6 +307,26 @@ path_parse parse_mail_from(std::string_view arg, bool utf8) noexcept {
 
 path_parse parse_rcpt_to(std::string_view arg, bool utf8) noexcept {
   return parse_path_arg(arg, "TO:", path_kind::forward, utf8);
+}
+
+std::optional<bdat_arg> parse_bdat(std::string_view arg) noexcept {
+  std::size_t sp = arg.find(' ');
+  std::string_view digits = arg.substr(0, sp);
+  bdat_arg b;
+  if (sp != arg.npos) {
+    if (!iequals(arg.substr(sp + 1), "LAST")) return std::nullopt;
+    b.last = true;
+  }
+  // Leading zeros are digits too; a value past 64 bits is refused, as it
+  // could not be counted down.
+  if (digits.empty()) return std::nullopt;
+  for (char c : digits) {
+    if (!is_digit(c)) return std::nullopt;
+    auto d = static_cast<std::uint64_t>(c - '0');
+    if (b.size > (UINT64_MAX - d) / 10) return std::nullopt;
+    b.size = b.size * 10 + d;
+  }
+  return b;
 }
 
 std::optional<esmtp_param> param_reader::next() noexcept {

@@ -25,6 +25,7 @@ enum class verb : std::uint8_t {
   help,
   starttls,
   auth,
+  bdat,
   unknown
 };
 
@@ -95,6 +96,14 @@ class param_reader {
   std::string_view rest_;
   bool error_ = false;
 };
+
+// The argument of BDAT (RFC 3030 2): chunk-size [SP "LAST"], chunk-size
+// = 1*DIGIT. The size must fit in 64 bits; LAST is case-insensitive.
+struct bdat_arg {
+  std::uint64_t size = 0;
+  bool last = false;
+};
+[[nodiscard]] std::optional<bdat_arg> parse_bdat(std::string_view arg) noexcept;
 
 // Case-insensitive ASCII comparison.
 [[nodiscard]] bool iequals(std::string_view a, std::string_view b) noexcept;

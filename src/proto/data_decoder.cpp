@@ -98,4 +98,89 @@ data_decoder::result data_decoder::decode(std::span<char> input) noexcept {
   return {{base, static_cast<std::size_t>(out - base)}, i, line_ends, false};
 }
 
+void chunk_decoder::reset(bool binary) noexcept {
+  binary_ = binary;
+  raw_ = held_cr_ = bare_lf_ = bare_cr_ = false;
+  at_bol_ = true;
+}
+
+bool chunk_decoder::finish() noexcept {
+  if (!held_cr_) return false;
+  held_cr_ = false;
+  bare_cr_ = true;
+  return true;
+}
+
+// As data_decoder: a vector scan to the next CR or LF, one memmove per line,
+// each byte looked at once.
+chunk_decoder::result chunk_decoder::decode(std::span<char> input, bool last) noexcept {
+  char* const base = input.data();
+  const std::size_t n = input.size();
+  if (n == 0 || raw_) return {{base, n}, n};
+  char* out = base;
+  std::size_t i = 0;
+  auto put = [&](std::size_t from, std::size_t end) {
+    if (end == from) return;
+    if (out != base + from) std::memmove(out, base + from, end - from);
+    out += end - from;
+  };
+  // A line end was written: an empty line ends a binary message's header
+  // section, and the rest of the input passes unchanged.
+  auto line_end = [&] {
+    *out++ = '\n';
+    bool empty = at_bol_;
+    at_bol_ = true;
+    if (binary_ && empty) {
+      raw_ = true;
+      put(i, n);
+      i = n;
+    }
+  };
+  if (held_cr_) {
+    held_cr_ = false;
+    if (base[0] != '\n') {
+      bare_cr_ = true;
+      at_bol_ = false;
+      return {"\r", 0};
+    }
+    i = 1;
+    line_end();
+  }
+  while (i < n) {
+    std::size_t k = i + find_cr_or_lf(base + i, n - i);
+    if (k > i) at_bol_ = false;
+    put(i, k);
+    if (k == n) {
+      i = n;
+      break;
+    }
+    if (base[k] == '\r') {
+      if (k + 1 == n && !last) {
+        held_cr_ = true;  // A CRLF split here, or a bare CR: the next byte says.
+        i = n;
+        break;
+      }
+      if (k + 1 == n) {
+        bare_cr_ = true;  // The message's last byte.
+        *out++ = '\r';
+        i = n;
+        break;
+      }
+      if (base[k + 1] != '\n') {
+        bare_cr_ = true;
+        at_bol_ = false;
+        *out++ = '\r';
+        i = k + 1;
+        continue;
+      }
+      i = k + 2;
+    } else {
+      bare_lf_ = true;
+      i = k + 1;
+    }
+    line_end();
+  }
+  return {{base, static_cast<std::size_t>(out - base)}, n};
+}
+
 }  // namespace inboxd::proto

@@ -50,4 +50,46 @@ class data_decoder {
   bool bare_cr_ = false;
 };
 
+// The BDAT body decoder (RFC 3030): a chunk is framed by its length, so
+// there is no dot-stuffing and no end-of-data to find; only line ends are
+// converted, the same way data_decoder does: CRLF becomes LF, a bare LF
+// stays a line end, a bare CR is kept as text, and each is noted for the
+// bare-newline policy. A CRLF may be split across chunks (a CR at the end of
+// one, the LF at the start of the next): the CR is held until the next byte
+// decides it. For BODY=BINARYMIME only the header section is converted; from
+// the empty line that ends it, every byte passes as it is (RFC 3030 3: its
+// CR and LF bytes are data).
+//
+// decode() works in place and takes all of its input, with one exception:
+// a held CR that turns out to be bare comes out alone, as out = "\r" with
+// nothing consumed (output never outruns input), and the caller calls again.
+// With last, the input ends the message: a CR at its end is bare and comes
+// out with the rest (so that the caller's last write is one write).
+class chunk_decoder {
+ public:
+  struct result {
+    std::string_view out;  // decoded bytes (at the front of the input span, or "\r")
+    std::size_t consumed;  // input bytes used up
+  };
+
+  void reset(bool binary) noexcept;
+  [[nodiscard]] result decode(std::span<char> input, bool last = false) noexcept;
+  // The end of the message: true when a CR was still held (the LAST chunk
+  // was empty), a bare CR the caller writes as the last byte.
+  [[nodiscard]] bool finish() noexcept;
+
+  [[nodiscard]] bool saw_bare_lf() const noexcept { return bare_lf_; }
+  [[nodiscard]] bool saw_bare_cr() const noexcept { return bare_cr_; }
+  // BINARYMIME only: the header section has ended, bytes now pass unchanged.
+  [[nodiscard]] bool in_binary_body() const noexcept { return raw_; }
+
+ private:
+  bool binary_ = false;
+  bool raw_ = false;      // past the header section of a binary message
+  bool at_bol_ = true;    // at the start of a line (an empty line ends the header)
+  bool held_cr_ = false;  // the last byte was a CR, not decided yet
+  bool bare_lf_ = false;
+  bool bare_cr_ = false;
+};
+
 }  // namespace inboxd::proto

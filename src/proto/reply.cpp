@@ -47,7 +47,7 @@ constexpr std::array rows{
     row{size_exceeded, {552, "5.3.4", "Message size exceeds fixed limit"}},
     row{bare_lf, {550, "5.5.2", "Error: bare <LF> received"}},
     row{bare_cr, {550, "5.5.2", "Error: bare <CR> received"}},
-    row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT or 8BITMIME"}},
+    row{bad_body_type, {501, "5.5.4", "Bad BODY= parameter, use 7BIT, 8BITMIME or BINARYMIME"}},
     row{unknown_user, {550, "5.1.1", "User unknown: "}},
     row{relay_denied, {550, "5.7.1", "Relaying denied: "}},
     row{ready_for_tls, {220, "2.0.0", "Ready to start TLS"}},
@@ -77,6 +77,10 @@ constexpr std::array rows{
     row{bad_utf8_sender, {501, "5.1.7", "Bad sender address syntax: malformed UTF-8"}},
     row{bad_utf8_recipient, {501, "5.1.3", "Bad recipient address syntax: malformed UTF-8"}},
     row{bad_domain, {550, "5.1.2", "Bad destination domain: "}},
+    row{chunk_ok, {250, "2.0.0", "Ok: "}},
+    row{binary_not_data, {503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA"}},
+    row{data_after_bdat, {503, "5.5.1", "Error: DATA after BDAT, send RSET"}},
+    row{chunk_refused, {503, "5.5.1", "Error: an earlier BDAT of this message failed, send RSET"}},
 };
 
 constexpr bool in_enum_order() {

@@ -70,6 +70,10 @@ enum class reply_id : std::uint8_t {
   bad_utf8_sender,     // 501 5.1.7
   bad_utf8_recipient,  // 501 5.1.3
   bad_domain,          // 550 5.1.2 (not a valid IDNA domain)
+  chunk_ok,          // 250 2.0.0 Ok: <n> octets (a BDAT chunk, not the last)
+  binary_not_data,   // 503 5.5.1 (DATA after BODY=BINARYMIME)
+  data_after_bdat,   // 503 5.5.1 (DATA in a transaction BDAT began)
+  chunk_refused,     // 503 5.5.1 (BDAT after a refused one, until RSET or LAST)
 };
 
 struct reply_entry {

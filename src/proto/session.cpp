@@ -180,6 +180,11 @@ std::size_t session::feed(std::span<char> input) {
       if (mode_ == mode::data && pos < input.size() && used == 0) break;
       continue;
     }
+    if (mode_ == mode::chunk) {
+      // Each call takes bytes or gives out a held CR: it always moves on.
+      pos += feed_chunk(input.subspan(pos));
+      continue;
+    }
     auto r = reader_.next({input.data() + pos, input.size() - pos});
     pos += r.consumed;
     switch (r.st) {
@@ -227,6 +232,7 @@ void session::handle_line(std::string_view line, bool bare_lf) {
     case verb::help: return reply(reply_id::help);
     case verb::starttls: return do_starttls(cmd.arg);
     case verb::auth: return do_auth(cmd.arg);
+    case verb::bdat: return do_bdat(cmd.arg);
     case verb::unknown: return refuse(reply_id::unknown_command);
   }
 }
@@ -235,6 +241,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   std::string_view name = arg.substr(0, arg.find(' '));
   if (name.empty()) return refuse(reply_id::bad_syntax, esmtp ? "EHLO hostname" : "HELO hostname");
   // RFC 5321 4.1.4: HELO/EHLO also clears any transaction.
+  drop_delivery();  // Between BDAT chunks a message is open.
   tx_.reset();
   // The name goes into the Received header: keep it to printable ASCII.
   helo_.assign(name.substr(0, 255));
@@ -249,6 +256,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   fmt::format_to(out, FMT_STRING("250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n"),
                  limits().hostname, limits().max_message_size);
   out_ += "250-SMTPUTF8\r\n";  // RFC 6531
+  out_ += "250-BINARYMIME\r\n250-CHUNKING\r\n";  // RFC 3030
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
     out_ += "250-AUTH PLAIN LOGIN\r\n";
@@ -283,6 +291,8 @@ void session::do_mail(std::string_view arg) {
       // RFC 6152: BODY=7BIT or BODY=8BITMIME.
       if (iequals(param->value, "8BITMIME"))
         tx.body_8bit = true;
+      else if (iequals(param->value, "BINARYMIME"))  // RFC 3030 3, with BDAT only
+        tx.body_binary = true;
       else if (!iequals(param->value, "7BIT"))
         return refuse(reply_id::bad_body_type);
     } else if (iequals(param->keyword, "SMTPUTF8")) {
@@ -393,6 +403,14 @@ void session::too_many_recipients() {
 
 void session::do_data(std::string_view arg, bool bare_lf) {
   if (!tx_) return refuse(reply_id::need_mail);
+  // RFC 3030 2: no DATA in a transaction BDAT began; the state is then
+  // undefined, so the message is dropped and later BDATs refused until RSET.
+  if (tx_->chunked || tx_->chunk_failed) {
+    tx_->chunk_failed = true;
+    drop_delivery();
+    return refuse(reply_id::data_after_bdat);
+  }
+  if (tx_->body_binary) return refuse(reply_id::binary_not_data);
   // RFC 5321 3.3 allows 503 or 554; as Postfix: 503 when no RCPT came at
   // all, 554 when every RCPT was refused (RFC 2920 3.1, pipelined clients).
   if (!tx_->rcpt_seen) return refuse(reply_id::need_rcpt);
@@ -459,7 +477,8 @@ void session::write_to_sink(std::string_view bytes) {
 
 void session::do_rset(std::string_view arg) {
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "RSET");
-  tx_.reset();  // Never inside DATA, so no delivery is open.
+  drop_delivery();  // Between BDAT chunks a message is open: RSET drops it.
+  tx_.reset();
   reply(reply_id::ok);
 }
 
@@ -655,6 +674,141 @@ void session::write_body(std::string_view bytes, std::size_t line_ends) {
     return;
   }
   write_to_sink(bytes);
+}
+
+// RFC 3030 2: BDAT chunk-size [LAST], followed by exactly chunk-size octets.
+// A BDAT that cannot be taken (no MAIL, no recipient, after a refused one)
+// still consumes its octets, so that the stream stays in step, and its
+// refusal comes after them, in order.
+void session::do_bdat(std::string_view arg) {
+  auto b = parse_bdat(arg);
+  // Without a size the octets cannot be skipped: whatever follows is read
+  // as commands, as after any refused command.
+  if (!b) return refuse(reply_id::bad_syntax, "BDAT <size> [LAST]");
+  chunk_left_ = chunk_size_ = b->size;
+  chunk_last_ = b->last;
+  chunk_refused_ = true;
+  if (!tx_) {
+    chunk_refusal_ = reply_id::need_mail;
+  } else if (tx_->chunk_failed) {
+    chunk_refusal_ = reply_id::chunk_refused;
+  } else if (!tx_->rcpt_seen) {
+    chunk_refusal_ = reply_id::need_rcpt;  // As DATA: 503, or 554 when every RCPT failed.
+  } else if (tx_->recipients.empty()) {
+    chunk_refusal_ = reply_id::no_valid_rcpts;
+  } else {
+    chunk_refused_ = false;
+  }
+  if (chunk_refused_) {
+    // RFC 3030 2: the client sends no more chunks after a failed one; those
+    // already pipelined are read and refused too.
+    if (tx_) tx_->chunk_failed = true;
+  } else {
+    transaction& tx = *tx_;
+    if (!tx.chunked) begin_chunks();
+    // The message's size is the sum of its chunks, checked as they come:
+    // past the limit the rest is read and dropped (RFC 1870 with RFC 3030).
+    std::uint64_t room = SIZE_MAX - tx.size;
+    tx.size = b->size > room ? SIZE_MAX : tx.size + static_cast<std::size_t>(b->size);
+    if (!tx.too_big && tx.size > limits().max_message_size) {
+      tx.too_big = true;
+      drop_delivery();
+    }
+  }
+  mode_ = mode::chunk;
+  if (chunk_left_ == 0) end_of_chunk();
+}
+
+// The first BDAT of a message opens the delivery, as DATA does.
+void session::begin_chunks() {
+  transaction& tx = *tx_;
+  tx.chunked = true;
+  chunk_decoder_.reset(tx.body_binary);
+  envelope env{
+      .queue_id = tx.queue_id,
+      .client_address = client_address_,
+      .helo = helo_,
+      .reverse_path = tx.reverse_path,
+      .recipients = tx.recipients,
+      .esmtp = esmtp_,
+      .body_8bit = tx.body_8bit,
+      .body_binary = tx.body_binary,
+  };
+  // A sink that throws marks the message failed: its chunks are read and
+  // dropped, and the client hears 451.
+  if (!guard_sink([&] { tx.sink_delivery = cfg_->store->begin(env, *this); })) return;
+  thread_local std::string header;
+  header.clear();
+  append_received_header(header);
+  write_to_sink(header);
+}
+
+std::size_t session::feed_chunk(std::span<char> input) {
+  auto n = static_cast<std::size_t>(std::min<std::uint64_t>(input.size(), chunk_left_));
+  std::size_t used = n;
+  if (!chunk_refused_ && !tx_->too_big && !tx_->sink_failed) {
+    // A write that pauses is the last of this call: end_of_chunks() must not
+    // write after it, so the message's last bytes come out whole here.
+    auto r = chunk_decoder_.decode(input.first(n), chunk_last_ && n == chunk_left_);
+    write_chunk(r.out);
+    used = r.consumed;
+  }
+  chunk_left_ -= used;
+  if (chunk_left_ == 0) end_of_chunk();
+  return used;
+}
+
+void session::write_chunk(std::string_view bytes) {
+  if (bytes.empty() || tx_->too_big || tx_->sink_failed || !tx_->sink_delivery) return;
+  write_to_sink(bytes);
+}
+
+// Each chunk gets one reply, after its last octet (RFC 3030 2).
+void session::end_of_chunk() {
+  ++commands_;  // As the end of data: the wait for the next command starts.
+  mode_ = mode::command;
+  if (chunk_refused_) {
+    chunk_refused_ = false;
+    // A refused LAST chunk still ends the message: the next MAIL starts anew.
+    bool ended = chunk_last_ && tx_;
+    if (ended) {
+      drop_delivery();
+      tx_.reset();
+    }
+    refuse(chunk_refusal_);
+    if (ended && draining_ && !closing_) close_with(reply_id::shutting_down);
+    return;
+  }
+  if (chunk_last_) return end_of_chunks();
+  // A failed message says so at once; the client sends no more chunks of it.
+  if (tx_->too_big) return reply(reply_id::size_exceeded);
+  if (tx_->sink_failed) return reply(reply_id::store_failed);
+  char text[32];
+  auto [end, ec] = std::to_chars(text, text + 20, chunk_size_);
+  std::memcpy(end, " octets", 7);
+  reply(reply_id::chunk_ok, std::string_view(text, static_cast<std::size_t>(end - text) + 7));
+}
+
+// The LAST chunk ends the message, as <CRLF>.<CRLF> ends DATA's.
+void session::end_of_chunks() {
+  transaction& tx = *tx_;
+  if (chunk_decoder_.finish()) write_chunk("\r");  // The last byte was a bare CR.
+  // Whatever the sink still holds, it takes with commit(): no more writable().
+  paused_ = false;
+  if (tx.too_big) return finish_transaction(reply_id::size_exceeded, {}, "rejected");
+  if (tx.sink_failed) return finish_transaction(reply_id::store_failed, {}, "deferred");
+  // A BINARYMIME body's CRs and LFs are data: the policy is for text.
+  bool strict = limits().bare_newline == bare_newline_policy::reject && !tx.body_binary;
+  if (strict && (chunk_decoder_.saw_bare_lf() || chunk_decoder_.saw_bare_cr())) {
+    drop_delivery();
+    return finish_transaction(chunk_decoder_.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr,
+                              {}, "rejected");
+  }
+  committing_ = true;
+  if (!guard_sink([&] { tx.sink_delivery->commit(); }) && committing_) {
+    committing_ = false;
+    finish_transaction(reply_id::store_failed, {}, "deferred");
+  }
 }
 
 void session::drop_delivery() noexcept {

@@ -116,8 +116,9 @@ class session final : delivery_listener, auth_listener {
   // command timeout restarts when this moves, not on every byte (RFC 5321
   // 4.5.3.2).
   [[nodiscard]] std::uint64_t commands() const noexcept { return commands_; }
-  // In DATA: the connection applies the data timeout and minimum rate.
-  [[nodiscard]] bool in_data() const noexcept { return mode_ == mode::data; }
+  // In DATA or inside a BDAT chunk: the connection applies the data timeout
+  // and minimum rate.
+  [[nodiscard]] bool in_data() const noexcept { return mode_ != mode::command; }
   // Send the output, then close.
   [[nodiscard]] bool closing() const noexcept { return closing_; }
   // No transaction open and not waiting: safe to close on shutdown.
@@ -147,6 +148,10 @@ class session final : delivery_listener, auth_listener {
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
     bool sink_failed = false;  // the sink threw: the rest is discarded, then 451
+    bool body_binary = false;  // BODY=BINARYMIME: BDAT only, stored as sent
+    bool chunked = false;      // a BDAT began the message (DATA is refused now)
+    // A BDAT was refused: so are the rest, until RSET or the LAST chunk.
+    bool chunk_failed = false;
 
     // As new, but keeping what the strings and containers have allocated.
     // Every field above is reset here.
@@ -166,6 +171,7 @@ class session final : delivery_listener, auth_listener {
       rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
       rcpt_seen = body_8bit = too_big = sink_failed = false;
       smtputf8 = false;
+      body_binary = chunked = chunk_failed = false;
       sink_delivery = nullptr;
     }
   };
@@ -196,13 +202,21 @@ class session final : delivery_listener, auth_listener {
     std::unique_ptr<transaction> tx_;
     bool open_ = false;
   };
-  enum class mode : std::uint8_t { command, data };
+  enum class mode : std::uint8_t { command, data, chunk };
 
   void handle_line(std::string_view line, bool bare_lf);
   std::size_t feed_data(std::span<char> input);
   void end_of_data();
   void write_body(std::string_view bytes, std::size_t line_ends);
   void write_to_sink(std::string_view bytes);
+  // BDAT (RFC 3030): the command, its chunk's octets, the chunk's end, and
+  // the end of the message at the LAST chunk.
+  void do_bdat(std::string_view arg);
+  void begin_chunks();
+  std::size_t feed_chunk(std::span<char> input);
+  void write_chunk(std::string_view bytes);
+  void end_of_chunk();
+  void end_of_chunks();
   template <typename F>
   bool guard_sink(F&& call) noexcept;
   void sink_failed(const char* what) noexcept;
@@ -252,6 +266,15 @@ class session final : delivery_listener, auth_listener {
   // other command to RFC 5321's 512 (4.5.3.1.4).
   line_reader reader_{12288};
   data_decoder decoder_;
+  // The BDAT chunk being read: octets still to come, whether it is the
+  // LAST, and whether its octets go to the message or are read and dropped
+  // (a refused BDAT still consumes them, so the stream stays in step).
+  chunk_decoder chunk_decoder_;
+  std::uint64_t chunk_left_ = 0;
+  std::uint64_t chunk_size_ = 0;
+  bool chunk_last_ = false;
+  bool chunk_refused_ = false;
+  reply_id chunk_refusal_ = reply_id::ok;
   std::string out_;
   bool in_feed_ = false;
   bool paused_ = false;      // the sink asked us to stop writing

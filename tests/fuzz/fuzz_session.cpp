@@ -25,7 +25,8 @@
 // at a time, an envelope within the limits, no write after write() returned
 // false, no write or commit after commit() or abort(), no abort after
 // committed(); a body within max_message_size and, under the reject policy,
-// no committed CR; the session waits only for something that will come, and
+// no committed CR (but in a BINARYMIME body, whose CRs are data); BDAT
+// chunks of any size, pipelined, refused or split, keep the stream in step; the session waits only for something that will come, and
 // when it neither waits nor closes, what it left unconsumed is a partial line.
 // At the end every delivery has ended in commit (with committed()) or abort.
 // A reloaded-away sink is really freed, so a late use of it is an ASan report.
@@ -155,6 +156,9 @@ enum class state { open, committing, committed, aborted };
 // aborted deliveries may (sink.hpp).
 struct world {
   behaviour how;
+  // The client used BDAT: a stored LF may then stand for one octet sent (a
+  // lone LF, or one of a BINARYMIME body), so the size check counts it once.
+  bool bdat = false;
   rng choices{0};
   class record;
   std::vector<std::unique_ptr<record>> records;
@@ -220,8 +224,13 @@ std::shared_ptr<const tls_credentials> fake_credentials() {
 class world::record final : public delivery {
  public:
   record(world& w, std::size_t index, delivery_listener& l, const session_config& limits,
-         std::size_t mailboxes)
-      : world_(w), index_(index), listener_(l), limits_(limits), mailboxes_(mailboxes) {}
+         std::size_t mailboxes, bool binary)
+      : world_(w),
+        index_(index),
+        listener_(l),
+        limits_(limits),
+        mailboxes_(mailboxes),
+        binary_(binary) {}
 
   bool write(std::string_view bytes) override {
     INBOXD_FUZZ_CHECK(st == state::open);  // never after commit() or abort()
@@ -233,8 +242,9 @@ class world::record final : public delivery {
     } else {
       INBOXD_FUZZ_CHECK(!bytes.empty());
       body.append(bytes);
-      // RFC 1870: the size as sent, each LF counted as CRLF.
-      for (char c : bytes) body_size += c == '\n' ? 2 : 1;
+      // RFC 1870: the size as sent, each LF counted as CRLF (with BDAT, the
+      // sum of the chunks: at least one octet per stored byte).
+      for (char c : bytes) body_size += c == '\n' && !world_.bdat ? 2 : 1;
       INBOXD_FUZZ_CHECK(body_size <= limits_.max_message_size);
     }
     paused = world_.choices.below(8) < world_.how.pause_in_8;
@@ -244,7 +254,7 @@ class world::record final : public delivery {
   void commit() override {
     INBOXD_FUZZ_CHECK(st == state::open);
     INBOXD_FUZZ_CHECK(writes >= 1);
-    if (limits_.bare_newline == bare_newline_policy::reject)
+    if (limits_.bare_newline == bare_newline_policy::reject && !binary_)
       INBOXD_FUZZ_CHECK(body.find('\r') == std::string::npos);
     st = state::committing;
     paused = false;  // The sink takes the rest with commit(): no writable() follows.
@@ -288,6 +298,7 @@ class world::record final : public delivery {
   delivery_listener& listener_;
   session_config limits_;  // of the settings the delivery began under
   std::size_t mailboxes_;
+  bool binary_;  // BODY=BINARYMIME
 };
 
 world::record* world::paused() const {
@@ -324,7 +335,9 @@ class fuzz_sink final : public sink {
         INBOXD_FUZZ_CHECK(r.user != env.recipients[j].user || r.domain != env.recipients[j].domain);
     }
     world_.records.push_back(std::make_unique<world::record>(
-        world_, world_.records.size(), listener, limits_, env.recipients.size()));
+        world_, world_.records.size(), listener, limits_, env.recipients.size(), env.body_binary));
+    // BINARYMIME only with BDAT.
+    if (env.body_binary) INBOXD_FUZZ_CHECK(world_.bdat);
     return world_.records.back().get();
   }
 
@@ -510,7 +523,9 @@ struct plan {
 
 summary drive(const plan& p, std::string_view wire) {
   summary out;
-  world w{.how = p.how, .choices = rng(p.how.seed), .records = {}, .checks = {}};
+  world w{.how = p.how, .bdat = false, .choices = rng(p.how.seed), .records = {}, .checks = {}};
+  for (std::size_t i = 0; i + 4 <= wire.size() && !w.bdat; ++i)
+    w.bdat = proto::iequals(wire.substr(i, 4), "BDAT");
   {
     rng r(p.how.seed ^ 0x6a09e667f3bcc908ULL);
     // The server's current settings; a reload replaces them.

@@ -154,6 +154,16 @@ def tx(sender=b"<alice@example.com>", rcpts=(b"<bob@example.org>",), body=b"Subj
     return out + b"DATA\r\n" + body + b".\r\n"
 
 
+def bdat_tx(sender=b"<alice@example.com>", rcpts=(b"<bob@example.org>",), body=b"", chunks=(b"hi\r\n",)):
+    """MAIL, RCPT, then one BDAT per chunk, the last one LAST."""
+    out = b"MAIL FROM:" + sender + body + b"\r\n"
+    for r in rcpts:
+        out += b"RCPT TO:" + r + b"\r\n"
+    for i, c in enumerate(chunks):
+        out += b"BDAT %d%s\r\n" % (len(c), b" LAST" if i + 1 == len(chunks) else b"") + c
+    return out
+
+
 def session():
     ehlo = b"EHLO client.example\r\n"
     cases = {
@@ -223,6 +233,25 @@ def session():
                                                body="Subject: Grüße\r\n\r\n你好\r\n".encode())
                      + b"MAIL FROM:<j\xc3\xb6rg@example.com>\r\nMAIL FROM:<a@b> SMTPUTF8=1\r\n"
                      b"MAIL FROM:<a@b> SMTPUTF8 SMTPUTF8\r\nQUIT\r\n"),
+        # BDAT (RFC 3030): chunks split anywhere, a CRLF across two chunks,
+        # BDAT 0 LAST, the next MAIL pipelined behind the chunks.
+        "bdat-pipelined": (control(pauses=2, commit=2),
+                           ehlo + bdat_tx(chunks=(b"Subject: b\r\n\r\n..x\r", b"\n.\r\n", b""))
+                           + bdat_tx(chunks=(b"QUIT\r\n",)) + b"QUIT\r\n"),
+        "bdat-binary": (control(reject=True, pauses=1),
+                        ehlo + bdat_tx(body=b" BODY=BINARYMIME",
+                                       chunks=(b"Subject: bin\r\n\r", b"\n" + bytes(range(256)), b"\r"))
+                        + b"MAIL FROM:<a@b.example> BODY=BINARYMIME\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+                        b"BDAT 3 LAST\r\n\r\n\x00QUIT\r\n"),
+        "bdat-refused": (control(), ehlo + b"BDAT 6\r\nQUIT\r\nMAIL FROM:<a@b.example>\r\nBDAT 6\r\nQUIT\r\n"
+                         b"BDAT 6 LAST\r\nQUIT\r\nBDAT x\r\nBDAT 99999999999999999999\r\nBDAT 1 last\r\nxQUIT\r\n"),
+        "bdat-too-big": (control(size=100, pauses=1, commit=1),
+                         ehlo + bdat_tx(chunks=(b"y" * 60, b"z" * 60, b"w", b"")) + bdat_tx(chunks=(b"ok\r\n",))
+                         + b"QUIT\r\n"),
+        "bdat-mixing": (control(reject=True), ehlo + bdat_tx(chunks=(b"a\nb",)) +
+                        b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 3\r\nabcDATA\r\n"
+                        b"BDAT 1 LAST\r\nxRSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                        b"BDAT 2\r\nabEHLO x\r\nBDAT 0 LAST\r\nQUIT\r\n"),
     }
     for i, (name, (ctl, wire)) in enumerate(cases.items()):
         write("session", name, ctl + seed(i + 200) + wire)

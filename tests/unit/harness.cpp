@@ -150,6 +150,7 @@ delivery* memory_sink::begin(const envelope& env, delivery_listener& listener) {
   }
   m.esmtp = env.esmtp;
   m.body_8bit = env.body_8bit;
+  m.body_binary = env.body_binary;
   messages.push_back(std::move(m));
   records_.push_back(std::make_unique<record>(*this, messages.size() - 1, listener));
   open_ = records_.back().get();

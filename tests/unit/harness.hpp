@@ -60,6 +60,7 @@ class memory_sink final : public sink {
     std::vector<std::string> mailboxes;   // "user@domain" as the policy resolved them
     bool esmtp = false;
     bool body_8bit = false;
+    bool body_binary = false;
     std::string bytes;  // everything written, the trace header first
     int writes = 0;
     bool committed = false;

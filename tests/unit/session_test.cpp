@@ -16,6 +16,7 @@ namespace {
 
 constexpr std::string_view ehlo_reply =
     "250-localhost\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+    "250-BINARYMIME\r\n250-CHUNKING\r\n"
     "250 ENHANCEDSTATUSCODES\r\n";
 
 // The client's bytes from MAIL to DATA, for one recipient.
