@@ -216,6 +216,9 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   auto out = std::back_inserter(out_);
   fmt::format_to(out, FMT_STRING("250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n"),
                  limits().hostname, limits().max_message_size);
+  // RFC 9422: the recipient limit do_rcpt() applies (452 past it). No
+  // MAILMAX: a session may send any number of messages.
+  fmt::format_to(out, FMT_STRING("250-LIMITS RCPTMAX={}\r\n"), limits().max_recipients);
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
     out_ += "250-AUTH PLAIN LOGIN\r\n";
