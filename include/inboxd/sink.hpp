@@ -42,6 +42,9 @@ struct envelope {
   std::span<const recipient> recipients;  // distinct mailboxes, in RCPT order
   bool esmtp = false;
   bool body_8bit = false;  // BODY=8BITMIME was given
+  // REQUIRETLS (RFC 8689) was given, inside TLS: a sink that hands the
+  // message on must do so only over TLS to a server offering REQUIRETLS.
+  bool requiretls = false;
 };
 
 // The outcome for one recipient (mailbox), in envelope order.

@@ -72,6 +72,9 @@ constexpr std::array rows{
     row{pregreet, {554, "5.5.1", "Protocol error: you talked before the greeting"}},
     row{auth_busy, {454, "4.7.0", "Temporary authentication failure, try again later"}},
     row{lookup_failed, {451, "4.3.0", "Error: temporary recipient lookup failure"}},
+    row{requiretls_plain, {530, "5.7.10", "REQUIRETLS needs a TLS session"}},
+    row{param_repeated, {501, "5.5.4", "Repeated parameter: "}},
+    row{bad_param_value, {501, "5.5.4", "Bad parameter value: "}},
 };
 
 constexpr bool in_enum_order() {

@@ -66,6 +66,9 @@ enum class reply_id : std::uint8_t {
   pregreet,          // 554 5.5.1
   auth_busy,         // 454 4.7.0
   lookup_failed,     // 451 4.3.0
+  requiretls_plain,  // 530 5.7.10
+  param_repeated,    // 501 5.5.4
+  bad_param_value,   // 501 5.5.4
 };
 
 struct reply_entry {

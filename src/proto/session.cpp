@@ -220,6 +220,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   // MAILMAX: a session may send any number of messages.
   fmt::format_to(out, FMT_STRING("250-LIMITS RCPTMAX={}\r\n"), limits().max_recipients);
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
+  if (!tls().empty()) out_ += "250-REQUIRETLS\r\n";  // RFC 8689 2: only inside TLS
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
     out_ += "250-AUTH PLAIN LOGIN\r\n";
   out_ += "250 ENHANCEDSTATUSCODES\r\n";
@@ -255,6 +256,11 @@ void session::do_mail(std::string_view arg) {
         tx.body_8bit = true;
       else if (!iequals(param->value, "7BIT"))
         return refuse(reply_id::bad_body_type);
+    } else if (iequals(param->keyword, "REQUIRETLS")) {
+      // RFC 8689 4.1: only on a session that is TLS already; it has no value.
+      if (tls().empty()) return refuse(reply_id::requiretls_plain);
+      if (param->has_value) return refuse(reply_id::bad_param_value, "REQUIRETLS");
+      if (std::exchange(tx.requiretls, true)) return refuse(reply_id::param_repeated, "REQUIRETLS");
     } else if (iequals(param->keyword, "AUTH") && cfg_->auth) {
       // RFC 4954 5: AUTH=<mailbox> or <>; nothing we relay, so nothing to keep.
       if (!param->has_value) return refuse(reply_id::bad_syntax, "AUTH=<mailbox>");
@@ -365,6 +371,7 @@ void session::do_data(std::string_view arg, bool bare_lf) {
       .recipients = tx_->recipients,
       .esmtp = esmtp_,
       .body_8bit = tx_->body_8bit,
+      .requiretls = tx_->requiretls,
   };
   if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
     return finish_transaction(reply_id::store_failed, {}, "deferred");
@@ -720,6 +727,7 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
     line += '>';
     last = r.address;
   }
+  if (tx.requiretls) line += " requiretls=yes";
   char size[24];
   auto [end, ec] = std::to_chars(size, size + sizeof size, tx.size);
   line += " size=";

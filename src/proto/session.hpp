@@ -140,6 +140,7 @@ class session final : delivery_listener, auth_listener {
     std::vector<recipient> found;  // what the policy gave for this RCPT (reused)
     bool rcpt_seen = false;                        // any RCPT, accepted or not
     bool body_8bit = false;
+    bool requiretls = false;  // RFC 8689, given inside TLS
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
@@ -161,7 +162,7 @@ class session final : delivery_listener, auth_listener {
         mailbox_keys.clear();
       }
       rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
-      rcpt_seen = body_8bit = too_big = sink_failed = false;
+      rcpt_seen = body_8bit = too_big = sink_failed = requiretls = false;
       sink_delivery = nullptr;
     }
   };
