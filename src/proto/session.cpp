@@ -219,6 +219,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   // RFC 9422: the recipient limit do_rcpt() applies (452 past it). No
   // MAILMAX: a session may send any number of messages.
   fmt::format_to(out, FMT_STRING("250-LIMITS RCPTMAX={}\r\n"), limits().max_recipients);
+  if (dsn_offered()) out_ += "250-DSN\r\n";
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
   if (!tls().empty()) out_ += "250-REQUIRETLS\r\n";  // RFC 8689 2: only inside TLS
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
@@ -261,6 +262,19 @@ void session::do_mail(std::string_view arg) {
       if (tls().empty()) return refuse(reply_id::requiretls_plain);
       if (param->has_value) return refuse(reply_id::bad_param_value, "REQUIRETLS");
       if (std::exchange(tx.requiretls, true)) return refuse(reply_id::param_repeated, "REQUIRETLS");
+    } else if (iequals(param->keyword, "RET") && dsn_offered()) {
+      // RFC 3461 4.3: RET=FULL or RET=HDRS.
+      if (tx.ret != dsn_ret::none) return refuse(reply_id::param_repeated, "RET");
+      if (iequals(param->value, "FULL"))
+        tx.ret = dsn_ret::full;
+      else if (iequals(param->value, "HDRS"))
+        tx.ret = dsn_ret::hdrs;
+      else
+        return refuse(reply_id::bad_param_value, "RET");
+    } else if (iequals(param->keyword, "ENVID") && dsn_offered()) {
+      // RFC 3461 4.4: ENVID=xtext (never empty once decoded).
+      if (!tx.envid.empty()) return refuse(reply_id::param_repeated, "ENVID");
+      if (!parse_envid(param->value, tx.envid)) return refuse(reply_id::bad_param_value, "ENVID");
     } else if (iequals(param->keyword, "AUTH") && cfg_->auth) {
       // RFC 4954 5: AUTH=<mailbox> or <>; nothing we relay, so nothing to keep.
       if (!param->has_value) return refuse(reply_id::bad_syntax, "AUTH=<mailbox>");
@@ -281,8 +295,24 @@ void session::do_rcpt(std::string_view arg) {
   path_parse p = parse_rcpt_to(arg);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_recipient);
+  // RFC 3461 4.1, 4.2: NOTIFY and ORCPT, once each, where EHLO offered DSN.
+  std::uint8_t notify = 0;
+  std::string orcpt_type, orcpt;  // no allocation unless an ORCPT came
   param_reader params(p.value.params);
-  if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
+  while (auto param = params.next()) {
+    if (!esmtp_ || !dsn_offered()) return refuse(reply_id::bad_param, param->keyword);
+    if (iequals(param->keyword, "NOTIFY")) {
+      if (notify != 0) return refuse(reply_id::param_repeated, "NOTIFY");
+      notify = parse_notify(param->value);
+      if (notify == 0) return refuse(reply_id::bad_param_value, "NOTIFY");
+    } else if (iequals(param->keyword, "ORCPT")) {
+      if (!orcpt_type.empty()) return refuse(reply_id::param_repeated, "ORCPT");
+      if (!parse_orcpt(param->value, orcpt_type, orcpt))
+        return refuse(reply_id::bad_param_value, "ORCPT");
+    } else {
+      return refuse(reply_id::bad_param, param->keyword);
+    }
+  }
   if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
   // Aliases multiply the mailboxes an RCPT costs: their total is bounded
   // too (Postfix bounds alias expansion), so that the work of a transaction
@@ -316,6 +346,14 @@ void session::do_rcpt(std::string_view arg) {
   }
   tx_->mailboxes_resolved += found.size();
   if (tx_->mailboxes_resolved > mailbox_limit) return too_many_recipients();
+  // Every mailbox of this RCPT (aliases) gets its DSN parameters.
+  if (notify != 0 || !orcpt_type.empty()) {
+    for (auto& r : found) {
+      r.notify = notify;
+      r.orcpt_type = orcpt_type;
+      r.orcpt = orcpt;
+    }
+  }
   // A mailbox named twice (an alias and its user) gets one copy. Few
   // recipients are scanned; past linear_dedup a set of "user NUL domain"
   // keys finds repeats in O(1), so that the work stays linear in them.
@@ -372,6 +410,8 @@ void session::do_data(std::string_view arg, bool bare_lf) {
       .esmtp = esmtp_,
       .body_8bit = tx_->body_8bit,
       .requiretls = tx_->requiretls,
+      .ret = tx_->ret,
+      .envid = tx_->envid,
   };
   if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
     return finish_transaction(reply_id::store_failed, {}, "deferred");
@@ -728,6 +768,7 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
     last = r.address;
   }
   if (tx.requiretls) line += " requiretls=yes";
+  append_dsn_fields(line, tx);
   char size[24];
   auto [end, ec] = std::to_chars(size, size + sizeof size, tx.size);
   line += " size=";
@@ -742,6 +783,41 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   reply(id, detail);
   tx_.reset();
   if (draining_) close_with(reply_id::shutting_down);
+}
+
+// The DSN parameters of a message for its log line, where any came:
+// " ret=HDRS envid=<xtext>" and per RCPT address " notify=<addr>:SUCCESS,FAILURE
+// orcpt=<addr>:rfc822;<xtext>". ENVID and ORCPT are logged as xtext, which
+// has no space, so the line stays one field per word.
+void session::append_dsn_fields(std::string& line, const transaction& tx) {
+  if (tx.ret != dsn_ret::none) line += tx.ret == dsn_ret::full ? " ret=FULL" : " ret=HDRS";
+  if (!tx.envid.empty()) {
+    line += " envid=";
+    xtext_encode(tx.envid, line);
+  }
+  std::string_view last;
+  for (const auto& r : tx.recipients) {
+    if (r.address == last || (r.notify == 0 && r.orcpt_type.empty())) continue;
+    last = r.address;
+    if (r.notify != 0) {
+      line += " notify=<";
+      line += r.address;
+      line += ">:";
+      if (r.notify & dsn_notify::never) line += "NEVER,";
+      if (r.notify & dsn_notify::success) line += "SUCCESS,";
+      if (r.notify & dsn_notify::failure) line += "FAILURE,";
+      if (r.notify & dsn_notify::delay) line += "DELAY,";
+      line.pop_back();
+    }
+    if (!r.orcpt_type.empty()) {
+      line += " orcpt=<";
+      line += r.address;
+      line += ">:";
+      line += r.orcpt_type;
+      line += ';';
+      xtext_encode(r.orcpt, line);
+    }
+  }
 }
 
 // Written with appends, not a format: it is made for every message.
