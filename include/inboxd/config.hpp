@@ -34,6 +34,9 @@ struct session_config {
   bool require_tls = false;           // MAIL before STARTTLS: 530 5.7.0
   bool require_auth = false;          // MAIL before AUTH: 530 5.7.0
   bool allow_plaintext_auth = false;  // offer AUTH without TLS (RFC 4954 4 says don't)
+  // Offer DSN (RFC 3461) for local delivery too: its parameters are taken
+  // and ORCPT becomes X-Original-To:, but no notice is ever sent (README).
+  bool accept_dsn = false;
   std::size_t max_auth_failures = 3;  // then 421 and close
   std::size_t max_errors = 20;        // protocol errors in a session, then 421 4.7.0
   // Tarpit: each error reply past the first waits this long times the

@@ -30,7 +30,20 @@ struct recipient {
   std::string address;  // the RCPT forward-path as given, without brackets
   std::string user;     // the local mailbox name ({user} in path templates)
   std::string domain;   // lower case; {domain} in path templates
+  // DSN (RFC 3461) of the RCPT this mailbox came from; each mailbox an
+  // alias gives gets that RCPT's. Set only where EHLO offered DSN.
+  std::uint8_t notify = 0;      // NOTIFY as dsn_notify bits; 0: none given
+  std::string orcpt_type = {};  // ORCPT's addr-type, lower case ("rfc822"); empty: none
+  std::string orcpt = {};       // ORCPT's address, xtext-decoded (printable ASCII)
 };
+
+// The bits of recipient::notify (RFC 3461 4.1).
+struct dsn_notify {
+  static constexpr std::uint8_t never = 1, success = 2, failure = 4, delay = 8;
+};
+
+// RET (RFC 3461 4.3): what a notice returns of the message.
+enum class dsn_ret : std::uint8_t { none, full, hdrs };
 
 // The envelope of one message. Every view is borrowed for the duration of
 // sink::begin() only: a sink copies what it needs.
@@ -50,7 +63,29 @@ struct envelope {
   // body is written exactly as sent, its CR and LF bytes included (a sink
   // that changes line ends must leave it alone).
   bool body_binary = false;
+  // REQUIRETLS (RFC 8689) was given, inside TLS: a sink that hands the
+  // message on must do so only over TLS to a server offering REQUIRETLS.
+  bool requiretls = false;
+  // DSN (RFC 3461 4.3, 4.4), where EHLO offered it; per recipient in recipient.
+  dsn_ret ret = dsn_ret::none;
+  std::string_view envid;  // ENVID, xtext-decoded (printable ASCII); empty: none
 };
+
+// The X-Original-To: address a sink that stores the message writes: the
+// rfc822 ORCPT of its recipients when they all came from one RCPT and it
+// differs from that RCPT's address; otherwise empty. One file serves every
+// mailbox of a message, so a message for several RCPTs gets none: one
+// recipient's original address is not shown to the others (as the
+// Received header's "for" clause is given for one recipient only).
+[[nodiscard]] inline std::string_view original_recipient(const envelope& env) noexcept {
+  if (env.recipients.empty()) return {};
+  const recipient& first = env.recipients.front();
+  if (first.orcpt_type != "rfc822" || first.orcpt == first.address) return {};
+  for (const recipient& r : env.recipients)
+    if (r.address != first.address || r.orcpt != first.orcpt || r.orcpt_type != first.orcpt_type)
+      return {};
+  return first.orcpt;
+}
 
 // The outcome for one recipient (mailbox), in envelope order.
 enum class store_result : std::uint8_t {
@@ -103,6 +138,11 @@ class sink {
   // Starts one message. Never returns null: a sink that cannot store reports
   // that through committed().
   virtual delivery* begin(const envelope& env, delivery_listener& listener) = 0;
+  // True for a sink that hands messages on to an MTA that takes the DSN
+  // parameters on (RFC 3461 5.2): then EHLO offers DSN. A sink that stores
+  // messages itself cannot send the notices DSN promises (inboxd sends no
+  // mail), so the default is false.
+  [[nodiscard]] virtual bool carries_dsn() const noexcept { return false; }
 };
 
 }  // namespace inboxd

@@ -156,6 +156,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("auth-users", cfg.auth_users);
   r.get("allow-plaintext-auth", s.allow_plaintext_auth);
   r.get("require-auth", s.require_auth);
+  r.get("accept-dsn", s.accept_dsn);
   recipient_rules& rules = cfg.server.recipients;
   r.get("case-insensitive-local-parts", rules.case_insensitive);
   r.get("sub-address-delimiter", rules.sub_address_delimiter);

@@ -94,6 +94,8 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_flag("--allow-plaintext-auth", v.server.session.allow_plaintext_auth,
                "offer AUTH without TLS too");
   app.add_flag("--require-auth", v.server.session.require_auth, "MAIL before AUTH gets 530 5.7.0");
+  app.add_flag("--accept-dsn", v.server.session.accept_dsn,
+               "offer DSN (RFC 3461) and keep ORCPT as X-Original-To; sends no notices");
   double command_timeout = 0, data_timeout = 0, greeting_delay = 0, drain_timeout = 0,
          rate_window = 0;
   app.add_option("--max-connections", v.server.max_connections, "in all (default 10000)")
@@ -188,6 +190,7 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([](app_config& c) { c.server.session.allow_plaintext_auth = true; });
   if (given("--require-auth"))
     o.push_back([](app_config& c) { c.server.session.require_auth = true; });
+  if (given("--accept-dsn")) o.push_back([](app_config& c) { c.server.session.accept_dsn = true; });
   auto seconds = [](double s) {
     return std::chrono::milliseconds(static_cast<long long>(s * 1000));
   };

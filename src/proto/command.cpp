@@ -4,8 +4,11 @@
 
 #include "proto/utf8.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+
+#include "inboxd/sink.hpp"
 
 namespace inboxd::proto {
 namespace {
@@ -327,6 +330,92 @@ std::optional<bdat_arg> parse_bdat(std::string_view arg) noexcept {
     b.size = b.size * 10 + d;
   }
   return b;
+}
+
+namespace {
+
+constexpr int hex_value(char c) {
+  if (is_digit(c)) return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;  // RFC 3461 4 writes hexchar with upper-case letters only
+}
+
+bool is_printable_ascii(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 32 && c <= 126; });
+}
+
+}  // namespace
+
+bool xtext_decode(std::string_view s, std::string& out) {
+  out.clear();
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    auto u = static_cast<unsigned char>(c);
+    if (c == '+') {
+      if (i + 2 >= s.size()) return false;  // truncated
+      int hi = hex_value(s[i + 1]), lo = hex_value(s[i + 2]);
+      if (hi < 0 || lo < 0) return false;
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else if (u < 33 || u > 126 || c == '=') {
+      return false;
+    } else {
+      out += c;
+    }
+  }
+  return true;
+}
+
+void xtext_encode(std::string_view s, std::string& out) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 33 || u > 126 || c == '+' || c == '=') {
+      const char escaped[3] = {'+', hex[u >> 4], hex[u & 15]};
+      out.append(escaped, 3);
+    } else {
+      out += c;
+    }
+  }
+}
+
+std::uint8_t parse_notify(std::string_view value) noexcept {
+  if (iequals(value, "NEVER")) return dsn_notify::never;
+  std::uint8_t bits = 0;
+  for (std::size_t start = 0; start <= value.size();) {
+    std::size_t comma = std::min(value.find(',', start), value.size());
+    std::string_view item = value.substr(start, comma - start);
+    if (iequals(item, "SUCCESS"))
+      bits |= dsn_notify::success;
+    else if (iequals(item, "FAILURE"))
+      bits |= dsn_notify::failure;
+    else if (iequals(item, "DELAY"))
+      bits |= dsn_notify::delay;
+    else
+      return 0;  // also NEVER in a list, and an empty item
+    start = comma + 1;
+  }
+  return bits;
+}
+
+bool parse_orcpt(std::string_view value, std::string& type, std::string& address) {
+  // RFC 3461 4.2: "the ORCPT parameter MUST NOT exceed 500 characters".
+  std::size_t semi = value.find(';');
+  if (value.size() > 500 || semi == value.npos || semi == 0) return false;
+  std::string_view atom = value.substr(0, semi);
+  if (!std::all_of(atom.begin(), atom.end(), is_atext)) return false;
+  if (!xtext_decode(value.substr(semi + 1), address) || address.empty() ||
+      !is_printable_ascii(address))
+    return false;
+  type.assign(atom);
+  for (char& c : type) c = lower(c);
+  return true;
+}
+
+bool parse_envid(std::string_view value, std::string& out) {
+  // RFC 3461 4.4: at most 100 characters, printable ASCII once decoded.
+  return value.size() <= 100 && xtext_decode(value, out) && !out.empty() && is_printable_ascii(out);
 }
 
 std::optional<esmtp_param> param_reader::next() noexcept {

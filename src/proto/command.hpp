@@ -104,6 +104,25 @@ struct bdat_arg {
   bool last = false;
 };
 [[nodiscard]] std::optional<bdat_arg> parse_bdat(std::string_view arg) noexcept;
+// RFC 3461 4: xtext = *( xchar / hexchar ), where xchar is %d33-126 but "+"
+// and "=", and hexchar is "+" and two upper-case hex digits. Decodes s into
+// out (replacing what it held); false, with out unspecified, when s is not
+// xtext. Every octet may come out of a hexchar: callers check what they allow.
+[[nodiscard]] bool xtext_decode(std::string_view s, std::string& out);
+// Appends s as xtext: "+", "=" and octets outside %d33-126 become "+XX".
+void xtext_encode(std::string_view s, std::string& out);
+
+// The DSN parameters of RFC 3461 4, each value checked and decoded. The
+// decoded ENVID and ORCPT address must be printable US-ASCII (%d32-126),
+// as the DSN format requires (4.2, 4.4).
+// NOTIFY=NEVER, or SUCCESS, FAILURE, DELAY joined by commas (any case):
+// the inboxd::dsn_notify bits, or 0 for anything else.
+[[nodiscard]] std::uint8_t parse_notify(std::string_view value) noexcept;
+// ORCPT=addr-type ";" xtext, at most 500 characters: addr-type (an atom,
+// made lower case) into type, the decoded address into address.
+[[nodiscard]] bool parse_orcpt(std::string_view value, std::string& type, std::string& address);
+// ENVID=xtext, at most 100 characters, decoded into out.
+[[nodiscard]] bool parse_envid(std::string_view value, std::string& out);
 
 // Case-insensitive ASCII comparison.
 [[nodiscard]] bool iequals(std::string_view a, std::string_view b) noexcept;

@@ -81,6 +81,9 @@ constexpr std::array rows{
     row{binary_not_data, {503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA"}},
     row{data_after_bdat, {503, "5.5.1", "Error: DATA after BDAT, send RSET"}},
     row{chunk_refused, {503, "5.5.1", "Error: an earlier BDAT of this message failed, send RSET"}},
+    row{requiretls_plain, {530, "5.7.10", "REQUIRETLS needs a TLS session"}},
+    row{param_repeated, {501, "5.5.4", "Repeated parameter: "}},
+    row{bad_param_value, {501, "5.5.4", "Bad parameter value: "}},
 };
 
 constexpr bool in_enum_order() {

@@ -74,6 +74,9 @@ enum class reply_id : std::uint8_t {
   binary_not_data,   // 503 5.5.1 (DATA after BODY=BINARYMIME)
   data_after_bdat,   // 503 5.5.1 (DATA in a transaction BDAT began)
   chunk_refused,     // 503 5.5.1 (BDAT after a refused one, until RSET or LAST)
+  requiretls_plain,  // 530 5.7.10
+  param_repeated,    // 501 5.5.4
+  bad_param_value,   // 501 5.5.4
 };
 
 struct reply_entry {

@@ -257,7 +257,12 @@ void session::do_helo(std::string_view arg, bool esmtp) {
                  limits().hostname, limits().max_message_size);
   out_ += "250-SMTPUTF8\r\n";  // RFC 6531
   out_ += "250-BINARYMIME\r\n250-CHUNKING\r\n";  // RFC 3030
+  // RFC 9422: the recipient limit do_rcpt() applies (452 past it). No
+  // MAILMAX: a session may send any number of messages.
+  fmt::format_to(out, FMT_STRING("250-LIMITS RCPTMAX={}\r\n"), limits().max_recipients);
+  if (dsn_offered()) out_ += "250-DSN\r\n";
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
+  if (!tls().empty()) out_ += "250-REQUIRETLS\r\n";  // RFC 8689 2: only inside TLS
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
     out_ += "250-AUTH PLAIN LOGIN\r\n";
   out_ += "250 ENHANCEDSTATUSCODES\r\n";
@@ -300,6 +305,24 @@ void session::do_mail(std::string_view arg) {
       if (param->has_value) return refuse(reply_id::bad_syntax, "SMTPUTF8 takes no value");
       if (tx.smtputf8) return refuse(reply_id::bad_syntax, "SMTPUTF8 given twice");
       tx.smtputf8 = true;
+    } else if (iequals(param->keyword, "REQUIRETLS")) {
+      // RFC 8689 4.1: only on a session that is TLS already; it has no value.
+      if (tls().empty()) return refuse(reply_id::requiretls_plain);
+      if (param->has_value) return refuse(reply_id::bad_param_value, "REQUIRETLS");
+      if (std::exchange(tx.requiretls, true)) return refuse(reply_id::param_repeated, "REQUIRETLS");
+    } else if (iequals(param->keyword, "RET") && dsn_offered()) {
+      // RFC 3461 4.3: RET=FULL or RET=HDRS.
+      if (tx.ret != dsn_ret::none) return refuse(reply_id::param_repeated, "RET");
+      if (iequals(param->value, "FULL"))
+        tx.ret = dsn_ret::full;
+      else if (iequals(param->value, "HDRS"))
+        tx.ret = dsn_ret::hdrs;
+      else
+        return refuse(reply_id::bad_param_value, "RET");
+    } else if (iequals(param->keyword, "ENVID") && dsn_offered()) {
+      // RFC 3461 4.4: ENVID=xtext (never empty once decoded).
+      if (!tx.envid.empty()) return refuse(reply_id::param_repeated, "ENVID");
+      if (!parse_envid(param->value, tx.envid)) return refuse(reply_id::bad_param_value, "ENVID");
     } else if (iequals(param->keyword, "AUTH") && cfg_->auth) {
       // RFC 4954 5: AUTH=<mailbox> or <>; nothing we relay, so nothing to keep.
       if (!param->has_value) return refuse(reply_id::bad_syntax, "AUTH=<mailbox>");
@@ -324,8 +347,24 @@ void session::do_rcpt(std::string_view arg) {
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_recipient);
   if (auto why = utf8_refusal(p.value.mailbox, tx_->smtputf8, reply_id::bad_utf8_recipient))
     return refuse(*why);
+  // RFC 3461 4.1, 4.2: NOTIFY and ORCPT, once each, where EHLO offered DSN.
+  std::uint8_t notify = 0;
+  std::string orcpt_type, orcpt;  // no allocation unless an ORCPT came
   param_reader params(p.value.params);
-  if (auto param = params.next()) return refuse(reply_id::bad_param, param->keyword);
+  while (auto param = params.next()) {
+    if (!esmtp_ || !dsn_offered()) return refuse(reply_id::bad_param, param->keyword);
+    if (iequals(param->keyword, "NOTIFY")) {
+      if (notify != 0) return refuse(reply_id::param_repeated, "NOTIFY");
+      notify = parse_notify(param->value);
+      if (notify == 0) return refuse(reply_id::bad_param_value, "NOTIFY");
+    } else if (iequals(param->keyword, "ORCPT")) {
+      if (!orcpt_type.empty()) return refuse(reply_id::param_repeated, "ORCPT");
+      if (!parse_orcpt(param->value, orcpt_type, orcpt))
+        return refuse(reply_id::bad_param_value, "ORCPT");
+    } else {
+      return refuse(reply_id::bad_param, param->keyword);
+    }
+  }
   if (params.error()) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
   // Aliases multiply the mailboxes an RCPT costs: their total is bounded
   // too (Postfix bounds alias expansion), so that the work of a transaction
@@ -361,6 +400,14 @@ void session::do_rcpt(std::string_view arg) {
   }
   tx_->mailboxes_resolved += found.size();
   if (tx_->mailboxes_resolved > mailbox_limit) return too_many_recipients();
+  // Every mailbox of this RCPT (aliases) gets its DSN parameters.
+  if (notify != 0 || !orcpt_type.empty()) {
+    for (auto& r : found) {
+      r.notify = notify;
+      r.orcpt_type = orcpt_type;
+      r.orcpt = orcpt;
+    }
+  }
   // A mailbox named twice (an alias and its user) gets one copy. Few
   // recipients are scanned; past linear_dedup a set of "user NUL domain"
   // keys finds repeats in O(1), so that the work stays linear in them.
@@ -401,6 +448,25 @@ void session::too_many_recipients() {
   reply(reply_id::too_many_rcpts);
 }
 
+// What the sink is told of the open transaction, for DATA and BDAT alike.
+envelope session::make_envelope() const {
+  const transaction& tx = *tx_;
+  return envelope{
+      .queue_id = tx.queue_id,
+      .client_address = client_address_,
+      .helo = helo_,
+      .reverse_path = tx.reverse_path,
+      .recipients = tx.recipients,
+      .esmtp = esmtp_,
+      .body_8bit = tx.body_8bit,
+      .smtputf8 = tx.smtputf8,
+      .body_binary = tx.body_binary,
+      .requiretls = tx.requiretls,
+      .ret = tx.ret,
+      .envid = tx.envid,
+  };
+}
+
 void session::do_data(std::string_view arg, bool bare_lf) {
   if (!tx_) return refuse(reply_id::need_mail);
   // RFC 3030 2: no DATA in a transaction BDAT began; the state is then
@@ -416,16 +482,7 @@ void session::do_data(std::string_view arg, bool bare_lf) {
   if (!tx_->rcpt_seen) return refuse(reply_id::need_rcpt);
   if (tx_->recipients.empty()) return refuse(reply_id::no_valid_rcpts);
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "DATA");
-  envelope env{
-      .queue_id = tx_->queue_id,
-      .client_address = client_address_,
-      .helo = helo_,
-      .reverse_path = tx_->reverse_path,
-      .recipients = tx_->recipients,
-      .esmtp = esmtp_,
-      .body_8bit = tx_->body_8bit,
-      .smtputf8 = tx_->smtputf8,
-  };
+  envelope env = make_envelope();
   if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
     return finish_transaction(reply_id::store_failed, {}, "deferred");
   reply(reply_id::start_data);
@@ -724,16 +781,7 @@ void session::begin_chunks() {
   transaction& tx = *tx_;
   tx.chunked = true;
   chunk_decoder_.reset(tx.body_binary);
-  envelope env{
-      .queue_id = tx.queue_id,
-      .client_address = client_address_,
-      .helo = helo_,
-      .reverse_path = tx.reverse_path,
-      .recipients = tx.recipients,
-      .esmtp = esmtp_,
-      .body_8bit = tx.body_8bit,
-      .body_binary = tx.body_binary,
-  };
+  envelope env = make_envelope();
   // A sink that throws marks the message failed: its chunks are read and
   // dropped, and the client hears 451.
   if (!guard_sink([&] { tx.sink_delivery = cfg_->store->begin(env, *this); })) return;
@@ -916,6 +964,8 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
     line += '>';
     last = r.address;
   }
+  if (tx.requiretls) line += " requiretls=yes";
+  append_dsn_fields(line, tx);
   char size[24];
   auto [end, ec] = std::to_chars(size, size + sizeof size, tx.size);
   line += " size=";
@@ -930,6 +980,41 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   reply(id, detail);
   tx_.reset();
   if (draining_) close_with(reply_id::shutting_down);
+}
+
+// The DSN parameters of a message for its log line, where any came:
+// " ret=HDRS envid=<xtext>" and per RCPT address " notify=<addr>:SUCCESS,FAILURE
+// orcpt=<addr>:rfc822;<xtext>". ENVID and ORCPT are logged as xtext, which
+// has no space, so the line stays one field per word.
+void session::append_dsn_fields(std::string& line, const transaction& tx) {
+  if (tx.ret != dsn_ret::none) line += tx.ret == dsn_ret::full ? " ret=FULL" : " ret=HDRS";
+  if (!tx.envid.empty()) {
+    line += " envid=";
+    xtext_encode(tx.envid, line);
+  }
+  std::string_view last;
+  for (const auto& r : tx.recipients) {
+    if (r.address == last || (r.notify == 0 && r.orcpt_type.empty())) continue;
+    last = r.address;
+    if (r.notify != 0) {
+      line += " notify=<";
+      line += r.address;
+      line += ">:";
+      if (r.notify & dsn_notify::never) line += "NEVER,";
+      if (r.notify & dsn_notify::success) line += "SUCCESS,";
+      if (r.notify & dsn_notify::failure) line += "FAILURE,";
+      if (r.notify & dsn_notify::delay) line += "DELAY,";
+      line.pop_back();
+    }
+    if (!r.orcpt_type.empty()) {
+      line += " orcpt=<";
+      line += r.address;
+      line += ">:";
+      line += r.orcpt_type;
+      line += ';';
+      xtext_encode(r.orcpt, line);
+    }
+  }
 }
 
 // Written with appends, not a format: it is made for every message.

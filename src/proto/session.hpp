@@ -144,6 +144,9 @@ class session final : delivery_listener, auth_listener {
     bool rcpt_seen = false;                        // any RCPT, accepted or not
     bool body_8bit = false;
     bool smtputf8 = false;  // MAIL had SMTPUTF8 (RFC 6531)
+    bool requiretls = false;  // RFC 8689, given inside TLS
+    dsn_ret ret = dsn_ret::none;  // RFC 3461 RET
+    std::string envid;            // RFC 3461 ENVID, decoded
     delivery* sink_delivery = nullptr;
     std::size_t size = 0;  // body octets as sent, CRLF counted as two (RFC 1870)
     bool too_big = false;
@@ -158,6 +161,8 @@ class session final : delivery_listener, auth_listener {
     void clear() {
       queue_id.clear();
       reverse_path.clear();
+      envid.clear();
+      ret = dsn_ret::none;
       // What one big transaction grew is not kept for every later one.
       if (recipients.capacity() > 64 || found.capacity() > 64) {
         std::vector<recipient>().swap(recipients);
@@ -172,6 +177,7 @@ class session final : delivery_listener, auth_listener {
       rcpt_seen = body_8bit = too_big = sink_failed = false;
       smtputf8 = false;
       body_binary = chunked = chunk_failed = false;
+      requiretls = false;
       sink_delivery = nullptr;
     }
   };
@@ -226,6 +232,12 @@ class session final : delivery_listener, auth_listener {
   void do_mail(std::string_view arg);
   void do_rcpt(std::string_view arg);
   void too_many_recipients();
+  // EHLO offers DSN (RFC 3461): the sink carries it on, or the operator
+  // lets local delivery take the parameters (session_config::accept_dsn).
+  [[nodiscard]] bool dsn_offered() const noexcept {
+    return limits().accept_dsn || cfg_->store->carries_dsn();
+  }
+  [[nodiscard]] envelope make_envelope() const;
   void do_data(std::string_view arg, bool bare_lf);
   void do_rset(std::string_view arg);
   void do_quit(std::string_view arg);
@@ -241,6 +253,7 @@ class session final : delivery_listener, auth_listener {
   void finish_transaction(reply_id id, std::string_view detail, std::string_view status);
   void close_with(reply_id id);
   void append_received_header(std::string& out) const;
+  static void append_dsn_fields(std::string& line, const transaction& tx);
 
   // delivery_listener
   void writable() noexcept override;

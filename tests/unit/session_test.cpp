@@ -17,7 +17,7 @@ namespace {
 constexpr std::string_view ehlo_reply =
     "250-localhost\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
     "250-BINARYMIME\r\n250-CHUNKING\r\n"
-    "250 ENHANCEDSTATUSCODES\r\n";
+    "250-LIMITS RCPTMAX=1000\r\n250 ENHANCEDSTATUSCODES\r\n";
 
 // The client's bytes from MAIL to DATA, for one recipient.
 constexpr std::string_view mail_to_data =
@@ -35,7 +35,11 @@ constexpr std::string_view shutting_down =
 // A connection past its greeting and EHLO.
 void greet(test_connection& c) {
   c.send("EHLO client.example\r\n");
-  REQUIRE(c.take() == "220 localhost ESMTP inboxd\r\n" + std::string(ehlo_reply));
+  // LIMITS says the connection's own max_recipients (RFC 9422).
+  std::string want(ehlo_reply);
+  want.replace(want.find("RCPTMAX=1000"), 12,
+               "RCPTMAX=" + std::to_string(c.settings->limits.max_recipients));
+  REQUIRE(c.take() == "220 localhost ESMTP inboxd\r\n" + want);
 }
 
 std::string queued(const memory_sink::message& m) {

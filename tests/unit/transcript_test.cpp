@@ -4,7 +4,7 @@
 //   # comment              ignored, as are empty lines
 //   ! key=value            session setup, before the first C:/R: line:
 //                          hostname, max_message_size, max_recipients,
-//                          bare_newline (normalize | reject), and
+//                          bare_newline (normalize | reject), accept_dsn (true), and
 //                          store (the sink's result per recipient, comma-separated:
 //                          stored | temporary_fail | no_space | permanent_fail;
 //                          the last one repeats)
@@ -104,6 +104,8 @@ void set(transcript& t, std::string_view key, std::string_view value) {
   } else if (key == "bare_newline" && (value == "reject" || value == "normalize")) {
     t.cfg.bare_newline =
         value == "reject" ? bare_newline_policy::reject : bare_newline_policy::normalize;
+  } else if (key == "accept_dsn") {
+    t.cfg.accept_dsn = value == "true";
   } else if (key == "store") {
     for (std::size_t start = 0; start <= value.size();) {
       std::size_t comma = std::min(value.find(',', start), value.size());
