@@ -135,6 +135,10 @@ class maildir_delivery final : public pooled_delivery {
                         ++name_counter, sink.host_);
     // Final delivery adds Return-Path (RFC 5321 4.4).
     write(fmt::format(FMT_STRING("Return-Path: <{}>\n"), env.reverse_path));
+    // The ORCPT the client gave, where it says more than the RCPT address
+    // (sink.hpp, original_recipient()), as Postfix's local(8) writes it.
+    if (std::string_view to = original_recipient(env); !to.empty())
+      write(fmt::format(FMT_STRING("X-Original-To: {}\n"), to));
   }
 
  private:

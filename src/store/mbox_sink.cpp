@@ -169,6 +169,10 @@ class mbox_delivery final : public pooled_delivery {
     std::string_view sender = env.reverse_path.empty() ? "MAILER-DAEMON" : env.reverse_path;
     from_line_ = fmt::format(FMT_STRING("From {} {}\n"), sender, asctime_now());
     write(fmt::format(FMT_STRING("Return-Path: <{}>\n"), env.reverse_path));
+    // The ORCPT the client gave, where it says more than the RCPT address
+    // (sink.hpp, original_recipient()), as Postfix's local(8) writes it.
+    if (std::string_view to = original_recipient(env); !to.empty())
+      write(fmt::format(FMT_STRING("X-Original-To: {}\n"), to));
   }
 
  private:

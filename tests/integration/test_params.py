@@ -1,6 +1,8 @@
 """LIMITS (RFC 9422), REQUIRETLS (RFC 8689) and the DSN parameters (RFC 3461)
 with Python's smtplib, its mail_options and rcpt_options: what EHLO offers,
 that the server keeps to it, what the log line and the stored message say."""
+import mailbox
+import os
 import re
 import smtplib
 import unittest
@@ -80,6 +82,96 @@ class RequireTls(Smtp):
         self.assertEqual(s.sendmail(SENDER, [RCPT], BODY), {})
         s.quit()
         self.assertNotIn("requiretls", self.message_line())
+
+
+class DsnOff(Smtp):
+    """Maildir carries no DSN on: EHLO does not offer it, its parameters are unknown."""
+
+    def test_not_offered(self):
+        s = self.smtp()
+        self.assertFalse(s.has_extn("dsn"))
+        with self.assertRaises(smtplib.SMTPSenderRefused) as e:
+            s.sendmail(SENDER, [RCPT], BODY, mail_options=["RET=HDRS"])
+        self.assertEqual(e.exception.smtp_code, 555)
+        s.rset()
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as e:
+            s.sendmail(SENDER, [RCPT], BODY, rcpt_options=["NOTIFY=NEVER"])
+        self.assertEqual(e.exception.recipients[RCPT][0], 555)
+
+
+def strip_original_to(data):
+    """(the X-Original-To value or None, the message without that line)."""
+    m = re.match(rb"(Return-Path: [^\n]*\n)X-Original-To: ([^\n]*)\n", data)
+    if not m:
+        return None, data
+    return m.group(2).decode(), m.group(1) + data[m.end():]
+
+
+class DsnAccepted(Smtp):
+    """--accept-dsn: local delivery takes the DSN parameters (README, "DSN")."""
+    server_args = ("--accept-dsn",)
+
+    def send(self, rcpts, mail_options=(), rcpt_options=()):
+        s = self.smtp()
+        self.assertTrue(s.has_extn("dsn"))
+        self.assertEqual(s.sendmail(SENDER, rcpts, BODY, mail_options=list(mail_options),
+                                    rcpt_options=list(rcpt_options)), {})
+        s.quit()
+
+    def test_parameters_kept_logged_and_orcpt_stored(self):
+        self.send([RCPT], ["RET=HDRS", "ENVID=QQ+2B314159"],
+                  ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Old+2Balias@Example.NET"])
+        [data] = self.stored()
+        original, rest = strip_original_to(data)
+        self.assertEqual(original, "Old+alias@Example.NET")
+        self.assertStored(rest, SENDER, BODY, rcpt=RCPT)
+        line = self.message_line()
+        for field in (" ret=HDRS", " envid=QQ+2B314159", f" notify=<{RCPT}>:SUCCESS,FAILURE",
+                      f" orcpt=<{RCPT}>:rfc822;Old+2Balias@Example.NET"):
+            self.assertIn(field, line)
+        # Python's mailbox reads the header like any other.
+        [msg] = list(mailbox.Maildir(self.server.maildir, factory=None, create=False))
+        self.assertEqual(msg["X-Original-To"], "Old+alias@Example.NET")
+
+    def test_orcpt_same_as_rcpt_writes_nothing(self):
+        self.send([RCPT], rcpt_options=[f"ORCPT=rfc822;{RCPT}"])
+        [data] = self.stored()
+        self.assertEqual(strip_original_to(data)[0], None)
+        self.assertStored(data, SENDER, BODY, rcpt=RCPT)
+
+    def test_several_rcpts_get_no_header(self):
+        # One file serves every mailbox: no recipient sees another's original address.
+        self.send([RCPT, "c@example.org"], rcpt_options=["ORCPT=rfc822;old@example.net"])
+        [data] = self.stored()
+        self.assertEqual(strip_original_to(data)[0], None)
+
+    def test_bad_values_501(self):
+        s = self.smtp()
+        for options in (["RET=ALL"], ["ENVID=a+2x"], ["ENVID=" + "x" * 101], ["RET=FULL", "RET=HDRS"]):
+            code, msg = s.mail(SENDER, options)
+            self.assertEqual((code, msg[:5]), (501, b"5.5.4"), options)
+        self.assertEqual(s.mail(SENDER, ["RET=FULL"])[0], 250)
+        for options in (["NOTIFY=NEVER,DELAY"], ["ORCPT=rfc822;a+0Ab@x.example"],
+                        ["ORCPT=rfc822"], ["NOTIFY=DELAY", "NOTIFY=DELAY"]):
+            code, msg = s.rcpt(RCPT, options)
+            self.assertEqual((code, msg[:5]), (501, b"5.5.4"), options)
+
+
+class DsnAcceptedMbox(Smtp):
+    sink = None
+    server_args = ("--mbox", "mail/{user}", "--accept-dsn")
+
+    def test_orcpt_stored_in_mbox(self):
+        s = self.smtp()
+        self.assertEqual(s.sendmail(SENDER, ["alice@example.com"], BODY,
+                                    rcpt_options=["ORCPT=rfc822;alias@example.com"]), {})
+        s.quit()
+        mb = mailbox.mbox(os.path.join(self.server.dir, "mail", "alice"), create=False)
+        self.addCleanup(mb.close)
+        [msg] = list(mb)
+        self.assertEqual(msg["X-Original-To"], "alias@example.com")
+        self.assertTrue(mb.get_bytes(0).startswith(
+            b"Return-Path: <a@example.com>\nX-Original-To: alias@example.com\nReceived: "))
 
 
 if __name__ == "__main__":
