@@ -36,12 +36,16 @@ struct recipient {
 // sink::begin() only: a sink copies what it needs.
 struct envelope {
   std::string_view queue_id;
-  std::string_view client_address;        // "127.0.0.1" or "::1"
+  std::string_view client_address;        // "127.0.0.1" or "::1"; empty on a unix socket
   std::string_view helo;                  // as the client sent it in HELO/EHLO
   std::string_view reverse_path;          // without angle brackets; empty for <>
   std::span<const recipient> recipients;  // distinct mailboxes, in RCPT order
   bool esmtp = false;
   bool body_8bit = false;  // BODY=8BITMIME was given
+  // LMTP: each mailbox's outcome is reported to its own client, so a sink
+  // may store the message in some mailboxes while others fail. When false
+  // (SMTP, one reply for all) a failure anywhere must leave it stored nowhere.
+  bool independent_outcomes = false;
 };
 
 // The outcome for one recipient (mailbox), in envelope order.

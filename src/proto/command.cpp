@@ -55,6 +55,7 @@ constexpr std::array verbs{
     verb_name{"NOOP", verb::noop},         verb_name{"QUIT", verb::quit},
     verb_name{"VRFY", verb::vrfy},         verb_name{"HELP", verb::help},
     verb_name{"STARTTLS", verb::starttls}, verb_name{"AUTH", verb::auth},
+    verb_name{"LHLO", verb::lhlo},
 };
 
 std::string_view trim(std::string_view s) {

@@ -25,6 +25,7 @@ enum class verb : std::uint8_t {
   help,
   starttls,
   auth,
+  lhlo,  // RFC 2033 4.1: LMTP's EHLO
   unknown
 };
 

@@ -72,6 +72,9 @@ constexpr std::array rows{
     row{pregreet, {554, "5.5.1", "Protocol error: you talked before the greeting"}},
     row{auth_busy, {454, "4.7.0", "Temporary authentication failure, try again later"}},
     row{lookup_failed, {451, "4.3.0", "Error: temporary recipient lookup failure"}},
+    // RFC 2033 4.1: an LMTP server does not take HELO or EHLO.
+    row{lhlo_needed, {500, "5.5.1", "Error: this is an LMTP server, say LHLO"}},
+    row{lmtp_delivered, {250, "2.0.0", "Ok: delivered to "}},
 };
 
 constexpr bool in_enum_order() {

@@ -66,6 +66,8 @@ enum class reply_id : std::uint8_t {
   pregreet,          // 554 5.5.1
   auth_busy,         // 454 4.7.0
   lookup_failed,     // 451 4.3.0
+  lhlo_needed,       // 500 5.5.1 (LMTP: HELO and EHLO are refused)
+  lmtp_delivered,    // 250 2.0.0 (LMTP: one per recipient after the data)
 };
 
 struct reply_entry {
