@@ -188,5 +188,86 @@ class SmtplibLmtpTest(LmtpTestCase):
         self.assertFalse(os.path.exists(self.sock))
 
 
+class UnixSocketListenerTest(LmtpTestCase):
+    """unix:/path on the plain SMTP listener; a stale socket is replaced, a live one
+    or a file that is not a socket is refused."""
+
+    def setUp(self):
+        self.clients = []
+        import tempfile
+        self.d = tempfile.mkdtemp(prefix="inboxd-unix-")
+        self.addCleanup(shutil.rmtree, self.d, ignore_errors=True)
+        self.sock = os.path.join(self.d, "smtp.sock")
+        self.server = None
+
+    def start(self, *args):
+        self.server = self.start_server("--listen", "unix:" + self.sock, *args)
+        self.assertIsNotNone(self.server.wait_log(r"listening on unix:"), self.server.log())
+
+    def converse(self, lines):
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(harness.TIMEOUT)
+        s.connect(self.sock)
+        f = s.makefile("rb")
+        out = [f.readline()]
+        for line in lines:
+            s.sendall(line + b"\r\n")
+            while True:
+                reply = f.readline()
+                out.append(reply)
+                if reply[3:4] != b"-":
+                    break
+        s.close()
+        return out
+
+    def test_smtp_over_a_unix_socket_with_a_stale_socket_replaced(self):
+        import socket
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(self.sock)  # bound, never listening: what a crash leaves
+        stale.close()
+        self.start("--unix-socket-mode", "0600")
+        self.assertIn("removed a stale socket", self.server.log())
+        self.assertEqual(stat.S_IMODE(os.stat(self.sock).st_mode), 0o600)
+        out = self.converse([b"EHLO client.test", b"MAIL FROM:<a@example.net>",
+                             b"RCPT TO:<u@inboxd.test>", b"DATA",
+                             BODY + b".", b"QUIT"])
+        self.assertTrue(out[0].startswith(b"220 "), out)
+        self.assertTrue(out[-2].startswith(b"250 2.0.0 Ok: queued as"), out)
+        stored = self.stored()
+        self.assertEqual(len(stored), 1)
+        self.assertIn(b"Received: from client.test (unix socket)", stored[0])
+
+    def test_a_live_socket_or_a_file_is_not_replaced(self):
+        self.start()
+        proc = harness.run_cli("--listen", "unix:" + self.sock, "--maildir",
+                               os.path.join(self.d, "md"), "--allow-root")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("another server listens on it", proc.stderr.decode())
+        path = os.path.join(self.d, "file")
+        with open(path, "w") as f:
+            f.write("x")
+        proc = harness.run_cli("--listen", "unix:" + path, "--maildir",
+                               os.path.join(self.d, "md"), "--allow-root")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("not a socket", proc.stderr.decode())
+        with open(path) as f:
+            self.assertEqual(f.read(), "x")
+
+
+class PostfixSmtpRelayTest(LmtpTestCase):
+    """postfix.py with an SMTP transport: Postfix relays to inboxd's SMTP listener."""
+    server_args = ("--maildir", "mail/{user}")
+
+    def test_postfix_relays_over_smtp(self):
+        rcpts = ["u1@inboxd.test", "u2@inboxd.test"]
+        pf, got = self.postfix_delivers(f"smtp:[127.0.0.1]:{self.server.port}", rcpts)
+        for r in rcpts:
+            self.assertEqual(got.get(r, ("none",))[0], "sent", pf.tail())
+            self.assertIn("queued as", got[r][1])
+        for user in ("u1", "u2"):
+            self.assertEqual(len(self.maildir_messages(user)), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
