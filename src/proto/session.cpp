@@ -813,14 +813,21 @@ void session::note_lmtp_mailbox(const recipient& r, bool fresh) {
   auto index = static_cast<std::uint32_t>(kept.size());
   if (fresh) {
     if (mapped) tx.lmtp_index.emplace(key_of(r), index);
-  } else if (mapped) {
-    index = tx.lmtp_index.at(key_of(r));
-  } else {
-    auto same = std::find_if(kept.begin(), kept.end(), [&](const recipient& k) {
-      return k.user == r.user && k.domain == r.domain;
-    });
-    index = static_cast<std::uint32_t>(same - kept.begin());
+    tx.lmtp_boxes.push_back(index);
+    return;
   }
+  if (mapped) {
+    if (auto it = tx.lmtp_index.find(key_of(r)); it != tx.lmtp_index.end()) {
+      tx.lmtp_boxes.push_back(it->second);
+      return;
+    }
+  }
+  auto same = std::find_if(kept.begin(), kept.end(), [&](const recipient& k) {
+    return k.user == r.user && k.domain == r.domain;
+  });
+  // A repeat is always among kept while do_rcpt compares as this does; should
+  // the two ever differ, the reply follows the first mailbox rather than throw.
+  index = same == kept.end() ? 0 : static_cast<std::uint32_t>(same - kept.begin());
   tx.lmtp_boxes.push_back(index);
 }
 
