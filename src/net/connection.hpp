@@ -1,10 +1,9 @@
 // net/connection.hpp: one SMTP client, bound to one proto::session.
 //
-// Pinned: the connection embeds its uv_tcp_t (a uv_pipe_t on a unix socket) and uv_timer_t (handle.data ==
-// this), is never copied or moved, and is freed only when both handles have
-// closed. It owns its read buffer while it has unconsumed input and gives it
-// back to the pool when idle. Reading stops while the session waits
-// (backpressure); replies go out with one write per feed.
+// Pinned: the connection embeds its uv_tcp_t (a uv_pipe_t on a unix socket) and uv_timer_t
+// (handle.data == this), is never copied or moved, and is freed only when both handles have closed.
+// It owns its read buffer while it has unconsumed input and gives it back to the pool when idle.
+// Reading stops while the session waits (backpressure); replies go out with one write per feed.
 //
 // With TLS (STARTTLS, or an implicit-TLS listener) ciphertext goes through a
 // tls_stream: read bytes are fed to it, plaintext comes out into the same

@@ -70,8 +70,8 @@ std::string limit_key(const sockaddr* sa, unsigned ipv6_prefix_length) {
                      format_address(reinterpret_cast<const sockaddr*>(&in6), false), bits);
 }
 
-listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls,
-                         bool lmtp, std::string& error) {
+listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
+                         std::string& error) {
   if (address.starts_with("unix:")) {
     auto* l = new listener(srv, implicit_tls, lmtp);
     if (!l->open_unix(address, error)) return nullptr;  // open_unix closes it
@@ -135,8 +135,8 @@ bool listener::open_unix(std::string_view address, std::string& error) {
     if (!S_ISSOCK(st.st_mode)) return fail("the file exists and is not a socket");
     if (socket_answers(path)) return fail("another server listens on it");
     if (::unlink(path.c_str()) != 0)
-      return fail(fmt::format(FMT_STRING("cannot remove the stale socket: {}"),
-                              std::strerror(errno)));
+      return fail(
+          fmt::format(FMT_STRING("cannot remove the stale socket: {}"), std::strerror(errno)));
     srv_.logf(log_level::info, "removed a stale socket {}", path);
   }
   int rc = uv_pipe_bind(&pipe_, path.c_str());
@@ -146,8 +146,8 @@ bool listener::open_unix(std::string_view address, std::string& error) {
   if (::chmod(path.c_str(), static_cast<mode_t>(cfg.unix_socket_mode)) != 0 ||
       (cfg.unix_socket_owner.set() &&
        ::lchown(path.c_str(), cfg.unix_socket_owner.uid, cfg.unix_socket_owner.gid) != 0)) {
-    std::string why = fmt::format(FMT_STRING("cannot set its mode or owner: {}"),
-                                  std::strerror(errno));
+    std::string why =
+        fmt::format(FMT_STRING("cannot set its mode or owner: {}"), std::strerror(errno));
     ::unlink(path.c_str());
     unix_path_.clear();
     return fail(why);

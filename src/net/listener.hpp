@@ -30,8 +30,8 @@ class listener {
   // Binds and listens; on failure returns null with the reason in error.
   // A unix socket is made with config.unix_socket_mode and _owner; a stale
   // socket file (no server behind it) is replaced, anything else refused.
-  static listener* open(server::state& srv, std::string_view address, bool implicit_tls,
-                        bool lmtp, std::string& error);
+  static listener* open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
+                        std::string& error);
   void close();
   [[nodiscard]] std::string bound_address() const;
   [[nodiscard]] bool implicit_tls() const noexcept { return implicit_tls_; }
@@ -48,7 +48,7 @@ class listener {
   bool implicit_tls_;
   bool lmtp_;
   std::uint64_t last_accept_error_ = 0;  // uv_now() of the last one logged
-  std::string unix_path_;  // a unix socket's file, removed at close; empty for TCP
+  std::string unix_path_;                // a unix socket's file, removed at close; empty for TCP
   union {
     uv_tcp_t tcp_{};
     uv_pipe_t pipe_;

@@ -98,8 +98,8 @@ session::~session() {
 }
 
 void session::start() {
-  out_ += fmt::format(FMT_STRING("220 {} {} inboxd\r\n"), limits().hostname,
-                      lmtp_ ? "LMTP" : "ESMTP");
+  out_ +=
+      fmt::format(FMT_STRING("220 {} {} inboxd\r\n"), limits().hostname, lmtp_ ? "LMTP" : "ESMTP");
 }
 
 void session::reply(reply_id id, std::string_view detail) {
@@ -208,8 +208,9 @@ void session::handle_line(std::string_view line, bool bare_lf) {
 void session::do_helo(std::string_view arg, bool esmtp) {
   std::string_view name = arg.substr(0, arg.find(' '));
   if (name.empty())
-    return refuse(reply_id::bad_syntax,
-                  lmtp_ ? "LHLO hostname" : esmtp ? "EHLO hostname" : "HELO hostname");
+    return refuse(reply_id::bad_syntax, lmtp_   ? "LHLO hostname"
+                                        : esmtp ? "EHLO hostname"
+                                                : "HELO hostname");
   // RFC 5321 4.1.4: HELO/EHLO also clears any transaction.
   tx_.reset();
   // The name goes into the Received header: keep it to printable ASCII.
@@ -851,8 +852,8 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
     for (std::uint32_t b = begin; b < tx.lmtp_ends[k]; ++b) {
       std::uint32_t box = tx.lmtp_boxes[b];
       // A sink that gave fewer outcomes than mailboxes stored nothing it did not report.
-      store_result result = box < per_recipient.size() ? per_recipient[box].result
-                                                       : store_result::temporary_fail;
+      store_result result =
+          box < per_recipient.size() ? per_recipient[box].result : store_result::temporary_fail;
       if (result == store_result::permanent_fail) id = reply_id::store_rejected;
       if (result == store_result::no_space && id == reply_id::lmtp_delivered)
         id = reply_id::no_space;
@@ -863,13 +864,13 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
     std::string detail;
     if (id == reply_id::lmtp_delivered)
       detail = fmt::format(FMT_STRING("<{}> as {}"), tx.lmtp_rcpts[k], tx.queue_id);
-    const char* status = id == reply_id::lmtp_delivered ? "sent"
+    const char* status = id == reply_id::lmtp_delivered   ? "sent"
                          : id == reply_id::store_rejected ? "bounced"
                                                           : "deferred";
-    events_.session_log(log_level::info,
-                        fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({}{})"),
-                                    tx.queue_id, tx.reverse_path, tx.lmtp_rcpts[k], tx.size,
-                                    status, reply_line(id), detail));
+    events_.session_log(
+        log_level::info,
+        fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({}{})"), tx.queue_id,
+                    tx.reverse_path, tx.lmtp_rcpts[k], tx.size, status, reply_line(id), detail));
     reply(id, detail);
   }
   tx_.reset();

@@ -326,7 +326,7 @@ class maildir_delivery final : public pooled_delivery {
   std::string tmp_path_;        // the first Maildir's tmp/<unique>, once open
   int fd_ = -1;
   std::size_t size_ = 0;
-  std::size_t failed_ = 0;  // the Maildir (index in dirs_.paths) that failed
+  std::size_t failed_ = 0;       // the Maildir (index in dirs_.paths) that failed
   bool independent_ = false;     // envelope.independent_outcomes (LMTP)
   std::size_t stage_index_ = 0;  // the Maildir whose tmp/ holds the staged file
   std::vector<int> box_errors_;  // LMTP: each Maildir's errno, or 0

@@ -52,8 +52,7 @@ TEST_CASE("LMTP: LHLO gets the EHLO reply; HELO and EHLO are refused") {
 TEST_CASE("SMTP: LHLO is an unknown command") {
   test_connection c;
   c.send("LHLO client.example\r\n");
-  CHECK(c.take() ==
-        "220 localhost ESMTP inboxd\r\n500 5.5.2 Error: command not recognized\r\n");
+  CHECK(c.take() == "220 localhost ESMTP inboxd\r\n500 5.5.2 Error: command not recognized\r\n");
 }
 
 TEST_CASE("LMTP: one reply per accepted recipient, in RCPT order, with the sink's outcome") {
@@ -104,7 +103,8 @@ TEST_CASE("LMTP: an alias's reply is 250 only when all its mailboxes stored") {
   const auto& m = c.sink.messages[0];
   CHECK(m.mailboxes.size() == 3);
   CHECK(c.take() == "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + std::string(two_rcpts_replies.substr(14)) +
-                        delivered("u1@example.com", m) + "452 4.3.1 Insufficient system storage\r\n" +
+                        delivered("u1@example.com", m) +
+                        "452 4.3.1 Insufficient system storage\r\n" +
                         delivered("u2@example.com", m));
 }
 
