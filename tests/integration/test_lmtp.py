@@ -188,6 +188,42 @@ class SmtplibLmtpTest(LmtpTestCase):
         self.assertFalse(os.path.exists(self.sock))
 
 
+class SmtplibLmtpMboxTest(LmtpTestCase):
+    """mbox over LMTP without Postfix: the mbox that fails (a folder in its place)
+    fails alone; the others keep the message, each told so in its own reply."""
+
+    def setUp(self):
+        self.clients = []
+        import tempfile
+        d = tempfile.mkdtemp(prefix="inboxd-lmtp-")
+        self.sock = os.path.join(d, "lmtp.sock")
+        self.addCleanup(shutil.rmtree, d, ignore_errors=True)
+        self.server = self.start_server("--mbox", "mail/{user}", "--listen-lmtp",
+                                        "unix:" + self.sock, sink=None, maildir=False)
+        self.assertIsNotNone(self.server.wait_log(r"listening on unix:.* \(LMTP\)"))
+
+    def test_one_failing_mbox_fails_alone(self):
+        os.makedirs(os.path.join(self.server.dir, "mail", "bad"))
+        c = smtplib.LMTP(self.sock, timeout=harness.TIMEOUT)
+        self.addCleanup(c.close)
+        self.assertEqual(c.ehlo("client.test")[0], 250)
+        self.assertEqual(c.mail("a@example.net")[0], 250)
+        for r in ("bad@inboxd.test", "ok1@inboxd.test", "ok2@inboxd.test"):
+            self.assertEqual(c.rcpt(r)[0], 250)
+        self.assertEqual(c.docmd("DATA")[0], 354)
+        c.send(BODY + b".\r\n")
+        codes = [c.getreply()[0] for _ in range(3)]
+        self.assertEqual(codes[1:], [250, 250])
+        self.assertIn(codes[0] // 100, (4, 5), codes)
+        for user in ("ok1", "ok2"):
+            box = mailbox.mbox(os.path.join(self.server.dir, "mail", user))
+            try:
+                self.assertEqual(len(box), 1)
+            finally:
+                box.close()
+        self.assertEqual(c.docmd("QUIT")[0], 221)
+
+
 class UnixSocketListenerTest(LmtpTestCase):
     """unix:/path on the plain SMTP listener; a stale socket is replaced, a live one
     or a file that is not a socket is refused."""
