@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "inboxd/owner.hpp"
 #include "inboxd/policy.hpp"
 
 namespace inboxd {
@@ -50,6 +51,12 @@ class authenticator;
 struct server_config {
   std::vector<std::string> listen = {"127.0.0.1:2525"};  // "ADDR:PORT", "[v6]:PORT"
   std::vector<std::string> listen_tls;  // implicit TLS (RFC 8314), port 465 in production
+  // LMTP (RFC 2033): final delivery for an MTA such as Postfix; never on port 25.
+  std::vector<std::string> listen_lmtp;
+  // Every listen list also takes "unix:/path", a unix socket made with this
+  // mode and owner (a stale socket file is replaced; it is removed at exit).
+  unsigned unix_socket_mode = 0660;
+  file_owner unix_socket_owner;  // unset: the server's own user
   // Certificates (load_tls_credentials): STARTTLS is offered when set.
   std::shared_ptr<const tls_credentials> tls;
   // Checks AUTH credentials (load_password_file): AUTH is offered when set.

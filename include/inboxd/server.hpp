@@ -36,7 +36,7 @@ class server {
   // false with a one-line reason in error, and nothing is left listening.
   [[nodiscard]] bool start(std::string& error);
 
-  // The addresses really bound, as "127.0.0.1:2525" or "[::1]:2525" (port 0
+  // The addresses really bound, as "127.0.0.1:2525", "[::1]:2525" or "unix:/path" (port 0
   // in the config becomes the port the kernel chose).
   [[nodiscard]] std::vector<std::string> bound_addresses() const;
 

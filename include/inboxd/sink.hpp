@@ -49,7 +49,7 @@ enum class dsn_ret : std::uint8_t { none, full, hdrs };
 // sink::begin() only: a sink copies what it needs.
 struct envelope {
   std::string_view queue_id;
-  std::string_view client_address;        // "127.0.0.1" or "::1"
+  std::string_view client_address;        // "127.0.0.1" or "::1"; empty on a unix socket
   std::string_view helo;                  // as the client sent it in HELO/EHLO
   std::string_view reverse_path;          // without angle brackets; empty for <>
   std::span<const recipient> recipients;  // distinct mailboxes, in RCPT order
@@ -69,6 +69,10 @@ struct envelope {
   // DSN (RFC 3461 4.3, 4.4), where EHLO offered it; per recipient in recipient.
   dsn_ret ret = dsn_ret::none;
   std::string_view envid;  // ENVID, xtext-decoded (printable ASCII); empty: none
+  // LMTP: each mailbox's outcome is reported to its own client, so a sink
+  // may store the message in some mailboxes while others fail. When false
+  // (SMTP, one reply for all) a failure anywhere must leave it stored nowhere.
+  bool independent_outcomes = false;
 };
 
 // The X-Original-To: address a sink that stores the message writes: the

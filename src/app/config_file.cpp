@@ -149,6 +149,9 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("mbox", cfg.mbox);
   r.get("spool-dir", cfg.spool_dir);
   r.get("listen-tls", cfg.server.listen_tls);
+  r.get("listen-lmtp", cfg.server.listen_lmtp);
+  r.get("unix-socket-mode", cfg.unix_socket_mode);
+  r.get("unix-socket-owner", cfg.unix_socket_owner);
   r.get("tls-cert", cfg.tls_cert);
   r.get("tls-key", cfg.tls_key);
   r.get("state-dir", cfg.state_dir);
@@ -219,6 +222,13 @@ bool load_config_file(const std::string& path, app_config& cfg, std::string& err
   return false;
 }
 
+bool parse_socket_mode(const std::string& text, unsigned& mode) {
+  if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != text.npos)
+    return false;
+  mode = static_cast<unsigned>(std::stoul(text, nullptr, 8));
+  return mode <= 0777;
+}
+
 bool validate(const app_config& cfg, std::string& error) {
   if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null") {
     error = fmt::format(FMT_STRING("sink must be maildir, mbox or null, not '{}'"), cfg.sink);
@@ -228,8 +238,14 @@ bool validate(const app_config& cfg, std::string& error) {
     error = "sink = \"mbox\" needs an mbox path template, e.g. mbox = \"var/mail/{user}\"";
     return false;
   }
-  if (cfg.server.listen.empty() && cfg.server.listen_tls.empty()) {
+  if (cfg.server.listen.empty() && cfg.server.listen_tls.empty() &&
+      cfg.server.listen_lmtp.empty()) {
     error = "listen names no address";
+    return false;
+  }
+  if (unsigned mode = 0; !parse_socket_mode(cfg.unix_socket_mode, mode)) {
+    error = fmt::format(FMT_STRING("unix-socket-mode must be octal, at most 0777, not '{}'"),
+                        cfg.unix_socket_mode);
     return false;
   }
   if (cfg.tls_cert.empty() != cfg.tls_key.empty()) {

@@ -28,6 +28,10 @@ struct app_config {
   std::string user;         // started as root: run as this user once bound
   std::string group;        // and this group (default: the user's)
   bool allow_root = false;  // keep running as root (not recommended)
+  // The unix sockets of the listen lists ("unix:/path"): octal mode, and
+  // "user[:group]" (empty: the server's own), resolved at start-up.
+  std::string unix_socket_mode = "0660";
+  std::string unix_socket_owner;
   // Message bytes all deliveries together may hold in memory (memory_budget
   // in sinks.hpp): past it, data goes to disk sooner or reading pauses.
   std::size_t memory_budget = 64 * 1024 * 1024;
@@ -40,5 +44,8 @@ struct app_config {
 
 // Checks what no single key can: the names of the sink, a path for it.
 [[nodiscard]] bool validate(const app_config& cfg, std::string& error);
+
+// unix-socket-mode as a number: false unless it is octal and at most 0777.
+[[nodiscard]] bool parse_socket_mode(const std::string& text, unsigned& mode);
 
 }  // namespace inboxd::app

@@ -82,8 +82,14 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(CLI::IsMember({"maildir", "mbox", "null"}));
   app.add_option("--spool-dir", v.spool_dir, "where large messages wait for the mbox sink");
   app.add_option("--hostname", v.server.session.hostname, "our name in replies and Received");
-  std::vector<std::string> listen_tls;
+  std::vector<std::string> listen_tls, listen_lmtp;
   app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (RFC 8314), repeatable");
+  app.add_option("--listen-lmtp", listen_lmtp,
+                 "ADDR:PORT (or unix:/path, as every --listen* takes) for LMTP, RFC 2033");
+  app.add_option("--unix-socket-mode", v.unix_socket_mode,
+                 "octal mode of the unix sockets listened on (default 0660)");
+  app.add_option("--unix-socket-owner", v.unix_socket_owner,
+                 "user[:group] of the unix sockets (default: the server's)");
   app.add_option("--tls-cert", v.tls_cert, "PEM certificate chain (default: self-signed)");
   app.add_option("--tls-key", v.tls_key, "PEM private key of --tls-cert");
   app.add_option("--state-dir", v.state_dir,
@@ -180,6 +186,12 @@ int parse(int argc, char** argv, command_line& cl) {
   if (given("--sink")) o.push_back([=](app_config& c) { c.sink = v.sink; });
   if (given("--spool-dir")) o.push_back([=](app_config& c) { c.spool_dir = v.spool_dir; });
   if (given("--listen-tls")) o.push_back([=](app_config& c) { c.server.listen_tls = listen_tls; });
+  if (given("--listen-lmtp"))
+    o.push_back([=](app_config& c) { c.server.listen_lmtp = listen_lmtp; });
+  if (given("--unix-socket-mode"))
+    o.push_back([=](app_config& c) { c.unix_socket_mode = v.unix_socket_mode; });
+  if (given("--unix-socket-owner"))
+    o.push_back([=](app_config& c) { c.unix_socket_owner = v.unix_socket_owner; });
   if (given("--tls-cert")) o.push_back([=](app_config& c) { c.tls_cert = v.tls_cert; });
   if (given("--tls-key")) o.push_back([=](app_config& c) { c.tls_key = v.tls_key; });
   if (given("--state-dir")) o.push_back([=](app_config& c) { c.state_dir = v.state_dir; });
@@ -336,6 +348,39 @@ bool resolve_user(const app_config& cfg, run_as& who, std::string& error) {
       return false;
     }
     who.owner.gid = gr->gr_gid;
+  }
+  return true;
+}
+
+// The unix sockets' mode and owner ("user[:group]"), into cfg.server.
+// Blocks (the user database): at start-up only.
+bool resolve_socket_owner(app_config& cfg, std::string& error) {
+  if (!inboxd::app::parse_socket_mode(cfg.unix_socket_mode, cfg.server.unix_socket_mode)) {
+    error = fmt::format(FMT_STRING("bad unix-socket-mode '{}'"), cfg.unix_socket_mode);
+    return false;
+  }
+  if (cfg.unix_socket_owner.empty()) return true;
+  std::string name = cfg.unix_socket_owner, group_name;
+  if (auto colon = name.find(':'); colon != name.npos) {
+    group_name = name.substr(colon + 1);
+    name.resize(colon);
+  }
+  inboxd::file_owner& owner = cfg.server.unix_socket_owner;
+  if (!name.empty()) {
+    const passwd* pw = ::getpwnam(name.c_str());
+    if (!pw) {
+      error = fmt::format(FMT_STRING("unix-socket-owner: no such user: {}"), name);
+      return false;
+    }
+    owner = {pw->pw_uid, group_name.empty() ? pw->pw_gid : owner.gid};
+  }
+  if (!group_name.empty()) {
+    const group* gr = ::getgrnam(group_name.c_str());
+    if (!gr) {
+      error = fmt::format(FMT_STRING("unix-socket-owner: no such group: {}"), group_name);
+      return false;
+    }
+    owner.gid = gr->gr_gid;
   }
   return true;
 }
@@ -555,7 +600,7 @@ int main(int argc, char** argv) {
   auto memory = std::make_shared<inboxd::memory_budget>();
   memory->limit = cfg.memory_budget;
   run_as who;
-  if (!resolve_user(cfg, who, error)) {
+  if (!resolve_user(cfg, who, error) || !resolve_socket_owner(cfg, error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
   }

@@ -43,7 +43,8 @@ std::string_view connection::ip() const noexcept {
   return p.substr(0, p.rfind(':'));
 }
 
-void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) noexcept {
+void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls, bool lmtp,
+                        bool unix_socket) noexcept {
   connection* c = nullptr;
   try {
     c = new connection(srv, {});
@@ -51,15 +52,26 @@ void connection::accept(server::state& srv, uv_stream_t* listening, bool implici
     // Out of memory. The client is still accepted, and closed at once:
     // libuv stops watching a listener whose pending client is not accepted.
     srv.logf(log_level::error, "accept: out of memory for a new connection, closing it");
-    auto* spare = new (std::nothrow) uv_tcp_t;
+    union any_stream {
+      uv_tcp_t tcp;
+      uv_pipe_t pipe;
+    };
+    auto* spare = new (std::nothrow) any_stream;
     if (!spare) return;
-    uv_tcp_init(srv.loop, spare);
+    if (unix_socket)
+      uv_pipe_init(srv.loop, &spare->pipe, 0);
+    else
+      uv_tcp_init(srv.loop, &spare->tcp);
     (void)uv_accept(listening, reinterpret_cast<uv_stream_t*>(spare));
     uv_close(reinterpret_cast<uv_handle_t*>(spare),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+             [](uv_handle_t* h) { delete reinterpret_cast<any_stream*>(h); });
     return;
   }
-  uv_tcp_init(srv.loop, &c->tcp_);
+  c->unix_ = unix_socket;
+  if (unix_socket)
+    uv_pipe_init(srv.loop, &c->pipe_, 0);
+  else
+    uv_tcp_init(srv.loop, &c->tcp_);
   uv_timer_init(srv.loop, &c->timer_);
   c->tcp_.data = c->timer_.data = c;
   c->open_handles_ = 2;
@@ -73,24 +85,33 @@ void connection::accept(server::state& srv, uv_stream_t* listening, bool implici
   if (srv.connections) srv.connections->prev = c;
   srv.connections = c;
   ++srv.connection_count;
-  c->guard([&] { c->start(implicit_tls); });
+  c->guard([&] { c->start(implicit_tls, lmtp); });
 }
 
-void connection::start(bool implicit_tls) {
+void connection::start(bool implicit_tls, bool lmtp) {
   server::state& srv = srv_;
   sockaddr_storage addr{};
   int len = sizeof addr;
   key_ = "unknown";
-  if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
-    peer_ = format_address(sa);
-    key_ = limit_key(sa, srv.config.ipv6_prefix_length);
+  session_.set_lmtp(lmtp);
+  if (unix_) {
+    // A local client has no address: the session names it "unix socket",
+    // and all such clients share one key (the per-address limits skip them).
+    peer_ = "unix socket";
+    key_ = peer_;
+    session_.set_client_address({});
+  } else {
+    if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+      peer_ = format_address(sa);
+      key_ = limit_key(sa, srv.config.ipv6_prefix_length);
+    }
+    session_.set_client_address(std::string(ip()));
+    // Replies are small and pipelined batches go out in one write: no Nagle delay.
+    uv_tcp_nodelay(&tcp_, 1);
   }
-  session_.set_client_address(std::string(ip()));
-  // Replies are small and pipelined batches go out in one write: no Nagle delay.
-  uv_tcp_nodelay(&tcp_, 1);
-  srv.logf(log_level::info, "conn={} connect from {}{}", id_, peer_,
-           implicit_tls ? " (implicit TLS)" : "");
+  srv.logf(log_level::info, "conn={} connect from {}{}{}", id_, peer_,
+           implicit_tls ? " (implicit TLS)" : "", lmtp ? " (LMTP)" : "");
   if (over_limits()) return;
   admit();
   if (srv.config.greeting_delay.count() > 0 && !implicit_tls && !srv.shutting_down) {
@@ -150,7 +171,7 @@ bool connection::over_limits() {
   server::state& srv = srv_;
   const server_config& cfg = srv.config;
   std::string_view why;
-  bool per_ip = cfg.limit_loopback || !is_loopback(ip());
+  bool per_ip = !unix_ && (cfg.limit_loopback || !is_loopback(ip()));
   if (srv.admitted >= srv.max_connections) why = "too many connections";
   if (why.empty() && per_ip && cfg.max_connections_per_ip) {
     auto it = srv.per_ip.find(key_);

@@ -1,10 +1,9 @@
 // net/connection.hpp: one SMTP client, bound to one proto::session.
 //
-// Pinned: the connection embeds its uv_tcp_t and uv_timer_t (handle.data ==
-// this), is never copied or moved, and is freed only when both handles have
-// closed. It owns its read buffer while it has unconsumed input and gives it
-// back to the pool when idle. Reading stops while the session waits
-// (backpressure); replies go out with one write per feed.
+// Pinned: the connection embeds its uv_tcp_t (a uv_pipe_t on a unix socket) and uv_timer_t
+// (handle.data == this), is never copied or moved, and is freed only when both handles have closed.
+// It owns its read buffer while it has unconsumed input and gives it back to the pool when idle.
+// Reading stops while the session waits (backpressure); replies go out with one write per feed.
 //
 // With TLS (STARTTLS, or an implicit-TLS listener) ciphertext goes through a
 // tls_stream: read bytes are fed to it, plaintext comes out into the same
@@ -34,7 +33,9 @@ namespace inboxd::net {
 class connection final : proto::session_events {
  public:
   // Accepts one pending connection from a listening stream.
-  static void accept(server::state& srv, uv_stream_t* listening, bool implicit_tls) noexcept;
+  // unix_socket: the listener is a uv_pipe_t; lmtp: the session speaks LMTP.
+  static void accept(server::state& srv, uv_stream_t* listening, bool implicit_tls, bool lmtp,
+                     bool unix_socket) noexcept;
 
   // Server shutdown: 421 at the next command boundary (now, when idle).
   void shutdown() noexcept;
@@ -48,7 +49,7 @@ class connection final : proto::session_events {
   connection(server::state& srv, std::string peer);
   ~connection() = default;
 
-  void start(bool implicit_tls);
+  void start(bool implicit_tls, bool lmtp);
   void on_timer();
   void on_read(ssize_t nread, const uv_buf_t* buf);
   template <typename F>
@@ -100,13 +101,17 @@ class connection final : proto::session_events {
   static void timer_cb(uv_timer_t* timer) noexcept;
   static void close_cb(uv_handle_t* handle) noexcept;
 
+  // Either handle starts with the stream's fields, at one address.
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&tcp_); }
 
   // Ordered by size, so that an idle connection carries no padding: an
   // idle connection is this object and nothing else but its kernel socket
   // (and the session's reply buffer), and thousands of them may be open.
   server::state& srv_;
-  uv_tcp_t tcp_{};
+  union {
+    uv_tcp_t tcp_{};
+    uv_pipe_t pipe_;  // a client on a unix socket (unix_)
+  };
   uv_timer_t timer_{};
   proto::session session_;
   std::string key_;   // the address as the per-address limits count it (limit_key)
@@ -138,6 +143,7 @@ class connection final : proto::session_events {
   bool admitted_ = false;   // counted against the connection limits
   bool got_bytes_ = false;  // bytes read since the last run()
   bool implicit_tls_ = false;
+  bool unix_ = false;  // a unix-socket client: no IP, one limit key, no per-IP limits
   bool reading_ = false;
   bool eof_ = false;
   bool alloc_failed_ = false;  // alloc_cb could not get a buffer

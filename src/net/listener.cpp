@@ -5,6 +5,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include "net/connection.hpp"
 
 namespace inboxd::net {
@@ -65,14 +70,20 @@ std::string limit_key(const sockaddr* sa, unsigned ipv6_prefix_length) {
                      format_address(reinterpret_cast<const sockaddr*>(&in6), false), bits);
 }
 
-listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls,
+listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
                          std::string& error) {
+  if (address.starts_with("unix:")) {
+    auto* l = new listener(srv, implicit_tls, lmtp);
+    if (!l->open_unix(address, error)) return nullptr;  // open_unix closes it
+    srv.listeners.push_back(l);
+    return l;
+  }
   sockaddr_storage addr{};
   if (!parse_address(address, addr)) {
     error = fmt::format(FMT_STRING("bad listen address '{}': want ADDR:PORT"), address);
     return nullptr;
   }
-  auto* l = new listener(srv, implicit_tls);
+  auto* l = new listener(srv, implicit_tls, lmtp);
   uv_tcp_init(srv.loop, &l->tcp_);
   l->tcp_.data = l;
   int rc = uv_tcp_bind(&l->tcp_, reinterpret_cast<const sockaddr*>(&addr), 0);
@@ -88,7 +99,70 @@ listener* listener::open(server::state& srv, std::string_view address, bool impl
   return l;
 }
 
+namespace {
+
+// Whether a server answers on the unix socket at path (a blocking connect on
+// a local socket, at start-up only: it answers or fails at once).
+bool socket_answers(const std::string& path) {
+  sockaddr_un sun{};
+  if (path.size() >= sizeof sun.sun_path) return false;
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  bool answers = ::connect(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0;
+  ::close(fd);
+  return answers;
+}
+
+}  // namespace
+
+// "unix:/path": a stale socket file from a crash is removed first, but only
+// a socket that no server answers on; the socket gets its mode and owner
+// before it listens, so no client connects to it under other permissions.
+bool listener::open_unix(std::string_view address, std::string& error) {
+  std::string path(address.substr(5));
+  auto fail = [&](std::string why) {
+    error = fmt::format(FMT_STRING("cannot listen on {}: {}"), address, why);
+    uv_close(reinterpret_cast<uv_handle_t*>(&pipe_), close_cb);
+    return false;
+  };
+  uv_pipe_init(srv_.loop, &pipe_, 0);
+  pipe_.data = this;
+  if (path.empty() || path.front() != '/') return fail("want unix:/absolute/path");
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return fail("the file exists and is not a socket");
+    if (socket_answers(path)) return fail("another server listens on it");
+    if (::unlink(path.c_str()) != 0)
+      return fail(
+          fmt::format(FMT_STRING("cannot remove the stale socket: {}"), std::strerror(errno)));
+    srv_.logf(log_level::info, "removed a stale socket {}", path);
+  }
+  int rc = uv_pipe_bind(&pipe_, path.c_str());
+  if (rc != 0) return fail(fmt::format(FMT_STRING("{} ({})"), uv_strerror(rc), uv_err_name(rc)));
+  unix_path_ = path;
+  const server_config& cfg = srv_.config;
+  if (::chmod(path.c_str(), static_cast<mode_t>(cfg.unix_socket_mode)) != 0 ||
+      (cfg.unix_socket_owner.set() &&
+       ::lchown(path.c_str(), cfg.unix_socket_owner.uid, cfg.unix_socket_owner.gid) != 0)) {
+    std::string why =
+        fmt::format(FMT_STRING("cannot set its mode or owner: {}"), std::strerror(errno));
+    ::unlink(path.c_str());
+    unix_path_.clear();
+    return fail(why);
+  }
+  rc = uv_listen(reinterpret_cast<uv_stream_t*>(&pipe_), 4096, connection_cb);
+  if (rc != 0) {
+    ::unlink(path.c_str());
+    unix_path_.clear();
+    return fail(fmt::format(FMT_STRING("{} ({})"), uv_strerror(rc), uv_err_name(rc)));
+  }
+  return true;
+}
+
 std::string listener::bound_address() const {
+  if (!unix_path_.empty()) return "unix:" + unix_path_;
   sockaddr_storage addr{};
   int len = sizeof addr;
   if (uv_tcp_getsockname(&tcp_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
@@ -98,6 +172,11 @@ std::string listener::bound_address() const {
 void listener::close() {
   auto& ls = srv_.listeners;
   ls.erase(std::remove(ls.begin(), ls.end(), this), ls.end());
+  // The socket file goes with the listener (it may be gone already, or,
+  // after the privileges were dropped, not ours to remove any more).
+  if (!unix_path_.empty() && ::unlink(unix_path_.c_str()) != 0 && errno != ENOENT)
+    srv_.logf(log_level::warning, "cannot remove the socket {}: {}", unix_path_,
+              std::strerror(errno));
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);
 }
 
@@ -115,7 +194,8 @@ void listener::connection_cb(uv_stream_t* server, int status) noexcept {
     }
     return;
   }
-  connection::accept(self->srv_, server, self->implicit_tls_);
+  connection::accept(self->srv_, server, self->implicit_tls_, self->lmtp_,
+                     !self->unix_path_.empty());
 }
 
 void listener::close_cb(uv_handle_t* handle) noexcept {

@@ -1,6 +1,7 @@
-// net/listener.hpp: one listening TCP socket of a server.
+// net/listener.hpp: one listening socket of a server: TCP, or a unix socket
+// ("unix:/path") served by a uv_pipe_t; SMTP, implicit TLS, or LMTP.
 //
-// Pinned: it embeds its uv_tcp_t with handle.data == this, and is freed only
+// Pinned: it embeds its handle with handle.data == this, and is freed only
 // in its uv_close callback.
 #pragma once
 
@@ -27,21 +28,31 @@ namespace inboxd::net {
 class listener {
  public:
   // Binds and listens; on failure returns null with the reason in error.
-  static listener* open(server::state& srv, std::string_view address, bool implicit_tls,
+  // A unix socket is made with config.unix_socket_mode and _owner; a stale
+  // socket file (no server behind it) is replaced, anything else refused.
+  static listener* open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
                         std::string& error);
   void close();
   [[nodiscard]] std::string bound_address() const;
   [[nodiscard]] bool implicit_tls() const noexcept { return implicit_tls_; }
+  [[nodiscard]] bool lmtp() const noexcept { return lmtp_; }
 
  private:
-  listener(server::state& srv, bool implicit_tls) : srv_(srv), implicit_tls_(implicit_tls) {}
+  listener(server::state& srv, bool implicit_tls, bool lmtp)
+      : srv_(srv), implicit_tls_(implicit_tls), lmtp_(lmtp) {}
+  bool open_unix(std::string_view address, std::string& error);
   static void connection_cb(uv_stream_t* server, int status) noexcept;
   static void close_cb(uv_handle_t* handle) noexcept;
 
   server::state& srv_;
   bool implicit_tls_;
+  bool lmtp_;
   std::uint64_t last_accept_error_ = 0;  // uv_now() of the last one logged
-  uv_tcp_t tcp_{};
+  std::string unix_path_;                // a unix socket's file, removed at close; empty for TCP
+  union {
+    uv_tcp_t tcp_{};
+    uv_pipe_t pipe_;
+  };
 };
 
 }  // namespace inboxd::net

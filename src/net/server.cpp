@@ -100,16 +100,17 @@ bool server::start(std::string& error) {
   state& s = *state_;
   s.fit_connection_limit();
   if (!check_config(s.config, !s.config.listen_tls.empty(), error)) return false;
-  auto open_all = [&](const std::vector<std::string>& addresses, bool implicit_tls) {
+  auto open_all = [&](const std::vector<std::string>& addresses, bool implicit_tls, bool lmtp) {
     for (const auto& address : addresses) {
-      auto* l = net::listener::open(s, address, implicit_tls, error);
+      auto* l = net::listener::open(s, address, implicit_tls, lmtp, error);
       if (!l) return false;
-      s.logf(log_level::info, "listening on {}{}", l->bound_address(),
-             implicit_tls ? " (implicit TLS)" : "");
+      s.logf(log_level::info, "listening on {}{}{}", l->bound_address(),
+             implicit_tls ? " (implicit TLS)" : "", lmtp ? " (LMTP)" : "");
     }
     return true;
   };
-  if (!open_all(s.config.listen, false) || !open_all(s.config.listen_tls, true)) {
+  if (!open_all(s.config.listen, false, false) || !open_all(s.config.listen_tls, true, false) ||
+      !open_all(s.config.listen_lmtp, false, true)) {
     // close() takes each listener off the list.
     while (!s.listeners.empty()) s.listeners.back()->close();
     return false;
@@ -169,6 +170,9 @@ bool server::reconfigure(const server_config& config, std::shared_ptr<inboxd::si
     server_config next = config;
     next.listen = s.config.listen;
     next.listen_tls = s.config.listen_tls;
+    next.listen_lmtp = s.config.listen_lmtp;
+    next.unix_socket_mode = s.config.unix_socket_mode;
+    next.unix_socket_owner = s.config.unix_socket_owner;
     s.settings = std::move(settings);
     s.config = std::move(next);
   } catch (...) {

@@ -62,6 +62,7 @@ constexpr std::array verbs{
     verb_name{"VRFY", verb::vrfy},         verb_name{"HELP", verb::help},
     verb_name{"STARTTLS", verb::starttls}, verb_name{"AUTH", verb::auth},
     verb_name{"BDAT", verb::bdat},
+    verb_name{"LHLO", verb::lhlo},
 };
 
 std::string_view trim(std::string_view s) {

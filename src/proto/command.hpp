@@ -26,6 +26,7 @@ enum class verb : std::uint8_t {
   starttls,
   auth,
   bdat,
+  lhlo,  // RFC 2033 4.1: LMTP's EHLO
   unknown
 };
 

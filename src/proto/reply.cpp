@@ -84,6 +84,9 @@ constexpr std::array rows{
     row{requiretls_plain, {530, "5.7.10", "REQUIRETLS needs a TLS session"}},
     row{param_repeated, {501, "5.5.4", "Repeated parameter: "}},
     row{bad_param_value, {501, "5.5.4", "Bad parameter value: "}},
+    // RFC 2033 4.1: an LMTP server does not take HELO or EHLO.
+    row{lhlo_needed, {500, "5.5.1", "Error: this is an LMTP server, say LHLO"}},
+    row{lmtp_delivered, {250, "2.0.0", "Ok: delivered to "}},
 };
 
 constexpr bool in_enum_order() {

@@ -77,6 +77,8 @@ enum class reply_id : std::uint8_t {
   requiretls_plain,  // 530 5.7.10
   param_repeated,    // 501 5.5.4
   bad_param_value,   // 501 5.5.4
+  lhlo_needed,       // 500 5.5.1 (LMTP: HELO and EHLO are refused)
+  lmtp_delivered,    // 250 2.0.0 (LMTP: one per recipient after the data)
 };
 
 struct reply_entry {

@@ -130,7 +130,8 @@ session::~session() {
 }
 
 void session::start() {
-  out_ += fmt::format(FMT_STRING("220 {} ESMTP inboxd\r\n"), limits().hostname);
+  out_ +=
+      fmt::format(FMT_STRING("220 {} {} inboxd\r\n"), limits().hostname, lmtp_ ? "LMTP" : "ESMTP");
 }
 
 void session::reply(reply_id id, std::string_view detail) {
@@ -218,8 +219,13 @@ void session::handle_line(std::string_view line, bool bare_lf) {
   command cmd = parse_command(line);
   if (draining_ && !tx_ && cmd.v != verb::quit) return close_with(reply_id::shutting_down);
   switch (cmd.v) {
-    case verb::helo: return do_helo(cmd.arg, false);
-    case verb::ehlo: return do_helo(cmd.arg, true);
+    case verb::helo:
+    case verb::ehlo:
+      if (lmtp_) return refuse(reply_id::lhlo_needed);
+      return do_helo(cmd.arg, cmd.v == verb::ehlo);
+    case verb::lhlo:
+      if (!lmtp_) return refuse(reply_id::unknown_command);
+      return do_helo(cmd.arg, true);
     case verb::mail: return do_mail(cmd.arg);
     case verb::rcpt: return do_rcpt(cmd.arg);
     case verb::data: return do_data(cmd.arg, bare_lf);
@@ -239,7 +245,10 @@ void session::handle_line(std::string_view line, bool bare_lf) {
 
 void session::do_helo(std::string_view arg, bool esmtp) {
   std::string_view name = arg.substr(0, arg.find(' '));
-  if (name.empty()) return refuse(reply_id::bad_syntax, esmtp ? "EHLO hostname" : "HELO hostname");
+  if (name.empty())
+    return refuse(reply_id::bad_syntax, lmtp_   ? "LHLO hostname"
+                                        : esmtp ? "EHLO hostname"
+                                                : "HELO hostname");
   // RFC 5321 4.1.4: HELO/EHLO also clears any transaction.
   drop_delivery();  // Between BDAT chunks a message is open.
   tx_.reset();
@@ -429,7 +438,12 @@ void session::do_rcpt(std::string_view arg) {
         for (const recipient& k : kept) tx_->mailbox_keys.insert(key_of(k));
       fresh = tx_->mailbox_keys.insert(key_of(r)).second;
     }
+    if (lmtp_) note_lmtp_mailbox(r, fresh);
     if (fresh) kept.push_back(std::move(r));
+  }
+  if (lmtp_) {
+    tx_->lmtp_rcpts.emplace_back(p.value.mailbox);
+    tx_->lmtp_ends.push_back(static_cast<std::uint32_t>(tx_->lmtp_boxes.size()));
   }
   ++tx_->rcpt_accepted;
   reply(reply_id::rcpt_ok);
@@ -464,6 +478,7 @@ envelope session::make_envelope() const {
       .requiretls = tx.requiretls,
       .ret = tx.ret,
       .envid = tx.envid,
+      .independent_outcomes = lmtp_,
   };
 }
 
@@ -486,6 +501,7 @@ void session::do_data(std::string_view arg, bool bare_lf) {
   if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
     return finish_transaction(reply_id::store_failed, {}, "deferred");
   reply(reply_id::start_data);
+  tx_->data_started = true;
   mode_ = mode::data;
   decoder_.reset(!bare_lf);
   // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
@@ -780,6 +796,7 @@ void session::do_bdat(std::string_view arg) {
 void session::begin_chunks() {
   transaction& tx = *tx_;
   tx.chunked = true;
+  tx.data_started = true;  // LMTP: the LAST chunk is answered once per recipient
   chunk_decoder_.reset(tx.body_binary);
   envelope env = make_envelope();
   // A sink that throws marks the message failed: its chunks are read and
@@ -914,6 +931,7 @@ void session::on_committed(std::span<const store_outcome> per_recipient) {
   ++commands_;  // The reply leaves now: the client's time runs from here.
   committing_ = false;
   tx_->sink_delivery = nullptr;
+  if (lmtp_) return lmtp_committed(per_recipient);
   // One failed mailbox fails the message, so the sender retries it whole.
   reply_id id = reply_id::queued;
   for (std::size_t i = 0; i < per_recipient.size(); ++i) {
@@ -978,6 +996,9 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   line += ')';
   events_.session_log(log_level::info, line);
   reply(id, detail);
+  // RFC 2033 4.2: after the data, LMTP answers once for each accepted RCPT.
+  if (lmtp_ && tx.data_started)
+    for (std::size_t i = 1; i < tx.rcpt_accepted; ++i) reply(id, detail);
   tx_.reset();
   if (draining_) close_with(reply_id::shutting_down);
 }
@@ -1023,9 +1044,13 @@ void session::append_received_header(std::string& h) const {
   bool v6 = client_address_.find(':') != std::string::npos;
   h += "Received: from ";
   h += helo_;
-  h += v6 ? " ([IPv6:" : " ([";
-  h += client_address_;
-  h += "])\n";
+  if (client_address_.empty()) {
+    h += " (unix socket)\n";  // A local client: no address to name.
+  } else {
+    h += v6 ? " ([IPv6:" : " ([";
+    h += client_address_;
+    h += "])\n";
+  }
   if (!tls().empty()) {
     h += "\t(using ";
     h += tls();
@@ -1038,11 +1063,12 @@ void session::append_received_header(std::string& h) const {
   }
   h += "\tby ";
   h += limits().hostname;
-  // RFC 3848: ESMTP, plus S with TLS and A with AUTH; RFC 6531 4.3:
-  // UTF8SMTP for SMTPUTF8, with the same S and A.
-  h += !esmtp_       ? " (inboxd) with SMTP"
-       : tx.smtputf8 ? " (inboxd) with UTF8SMTP"
-                     : " (inboxd) with ESMTP";
+  // RFC 3848: ESMTP (or LMTP), plus S with TLS and A with AUTH; RFC 6531
+  // 4.3: UTF8SMTP (UTF8LMTP) for SMTPUTF8, with the same S and A.
+  h += lmtp_           ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
+       : !esmtp_       ? " (inboxd) with SMTP"
+       : tx.smtputf8   ? " (inboxd) with UTF8SMTP"
+                       : " (inboxd) with ESMTP";
   if (esmtp_ && !tls().empty()) h += 'S';
   if (esmtp_ && !user().empty()) h += 'A';
   h += " id ";
@@ -1056,6 +1082,88 @@ void session::append_received_header(std::string& h) const {
   }
   append_rfc5322_date(h, std::time(nullptr));
   h += '\n';
+}
+
+// LMTP: the index of r among the transaction's mailboxes, kept for its RCPT
+// (called before a fresh r is appended). A scan finds a repeat among few
+// mailboxes, as do_rcpt does; past linear_dedup a map does, so it stays linear.
+void session::note_lmtp_mailbox(const recipient& r, bool fresh) {
+  transaction& tx = *tx_;
+  const auto& kept = tx.recipients;
+  auto key_of = [](const recipient& m) {
+    std::string key = m.user;
+    key += '\0';
+    key += m.domain;
+    return key;
+  };
+  bool mapped = kept.size() >= linear_dedup;
+  if (mapped && tx.lmtp_index.empty())
+    for (std::size_t i = 0; i < kept.size(); ++i)
+      tx.lmtp_index.emplace(key_of(kept[i]), static_cast<std::uint32_t>(i));
+  auto index = static_cast<std::uint32_t>(kept.size());
+  if (fresh) {
+    if (mapped) tx.lmtp_index.emplace(key_of(r), index);
+    tx.lmtp_boxes.push_back(index);
+    return;
+  }
+  if (mapped) {
+    if (auto it = tx.lmtp_index.find(key_of(r)); it != tx.lmtp_index.end()) {
+      tx.lmtp_boxes.push_back(it->second);
+      return;
+    }
+  }
+  auto same = std::find_if(kept.begin(), kept.end(), [&](const recipient& k) {
+    return k.user == r.user && k.domain == r.domain;
+  });
+  // A repeat is always among kept while do_rcpt compares as this does; should
+  // the two ever differ, the reply follows the first mailbox rather than throw.
+  index = same == kept.end() ? 0 : static_cast<std::uint32_t>(same - kept.begin());
+  tx.lmtp_boxes.push_back(index);
+}
+
+// RFC 2033 4.2: one reply per accepted RCPT, in RCPT order; 250 only when
+// every mailbox of that RCPT stored the message, else the worst failure
+// among them (as on_committed ranks them), and a log line for each.
+void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
+  const transaction& tx = *tx_;
+  for (std::size_t i = 0; i < per_recipient.size(); ++i) {
+    store_outcome o = per_recipient[i];
+    if (o.result == store_result::stored) continue;
+    const recipient* r = i < tx.recipients.size() ? &tx.recipients[i] : nullptr;
+    events_.session_log(log_level::warning,
+                        fmt::format(FMT_STRING("id={} mailbox={}@{} not stored: {}"), tx.queue_id,
+                                    r ? r->user : "?", r ? r->domain : "?",
+                                    o.error ? std::strerror(o.error) : "sink failure"));
+  }
+  std::uint32_t begin = 0;
+  for (std::size_t k = 0; k < tx.lmtp_rcpts.size(); ++k) {
+    reply_id id = reply_id::lmtp_delivered;
+    for (std::uint32_t b = begin; b < tx.lmtp_ends[k]; ++b) {
+      std::uint32_t box = tx.lmtp_boxes[b];
+      // A sink that gave fewer outcomes than mailboxes stored nothing it did not report.
+      store_result result =
+          box < per_recipient.size() ? per_recipient[box].result : store_result::temporary_fail;
+      if (result == store_result::permanent_fail) id = reply_id::store_rejected;
+      if (result == store_result::no_space && id == reply_id::lmtp_delivered)
+        id = reply_id::no_space;
+      if (result == store_result::temporary_fail && id != reply_id::store_rejected)
+        id = reply_id::store_failed;
+    }
+    begin = tx.lmtp_ends[k];
+    std::string detail;
+    if (id == reply_id::lmtp_delivered)
+      detail = fmt::format(FMT_STRING("<{}> as {}"), tx.lmtp_rcpts[k], tx.queue_id);
+    const char* status = id == reply_id::lmtp_delivered   ? "sent"
+                         : id == reply_id::store_rejected ? "bounced"
+                                                          : "deferred";
+    events_.session_log(
+        log_level::info,
+        fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({}{})"), tx.queue_id,
+                    tx.reverse_path, tx.lmtp_rcpts[k], tx.size, status, reply_line(id), detail));
+    reply(id, detail);
+  }
+  tx_.reset();
+  if (draining_) close_with(reply_id::shutting_down);
 }
 
 void session::shutdown() {

@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -81,7 +82,12 @@ class session final : delivery_listener, auth_listener {
   session& operator=(const session&) = delete;
 
   // The client's IP address, for the trace header and the log.
+  // An empty address is a client on a unix socket, which has none.
   void set_client_address(std::string address) { client_address_ = std::move(address); }
+  // RFC 2033 LMTP: LHLO instead of HELO/EHLO, and one reply per accepted
+  // recipient after the data, each the truth for that recipient's
+  // mailboxes. Call before start().
+  void set_lmtp(bool on) noexcept { lmtp_ = on; }
 
   // Appends the 220 greeting.
   void start();
@@ -155,6 +161,15 @@ class session final : delivery_listener, auth_listener {
     bool chunked = false;      // a BDAT began the message (DATA is refused now)
     // A BDAT was refused: so are the rest, until RSET or the LAST chunk.
     bool chunk_failed = false;
+    bool data_started = false;  // 354 sent: LMTP answers once per recipient from now on
+    // LMTP: for each accepted RCPT, its address and the indices (into
+    // recipients) of its mailboxes, repeats included: lmtp_boxes holds them
+    // all, RCPT k's end at lmtp_ends[k]. Past linear_dedup mailboxes,
+    // lmtp_index finds the index of a repeat ("user NUL domain").
+    std::vector<std::string> lmtp_rcpts;
+    std::vector<std::uint32_t> lmtp_boxes;
+    std::vector<std::uint32_t> lmtp_ends;
+    std::unordered_map<std::string, std::uint32_t> lmtp_index;
 
     // As new, but keeping what the strings and containers have allocated.
     // Every field above is reset here.
@@ -178,6 +193,11 @@ class session final : delivery_listener, auth_listener {
       smtputf8 = false;
       body_binary = chunked = chunk_failed = false;
       requiretls = false;
+      data_started = false;
+      lmtp_rcpts.clear();
+      lmtp_boxes.clear();
+      lmtp_ends.clear();
+      lmtp_index.clear();
       sink_delivery = nullptr;
     }
   };
@@ -238,6 +258,8 @@ class session final : delivery_listener, auth_listener {
     return limits().accept_dsn || cfg_->store->carries_dsn();
   }
   [[nodiscard]] envelope make_envelope() const;
+  void note_lmtp_mailbox(const recipient& r, bool fresh);
+  void lmtp_committed(std::span<const store_outcome> per_recipient);
   void do_data(std::string_view arg, bool bare_lf);
   void do_rset(std::string_view arg);
   void do_quit(std::string_view arg);
@@ -273,6 +295,7 @@ class session final : delivery_listener, auth_listener {
   std::string client_address_;
   std::string helo_;  // copied once; empty until HELO/EHLO
   bool esmtp_ = false;
+  bool lmtp_ = false;
   transaction_slot tx_;
   mode mode_ = mode::command;
   // RFC 4954 4: SASL lines may run to 12288 octets; the session holds every

@@ -129,6 +129,10 @@ class maildir_delivery final : public pooled_delivery {
   maildir_delivery(maildir_sink& sink, const envelope& env, delivery_listener& listener)
       : pooled_delivery(sink.loop_, listener, env.recipients.size(), sink.memory_),
         dirs_(sink.path_, env.recipients) {
+    if (env.independent_outcomes) {
+      independent_ = true;
+      box_errors_.assign(dirs_.paths.size(), 0);
+    }
     timeval tv{};
     ::gettimeofday(&tv, nullptr);
     name_ = fmt::format(FMT_STRING("{}.M{}P{}Q{}.{}"), tv.tv_sec, tv.tv_usec, ::getpid(),
@@ -151,15 +155,48 @@ class maildir_delivery final : public pooled_delivery {
       error_ = EINVAL;
       return;
     }
-    std::string path = dirs_.paths[0] + "/tmp/" + name_;
-    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd_ < 0 && errno == ENOENT && make_maildir(dirs_.paths[0]) == 0)
+    // LMTP: a Maildir that cannot take the file fails alone; the next one
+    // holds it.
+    for (std::size_t i = 0; i < dirs_.paths.size(); ++i) {
+      std::string path = dirs_.paths[i] + "/tmp/" + name_;
       fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd_ < 0) {
+      if (fd_ < 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
+        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd_ >= 0) {
+        error_ = 0;
+        stage_index_ = i;
+        tmp_path_ = std::move(path);
+        return;
+      }
       error_ = errno;
-      return;
+      if (!independent_) return;
+      box_errors_[i] = error_;
     }
-    tmp_path_ = std::move(path);
+  }
+
+  // LMTP (envelope.independent_outcomes): each Maildir gets the message or
+  // its own error in box_errors_, and a failure takes nothing back from the
+  // others, since each recipient hears its own reply. May throw bad_alloc.
+  void publish_each() {
+    std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    auto publish_one = [&](std::size_t i) {
+      std::string staged = tmp_path_;
+      if (i != stage_index_) {
+        if (int e = stage_copy(i, staged)) return e;
+        if (staged.empty()) return box_errors_[stage_index_];  // the same Maildir
+      }
+      std::string target = dirs_.paths[i] + final_name;
+      int rc = ::link(staged.c_str(), target.c_str());
+      if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
+        rc = ::link(staged.c_str(), target.c_str());
+      int e = rc == 0 ? store::shared_dir_syncer().sync(dirs_.paths[i] + "/new") : errno;
+      if (i != stage_index_) ::unlink(staged.c_str());
+      if (e && rc == 0) ::unlink(target.c_str());  // not durable: not delivered
+      return e;
+    };
+    box_errors_[stage_index_] = publish_one(stage_index_);
+    for (std::size_t i = 0; i < dirs_.paths.size(); ++i)
+      if (i != stage_index_ && !box_errors_[i]) box_errors_[i] = publish_one(i);
   }
 
   void stage(const std::string& batch) noexcept override {
@@ -252,7 +289,10 @@ class maildir_delivery final : public pooled_delivery {
     int e = error_;
     try {
       std::vector<std::string> staged(dirs_.paths.size());
-      if (!e) e = publish(staged);
+      if (!e && independent_)
+        publish_each();
+      else if (!e)
+        e = publish(staged);
       // The tmp/ names go whether the message was published or not: the
       // other Maildirs' here, the first one's (staged[0], tmp_path_) below,
       // once. They need no fsync: a published message is durable in new/
@@ -272,6 +312,8 @@ class maildir_delivery final : public pooled_delivery {
     for (std::size_t r = 0; r < outcomes.size(); ++r) {
       outcomes[r] = fail;
       if (e && dirs_.of[r] != failed_) outcomes[r].error = ECANCELED;
+      // LMTP: each mailbox has its own truth.
+      if (!e && independent_) outcomes[r] = store::outcome_of(box_errors_[dirs_.of[r]]);
     }
   }
 
@@ -288,7 +330,10 @@ class maildir_delivery final : public pooled_delivery {
   std::string tmp_path_;        // the first Maildir's tmp/<unique>, once open
   int fd_ = -1;
   std::size_t size_ = 0;
-  std::size_t failed_ = 0;  // the Maildir (index in dirs_.paths) that failed
+  std::size_t failed_ = 0;       // the Maildir (index in dirs_.paths) that failed
+  bool independent_ = false;     // envelope.independent_outcomes (LMTP)
+  std::size_t stage_index_ = 0;  // the Maildir whose tmp/ holds the staged file
+  std::vector<int> box_errors_;  // LMTP: each Maildir's errno, or 0
 };
 
 delivery* maildir_sink::begin(const envelope& env, delivery_listener& listener) {

@@ -166,6 +166,10 @@ class mbox_delivery final : public pooled_delivery {
       : pooled_delivery(sink.loop_, listener, env.recipients.size(), sink.options_.memory),
         spool_dir_(sink.options_.spool_dir),
         mboxes_(sink.options_.path, env.recipients) {
+    if (env.independent_outcomes) {
+      independent_ = true;
+      box_errors_.assign(mboxes_.paths.size(), 0);
+    }
     std::string_view sender = env.reverse_path.empty() ? "MAILER-DAEMON" : env.reverse_path;
     from_line_ = fmt::format(FMT_STRING("From {} {}\n"), sender, asctime_now());
     write(fmt::format(FMT_STRING("Return-Path: <{}>\n"), env.reverse_path));
@@ -226,7 +230,7 @@ class mbox_delivery final : public pooled_delivery {
       tail_ += '\n';
       tail_ready_ = true;
     }
-    int e = error_ ? error_ : append_all(batch);
+    int e = error_ ? error_ : independent_ ? append_each(batch) : append_all(batch);
     if (e == busy) {
       // While waiting for the lock the message waits on disk, not in memory
       // that the budget does not see. If the spool fails, it waits here.
@@ -241,6 +245,8 @@ class mbox_delivery final : public pooled_delivery {
     for (std::size_t r = 0; r < outcomes.size(); ++r) {
       outcomes[r] = fail;
       if (e && failed_ != no_mbox && mboxes_.of[r] != failed_) outcomes[r].error = ECANCELED;
+      // LMTP: each mailbox has its own truth.
+      if (!e && independent_) outcomes[r] = store::outcome_of(box_errors_[mboxes_.of[r]]);
     }
     close_spool();  // Here on the pool: the last close of an unlinked file frees its blocks.
   }
@@ -284,6 +290,34 @@ class mbox_delivery final : public pooled_delivery {
       }
       for (std::size_t i = 0; i < taken; ++i) held[i].release();
       return e;
+    } catch (...) {
+      return ENOMEM;
+    }
+  }
+
+  // LMTP (envelope.independent_outcomes): as append_all, but an mbox that
+  // fails fails alone, with its errno in box_errors_; the others keep the
+  // message. A busy lock still makes all wait (nothing written): returns
+  // busy, ENOMEM, or 0.
+  int append_each(const std::string& batch) noexcept {
+    try {
+      std::vector<locked_mbox> held(mboxes_.paths.size());
+      int e = 0;
+      for (std::size_t i = 0; i < held.size() && e != busy; ++i) {
+        held[i].path = mboxes_.paths[i];
+        box_errors_[i] = e = held[i].acquire();
+      }
+      for (std::size_t i = 0; i < held.size() && e != busy; ++i) {
+        if (box_errors_[i]) continue;
+        int own = append_to(held[i], batch);
+        if (!own && ::fsync(held[i].fd) != 0) own = errno;
+        if (own && ::ftruncate(held[i].fd, held[i].old_size) == 0) ::fsync(held[i].fd);
+        box_errors_[i] = own;
+      }
+      for (auto& m : held)
+        if (!m.path.empty()) m.release();
+      if (e == busy) std::fill(box_errors_.begin(), box_errors_.end(), 0);
+      return e == busy ? busy : 0;
     } catch (...) {
       return ENOMEM;
     }
@@ -339,6 +373,8 @@ class mbox_delivery final : public pooled_delivery {
   // failure was no one mbox's (the spool).
   static constexpr std::size_t no_mbox = static_cast<std::size_t>(-1);
   std::size_t failed_ = no_mbox;
+  bool independent_ = false;     // envelope.independent_outcomes (LMTP)
+  std::vector<int> box_errors_;  // LMTP: each mbox's errno, or 0
 };
 
 delivery* mbox_sink::begin(const envelope& env, delivery_listener& listener) {

@@ -151,6 +151,7 @@ delivery* memory_sink::begin(const envelope& env, delivery_listener& listener) {
   m.esmtp = env.esmtp;
   m.body_8bit = env.body_8bit;
   m.body_binary = env.body_binary;
+  m.independent_outcomes = env.independent_outcomes;
   messages.push_back(std::move(m));
   records_.push_back(std::make_unique<record>(*this, messages.size() - 1, listener));
   open_ = records_.back().get();
@@ -206,6 +207,12 @@ test_connection::test_connection(session_config c, recipient_rules rules)
     : settings(make_settings(std::move(c), std::move(rules), sink_owner)),
       session(settings, events, ids, "192.0.2.1") {
   events.conn = this;
+  session.start();
+}
+
+void test_connection::restart_as_lmtp() {
+  session.output().clear();
+  session.set_lmtp(true);
   session.start();
 }
 

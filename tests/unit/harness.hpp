@@ -61,6 +61,7 @@ class memory_sink final : public sink {
     bool esmtp = false;
     bool body_8bit = false;
     bool body_binary = false;
+    bool independent_outcomes = false;
     std::string bytes;  // everything written, the trace header first
     int writes = 0;
     bool committed = false;
@@ -136,6 +137,8 @@ class test_connection {
   void send(std::string_view bytes);
   // Feeds the unconsumed input, unless the session waits or closes.
   void pump();
+  // Makes the session an LMTP one, with the LMTP greeting instead of the SMTP one.
+  void restart_as_lmtp();
   // Returns the replies so far and clears them.
   [[nodiscard]] std::string take();
 

@@ -7,7 +7,7 @@
 //                          bare_newline (normalize | reject), accept_dsn (true), and
 //                          store (the sink's result per recipient, comma-separated:
 //                          stored | temporary_fail | no_space | permanent_fail;
-//                          the last one repeats)
+//                          the last one repeats), and lmtp=yes (an LMTP session)
 //   C: text                client bytes, with CRLF added
 //   R: text                raw client bytes, nothing added
 //   S: text                one expected reply line (without CRLF); a trailing
@@ -44,6 +44,7 @@ namespace {
 struct transcript {
   session_config cfg;
   std::vector<store_result> store;
+  bool lmtp = false;
   std::string client;                 // every byte the client sends
   std::vector<std::string> expected;  // reply lines
   std::string error;                  // a malformed transcript
@@ -106,6 +107,8 @@ void set(transcript& t, std::string_view key, std::string_view value) {
         value == "reject" ? bare_newline_policy::reject : bare_newline_policy::normalize;
   } else if (key == "accept_dsn") {
     t.cfg.accept_dsn = value == "true";
+  } else if (key == "lmtp" && value == "yes") {
+    t.lmtp = true;
   } else if (key == "store") {
     for (std::size_t start = 0; start <= value.size();) {
       std::size_t comma = std::min(value.find(',', start), value.size());
@@ -147,6 +150,7 @@ transcript load(const std::filesystem::path& file) {
 // stored, the trace header's date left out.
 std::string run(const transcript& t, const std::vector<std::string_view>& pieces) {
   test_connection c(t.cfg);
+  if (t.lmtp) c.restart_as_lmtp();
   c.sink.results = t.store;
   for (auto piece : pieces) c.send(piece);
   std::string seen = c.session.output();
@@ -197,6 +201,7 @@ TEST_CASE("transcripts give their replies, whole and dribbled") {
     transcript t = load(file);
     CHECK_MESSAGE(t.error.empty(), t.error);
     test_connection c(t.cfg);
+    if (t.lmtp) c.restart_as_lmtp();
     c.sink.results = t.store;
     c.send(t.client);
     auto [want, got] = compare(t.expected, test::reply_lines(c.session.output()));
