@@ -72,10 +72,10 @@ constexpr std::array rows{
     row{pregreet, {554, "5.5.1", "Protocol error: you talked before the greeting"}},
     row{auth_busy, {454, "4.7.0", "Temporary authentication failure, try again later"}},
     row{lookup_failed, {451, "4.3.0", "Error: temporary recipient lookup failure"}},
-    row{non_ascii_address,
+    row{non_ascii_addr,
         {553, "5.6.7", "Non-ASCII addresses not permitted for that sender/recipient"}},
-    row{bad_utf8_sender, {501, "5.1.7", "Bad sender address syntax: malformed UTF-8"}},
-    row{bad_utf8_recipient, {501, "5.1.3", "Bad recipient address syntax: malformed UTF-8"}},
+    row{bad_utf8_from, {501, "5.1.7", "Bad sender address syntax: malformed UTF-8"}},
+    row{bad_utf8_rcpt, {501, "5.1.3", "Bad recipient address syntax: malformed UTF-8"}},
     row{bad_domain, {550, "5.1.2", "Bad destination domain: "}},
 };
 
