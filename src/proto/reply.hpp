@@ -66,10 +66,10 @@ enum class reply_id : std::uint8_t {
   pregreet,          // 554 5.5.1
   auth_busy,         // 454 4.7.0
   lookup_failed,     // 451 4.3.0
-  non_ascii_address,   // 553 5.6.7 (RFC 6531 3.6.2: no SMTPUTF8 on MAIL)
-  bad_utf8_sender,     // 501 5.1.7
-  bad_utf8_recipient,  // 501 5.1.3
-  bad_domain,          // 550 5.1.2 (not a valid IDNA domain)
+  non_ascii_addr,    // 553 5.6.7 (RFC 6531 3.6.2: no SMTPUTF8 on MAIL)
+  bad_utf8_from,     // 501 5.1.7
+  bad_utf8_rcpt,     // 501 5.1.3
+  bad_domain,        // 550 5.1.2 (not a valid IDNA domain)
   chunk_ok,          // 250 2.0.0 Ok: <n> octets (a BDAT chunk, not the last)
   binary_not_data,   // 503 5.5.1 (DATA after BODY=BINARYMIME)
   data_after_bdat,   // 503 5.5.1 (DATA in a transaction BDAT began)

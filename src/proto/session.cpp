@@ -27,7 +27,7 @@ namespace {
 // control characters (RFC 6532 3.1), else malformed is the reply.
 std::optional<reply_id> utf8_refusal(std::string_view mailbox, bool smtputf8, reply_id malformed) {
   if (is_ascii(mailbox)) return std::nullopt;
-  if (!smtputf8) return reply_id::non_ascii_address;
+  if (!smtputf8) return reply_id::non_ascii_addr;
   if (!is_utf8_text(mailbox)) return malformed;
   return std::nullopt;
 }
@@ -340,7 +340,7 @@ void session::do_mail(std::string_view arg) {
     }
   }
   if (params.error()) return refuse(reply_id::bad_syntax, "MAIL FROM:<address> [parameters]");
-  if (auto why = utf8_refusal(p.value.mailbox, tx.smtputf8, reply_id::bad_utf8_sender))
+  if (auto why = utf8_refusal(p.value.mailbox, tx.smtputf8, reply_id::bad_utf8_from))
     return refuse(*why);
   tx.reverse_path.assign(p.value.mailbox);
   ids_.next(tx.queue_id);
@@ -354,7 +354,7 @@ void session::do_rcpt(std::string_view arg) {
   path_parse p = parse_rcpt_to(arg, true);
   if (p.error == path_error::no_keyword) return refuse(reply_id::bad_syntax, "RCPT TO:<address>");
   if (p.error == path_error::bad_path) return refuse(reply_id::bad_recipient);
-  if (auto why = utf8_refusal(p.value.mailbox, tx_->smtputf8, reply_id::bad_utf8_recipient))
+  if (auto why = utf8_refusal(p.value.mailbox, tx_->smtputf8, reply_id::bad_utf8_rcpt))
     return refuse(*why);
   // RFC 3461 4.1, 4.2: NOTIFY and ORCPT, once each, where EHLO offered DSN.
   std::uint8_t notify = 0;

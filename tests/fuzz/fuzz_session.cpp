@@ -322,7 +322,8 @@ class fuzz_sink final : public sink {
       INBOXD_FUZZ_CHECK(r->st == state::committed || r->st == state::aborted);
     INBOXD_FUZZ_CHECK(!env.queue_id.empty() && printable(env.queue_id));
     INBOXD_FUZZ_CHECK(!env.helo.empty() && env.helo.size() <= 255 && printable(env.helo));
-    INBOXD_FUZZ_CHECK(env.reverse_path.empty() || proto::is_mailbox(env.reverse_path, env.smtputf8));
+    INBOXD_FUZZ_CHECK(env.reverse_path.empty() ||
+                      proto::is_mailbox(env.reverse_path, env.smtputf8));
     INBOXD_FUZZ_CHECK(!env.recipients.empty());
     INBOXD_FUZZ_CHECK(env.recipients.size() <= limits_.max_recipients * max_fanout);
     for (std::size_t i = 0; i < env.recipients.size(); ++i) {

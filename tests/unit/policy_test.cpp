@@ -104,8 +104,8 @@ recipient_rules idn_rules(std::string_view name) {
   recipient_rules rules;
   rules.domains.push_back({std::string(name),
                            {"j\xC3\xB6rg", "alice", "\xC3\x89LOISE"},
-                           {{"gr\xC3\xBC\xC3\x9F", {"alice@b\xC3\xBC" "cher.example"}}}});
-  rules.domains.push_back({"*.b\xC3\xBC" "cher.example", {}, {}});
+                           {{"gr\xC3\xBC\xC3\x9F", {"alice@b\xC3\xBC\x63her.example"}}}});
+  rules.domains.push_back({"*.b\xC3\xBC\x63her.example", {}, {}});
   return rules;
 }
 
@@ -145,7 +145,7 @@ TEST_CASE("a U-label domain and its A-label are one domain, in the config and on
 TEST_CASE("wildcards and alias targets match in either form too") {
   auto p = make_rules_policy(idn_rules("m\xC3\xBCnchen.example"));
   CHECK(resolve(*p, "x@a.xn--bcher-kva.example") == "accept x@a.xn--bcher-kva.example");
-  CHECK(resolve(*p, "x@a.b\xC3\xBC" "cher.example") == "accept x@a.xn--bcher-kva.example");
+  CHECK(resolve(*p, "x@a.b\xC3\xBC\x63her.example") == "accept x@a.xn--bcher-kva.example");
   CHECK(resolve(*p, "gr\xC3\xBC\xC3\x9F@xn--mnchen-3ya.example") ==
         "accept alice@xn--bcher-kva.example");
 }

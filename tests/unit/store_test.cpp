@@ -79,11 +79,11 @@ TEST_CASE("path templates stay below their folder whatever octets a local part h
   // Well-formed UTF-8 stays readable; what is not is escaped octet by octet.
   CHECK(user("j\xC3\xB6rg") == "root/d/j\xC3\xB6rg/Maildir");
   CHECK(user("\xE7\x94\xA8\xE6\x88\xB7") == "root/d/\xE7\x94\xA8\xE6\x88\xB7/Maildir");
-  CHECK(user("j\xC3rg") == "root/d/j%C3rg/Maildir");            // truncated
+  CHECK(user("j\xC3rg") == "root/d/j%C3rg/Maildir");                 // truncated
   CHECK(user("\xC0\xAE\xC0\xAE") == "root/d/%C0%AE%C0%AE/Maildir");  // overlong ".."
-  CHECK(user("\xED\xA0\x80") == "root/d/%ED%A0%80/Maildir");    // a surrogate
-  CHECK(user("a\xC2\x85") == "root/d/a%C2%85/Maildir");         // C1 NEL
-  CHECK(user("\xEF\xBC\x8F") == "root/d/\xEF\xBC\x8F/Maildir");  // U+FF0F, not a '/'
+  CHECK(user("\xED\xA0\x80") == "root/d/%ED%A0%80/Maildir");         // a surrogate
+  CHECK(user("a\xC2\x85") == "root/d/a%C2%85/Maildir");              // C1 NEL
+  CHECK(user("\xEF\xBC\x8F") == "root/d/\xEF\xBC\x8F/Maildir");      // U+FF0F, not a '/'
   // The domain too.
   CHECK(expand_path("r/{domain}", recipient{"x", "u", "../.."}) == "r/%2E.%2F..");
   // Distinct names stay distinct (the escaping is reversible): no two users share a mailbox.
