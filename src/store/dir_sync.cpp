@@ -80,6 +80,11 @@ int dir_syncer::hook(const std::string&, const std::string& dir, void* self) noe
   return s->fn_ ? s->fn_(dir, s->arg_) : fsync_dir(dir);
 }
 
+fs_syncer::~fs_syncer() {
+  for (const auto& [dev, fd] : fds_)
+    if (fd >= 0) ::close(fd);
+}
+
 int fs_syncer::sync(dev_t dev, const std::string& path, std::uint64_t since) noexcept {
   int e = group_.sync(static_cast<std::uint64_t>(dev), path);
   // A syncfs that failed while this message was being written may have

@@ -108,11 +108,13 @@ class dir_syncer {
 // Errors: since Linux 5.8, syncfs reports a writeback error of the
 // filesystem once to each open file description that was open when the
 // error happened. So the syncer keeps one descriptor per filesystem open for
-// the life of the process (a folder of the first Maildir seen there) and
-// runs every syncfs on it, so that no error is missed; and since the error
-// may concern any file of that filesystem, every caller whose message was
-// being written when a syncfs failed gets the failure: pass to sync() the
-// failures() read before the message's first write.
+// the life of the process and runs every syncfs on it, so that no error is
+// missed (it is the first Maildir seen there: if removed, that folder stays
+// allocated until the process ends, and the filesystem stays busy for
+// umount). Since the error may concern any file of that filesystem, every
+// caller whose message was being written when a syncfs failed gets the
+// failure: pass to sync() the failures() read before the message's first
+// write.
 class fs_syncer {
  public:
   // Tests put a hook here (path: the caller's folder); by default syncfs.
@@ -120,6 +122,9 @@ class fs_syncer {
 
   fs_syncer() noexcept : fs_syncer(nullptr, nullptr) {}
   fs_syncer(sync_fn fn, void* arg) noexcept : fn_(fn), arg_(arg), group_(hook, this) {}
+  ~fs_syncer();
+  fs_syncer(const fs_syncer&) = delete;
+  fs_syncer& operator=(const fs_syncer&) = delete;
 
   // The syncs that have failed so far.
   [[nodiscard]] std::uint64_t failures() const noexcept { return failures_.load(); }
