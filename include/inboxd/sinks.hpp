@@ -48,6 +48,18 @@ class null_sink final : public sink {
   std::vector<null_delivery*> spare_;  // finished deliveries, for the next begin()
 };
 
+// How the Maildir sink makes a message durable before its 250.
+enum class maildir_sync : unsigned char {
+  // fsync of the file, then of new/ after the link (shared by the links
+  // made into one new/ meanwhile).
+  fsync,
+  // syncfs(2) of the Maildir's filesystem, once after the file is written
+  // and once after its link, each shared by every delivery waiting on that
+  // filesystem meanwhile. syncfs writes everything dirty there, other
+  // programs' files too: for a mail store on a filesystem of its own.
+  syncfs,
+};
+
 struct maildir_options {
   // One Maildir for everyone, or a template such as "var/mail/{domain}/{user}":
   // tmp/, new/ and cur/ are made when missing. A message for several
@@ -58,6 +70,7 @@ struct maildir_options {
   // What start-up creates (the Maildir, or a template's fixed leading
   // folders) is given to this owner; see owner.hpp.
   file_owner owner;
+  maildir_sync sync = maildir_sync::fsync;
 };
 
 // Opens the Maildir sink; a single Maildir is created now. Returns null and

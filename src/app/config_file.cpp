@@ -146,6 +146,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   if (const toml::node* n = r.find("bare-newline")) s.bare_newline = parse_bare_newline(*n);
   r.get("sink", cfg.sink);
   r.get("maildir", cfg.maildir);
+  r.get("maildir-sync", cfg.maildir_sync);
   r.get("mbox", cfg.mbox);
   r.get("spool-dir", cfg.spool_dir);
   r.get("listen-tls", cfg.server.listen_tls);
@@ -232,6 +233,11 @@ bool parse_socket_mode(const std::string& text, unsigned& mode) {
 bool validate(const app_config& cfg, std::string& error) {
   if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null") {
     error = fmt::format(FMT_STRING("sink must be maildir, mbox or null, not '{}'"), cfg.sink);
+    return false;
+  }
+  if (cfg.maildir_sync != "fsync" && cfg.maildir_sync != "syncfs") {
+    error =
+        fmt::format(FMT_STRING("maildir-sync must be fsync or syncfs, not '{}'"), cfg.maildir_sync);
     return false;
   }
   if (cfg.sink == "mbox" && cfg.mbox.empty()) {

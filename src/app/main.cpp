@@ -80,6 +80,10 @@ int parse(int argc, char** argv, command_line& cl) {
                  "store into mbox files from this template, e.g. var/mail/{user}");
   app.add_option("--sink", v.sink, "where mail goes: maildir, mbox or null")
       ->check(CLI::IsMember({"maildir", "mbox", "null"}));
+  app.add_option("--maildir-sync", v.maildir_sync,
+                 "fsync (default): file and new/ per message; syncfs: one syncfs of the "
+                 "Maildir's filesystem shared by concurrent messages (a filesystem of its own)")
+      ->check(CLI::IsMember({"fsync", "syncfs"}));
   app.add_option("--spool-dir", v.spool_dir, "where large messages wait for the mbox sink");
   app.add_option("--hostname", v.server.session.hostname, "our name in replies and Received");
   std::vector<std::string> listen_tls, listen_lmtp;
@@ -178,6 +182,7 @@ int parse(int argc, char** argv, command_line& cl) {
       for (const auto& d : domains) c.server.recipients.domains.push_back({d, {}, {}});
     });
   if (given("--maildir")) o.push_back([=](app_config& c) { c.maildir = v.maildir; });
+  if (given("--maildir-sync")) o.push_back([=](app_config& c) { c.maildir_sync = v.maildir_sync; });
   if (given("--mbox"))
     o.push_back([=](app_config& c) {
       c.mbox = v.mbox;
@@ -300,12 +305,15 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
     return inboxd::open_mbox_sink(
         loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = owner},
         error);
-  return inboxd::open_maildir_sink(loop,
-                                   {.path = cfg.maildir,
-                                    .hostname = cfg.server.session.hostname,
-                                    .memory = memory,
-                                    .owner = owner},
-                                   error);
+  return inboxd::open_maildir_sink(
+      loop,
+      {.path = cfg.maildir,
+       .hostname = cfg.server.session.hostname,
+       .memory = memory,
+       .owner = owner,
+       .sync = cfg.maildir_sync == "syncfs" ? inboxd::maildir_sync::syncfs
+                                            : inboxd::maildir_sync::fsync},
+      error);
 }
 
 // Raises the soft limit on open files to the hard one: each connection is a

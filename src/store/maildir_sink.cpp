@@ -10,6 +10,8 @@
 // alike, so the reply is 250 with the message in every new/, or 451 (452 for
 // a full disk) with it in none: the sender's retry makes no duplicate. A
 // crash at any instant leaves in each new/ nothing or a whole message.
+// With maildir_sync::syncfs, one syncfs of the filesystem after the write
+// and one after the links take the place of those fsyncs (dir_sync.hpp).
 // Maildirs named by a template ({domain}, {user}) get their tmp/ new/ cur/ on
 // first delivery. All file work runs on libuv's thread pool
 // (pooled_delivery).
@@ -19,6 +21,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -111,24 +114,28 @@ int copy_file(const std::string& from, const std::string& to) noexcept {
 class maildir_sink final : public sink {
  public:
   maildir_sink(uv_loop_t* loop, std::string path, std::string host,
-               std::shared_ptr<memory_budget> memory)
+               std::shared_ptr<memory_budget> memory, maildir_sync sync)
       : loop_(loop),
         path_(std::move(path)),
         host_(escape_host(host)),
-        memory_(memory ? std::move(memory) : std::make_shared<memory_budget>()) {}
+        memory_(memory ? std::move(memory) : std::make_shared<memory_budget>()),
+        syncfs_(sync == maildir_sync::syncfs) {}
   delivery* begin(const envelope& env, delivery_listener& listener) override;
 
   uv_loop_t* loop_;
   std::string path_;  // one Maildir, or a template
   std::string host_;
   std::shared_ptr<memory_budget> memory_;  // the server's, shared by every sink
+  bool syncfs_;
 };
 
 class maildir_delivery final : public pooled_delivery {
  public:
   maildir_delivery(maildir_sink& sink, const envelope& env, delivery_listener& listener)
       : pooled_delivery(sink.loop_, listener, env.recipients.size(), sink.memory_),
-        dirs_(sink.path_, env.recipients) {
+        dirs_(sink.path_, env.recipients),
+        syncfs_(sink.syncfs_),
+        since_(syncfs_ ? store::shared_fs_syncer().failures() : 0) {
     if (env.independent_outcomes) {
       independent_ = true;
       box_errors_.assign(dirs_.paths.size(), 0);
@@ -264,9 +271,11 @@ class maildir_delivery final : public pooled_delivery {
       published.push_back(i);
     }
     // Each link is durable only once its directory is: an fsync of new/
-    // that began after the link. Deliveries into one new/ at the same time
-    // share that fsync (dir_sync.hpp); a lone one runs its own at once.
-    for (std::size_t k = 0; k < published.size() && !e; ++k) {
+    // (or a syncfs) that began after the link. Deliveries into one new/ (or
+    // filesystem) at the same time share it (dir_sync.hpp); a lone one runs
+    // its own at once.
+    if (!e && syncfs_) e = sync_filesystems(published);
+    for (std::size_t k = 0; k < published.size() && !e && !syncfs_; ++k) {
       std::size_t i = published[k];
       if ((e = store::shared_dir_syncer().sync(dirs_.paths[i] + "/new"))) failed_ = i;
     }
@@ -281,9 +290,45 @@ class maildir_delivery final : public pooled_delivery {
     return e;
   }
 
+  // One syncfs, begun after the links, of each filesystem that got one.
+  // The staging Maildir's is dev_; another's new/ is on it unless its copy
+  // was made across filesystems.
+  int sync_filesystems(const std::vector<std::size_t>& published) {
+    std::vector<std::pair<dev_t, std::size_t>> fs;  // (filesystem, a Maildir on it)
+    fs.reserve(published.size());
+    for (std::size_t i : published) {
+      struct stat st {};
+      if (i != stage_index_ && ::stat((dirs_.paths[i] + "/new").c_str(), &st) != 0) {
+        failed_ = i;
+        return errno;
+      }
+      fs.emplace_back(i == stage_index_ ? dev_ : st.st_dev, i);
+    }
+    std::sort(fs.begin(), fs.end());
+    for (std::size_t k = 0; k < fs.size(); ++k) {
+      if (k > 0 && fs[k].first == fs[k - 1].first) continue;
+      const std::string& dir = dirs_.paths[fs[k].second];
+      if (int e = store::shared_fs_syncer().sync(fs[k].first, dir, since_)) {
+        failed_ = fs[k].second;
+        return e;
+      }
+    }
+    return 0;
+  }
+
+  // The staged file's bytes must be durable before its link is: else a
+  // crash could leave a link in new/ to a file not all written.
+  int sync_data() noexcept {
+    if (!syncfs_) return ::fsync(fd_) == 0 ? 0 : errno;
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return errno;
+    dev_ = st.st_dev;
+    return store::shared_fs_syncer().sync(dev_, dirs_.paths[stage_index_], since_);
+  }
+
   void finish(const std::string& batch, std::vector<store_outcome>& outcomes) noexcept override {
     stage(batch);
-    if (!error_ && ::fsync(fd_) != 0) error_ = errno;
+    if (!error_) error_ = sync_data();
     if (fd_ >= 0 && ::close(fd_) != 0 && !error_) error_ = errno;
     fd_ = -1;
     int e = error_;
@@ -334,6 +379,9 @@ class maildir_delivery final : public pooled_delivery {
   bool independent_ = false;     // envelope.independent_outcomes (LMTP)
   std::size_t stage_index_ = 0;  // the Maildir whose tmp/ holds the staged file
   std::vector<int> box_errors_;  // LMTP: each Maildir's errno, or 0
+  bool syncfs_;
+  std::uint64_t since_;  // the fs syncer's failures() before the first write
+  dev_t dev_ = 0;        // the filesystem of the staged file (syncfs)
 };
 
 delivery* maildir_sink::begin(const envelope& env, delivery_listener& listener) {
@@ -361,7 +409,8 @@ std::unique_ptr<sink> open_maildir_sink(uv_loop_t* loop, const maildir_options& 
       return nullptr;
     }
   }
-  return std::make_unique<maildir_sink>(loop, options.path, options.hostname, options.memory);
+  return std::make_unique<maildir_sink>(loop, options.path, options.hostname, options.memory,
+                                        options.sync);
 }
 
 }  // namespace inboxd

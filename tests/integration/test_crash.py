@@ -128,7 +128,8 @@ class CrashTest(InboxdTestCase):
         """Many deliveries into the same new/ folders at once share their fsyncs (issue 10):
         a message acknowledged is still in every recipient's new/ after kill -9, whole."""
         root = os.path.join(self.server.dir, "mail")
-        server = self.start_server("--maildir", os.path.join(root, "{user}"), maildir=False)
+        server = self.start_server("--maildir", os.path.join(root, "{user}"), *self.server_args,
+                                   maildir=False)
         stop, attempted, acked = threading.Event(), {}, {}
         threads = [threading.Thread(target=self.multi_sender,
                                     args=(server.port, t, stop, attempted, acked))
@@ -166,6 +167,13 @@ class CrashTest(InboxdTestCase):
         lost = sorted(mid for mid in acked if found.get(mid) != set(attempted[mid][1]))
         self.assertEqual(lost, [], f"{len(lost)} of {len(acked)} acknowledged messages not in "
                                    f"every recipient's Maildir, e.g. {lost[:3]}")
+
+
+class CrashSyncfsTest(CrashTest):
+    """The same with --maildir-sync syncfs: one syncfs of the filesystem, shared by the
+    deliveries waiting on it, takes the place of the fsyncs of the file and of new/."""
+    server_args = ("--maildir-sync", "syncfs")
+
 
 if __name__ == "__main__":
     harness.main()

@@ -333,12 +333,24 @@ struct test_loop {
   uv_loop_t loop{};
 };
 
-std::unique_ptr<inboxd::sink> open_maildirs(uv_loop_t* loop, const std::string& path,
-                                            file_owner owner = {}) {
+// Runs the test once per way of making a message durable.
+inboxd::maildir_sync each_sync_mode() {
+  inboxd::maildir_sync m = inboxd::maildir_sync::fsync;
+  SUBCASE("fsync") {}
+  SUBCASE("syncfs") {
+    m = inboxd::maildir_sync::syncfs;
+  }
+  return m;
+}
+
+std::unique_ptr<inboxd::sink> open_maildirs(
+    uv_loop_t* loop, const std::string& path, file_owner owner = {},
+    inboxd::maildir_sync sync = inboxd::maildir_sync::fsync) {
   inboxd::maildir_options o;
   o.path = path;
   o.hostname = "mx.test";
   o.owner = owner;
+  o.sync = sync;
   std::string error;
   auto s = inboxd::open_maildir_sink(loop, o, error);
   INFO(error);
@@ -428,7 +440,7 @@ TEST_CASE("a Maildir made at start-up, and a template's fixed folders, go to the
 TEST_CASE("a Maildir message for several recipients is in every new/") {
   temp_dir t;
   test_loop l;
-  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}");
+  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}", {}, each_sync_mode());
   auto got = deliver(*s, &l.loop, users({"alice", "bob", "carol"}), "Subject: x\n\nhello\n");
   REQUIRE(got.size() == 3);
   std::string first;
@@ -450,7 +462,7 @@ TEST_CASE("a Maildir message for several recipients is in every new/") {
 TEST_CASE("a Maildir message is in no new/ when one recipient's Maildir fails") {
   temp_dir t;
   test_loop l;
-  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}");
+  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}", {}, each_sync_mode());
   // Carol's Maildir exists with a regular file where new/ should be: every
   // copy is staged, alice's and bob's are published, then carol's fails.
   // (The sink made mail/ itself: a template's fixed folders.)
@@ -511,7 +523,7 @@ TEST_CASE("Maildir unique names go on counting when the sink is made anew (reloa
 TEST_CASE("two mailboxes that are one Maildir (a symlink) get the message once") {
   temp_dir t;
   test_loop l;
-  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}");
+  auto s = open_maildirs(&l.loop, t.path + "/mail/{user}", {}, each_sync_mode());
   for (const char* sub : {"/mail/admin", "/mail/admin/tmp", "/mail/admin/new", "/mail/admin/cur"})
     REQUIRE(::mkdir((t.path + sub).c_str(), 0700) == 0);
   REQUIRE(::symlink("admin", (t.path + "/mail/postmaster").c_str()) == 0);
@@ -702,4 +714,84 @@ TEST_CASE("dir_syncer: under concurrency each caller returns after an fsync begu
   // An fsync that fails is reported to the caller it covers.
   CHECK(syncer.sync("0x") == EIO);
   CHECK(syncer.folders() == 0);
+}
+
+namespace {
+
+// An fs_syncer hook that counts syncs per path and fails those of "bad".
+struct fs_probe {
+  static int hook(const std::string& path, void* arg) noexcept {
+    auto* self = static_cast<fs_probe*>(arg);
+    self->syncs.fetch_add(1);
+    return path == "bad" ? EIO : 0;
+  }
+  std::atomic<int> syncs{0};
+};
+
+}  // namespace
+
+TEST_CASE("fs_syncer: callers on one filesystem share a syncfs, other filesystems run their own") {
+  gated_sync g;
+  inboxd::store::fs_syncer syncer(gated_sync::hook, &g);
+  gate_releaser run{g, {}};
+  std::atomic<int> errors{0};
+  auto caller = [&](dev_t dev) {
+    return std::thread([&, dev] {
+      if (syncer.sync(dev, "m", syncer.failures()) != 0) errors.fetch_add(1);
+    });
+  };
+  // Filesystem 1's syncfs (number 1) starts and is held.
+  run.threads.push_back(caller(1));
+  {
+    std::unique_lock<std::mutex> lock(g.m);
+    REQUIRE(wait_until(lock, g.cv, [&] { return g.started == 1; }));
+  }
+  // Filesystem 2 does not wait for filesystem 1: its syncfs starts at once.
+  run.threads.push_back(caller(2));
+  {
+    std::unique_lock<std::mutex> lock(g.m);
+    REQUIRE(wait_until(lock, g.cv, [&] { return g.started == 2; }));
+  }
+  // Two more on filesystem 1 come while its syncfs runs: one next syncfs
+  // covers both.
+  run.threads.push_back(caller(1));
+  run.threads.push_back(caller(1));
+  REQUIRE(poll_until([&] { return syncer.waiting(1) == 3; }));
+  CHECK(syncer.waiting(2) == 1);
+  CHECK(syncer.folders() == 2);
+  {
+    std::unique_lock<std::mutex> lock(g.m);
+    g.released = 2;  // the first two end
+    g.cv.notify_all();
+    REQUIRE(wait_until(lock, g.cv, [&] { return g.started == 3; }));
+    g.released = 3;
+    g.cv.notify_all();
+  }
+  for (auto& t : run.threads) t.join();
+  CHECK(g.started == 3);  // four callers, three syncfs
+  CHECK(errors.load() == 0);
+  CHECK(syncer.folders() == 0);
+}
+
+TEST_CASE("fs_syncer: a syncfs that failed while a message was written fails it too") {
+  fs_probe probe;
+  inboxd::store::fs_syncer syncer(fs_probe::hook, &probe);
+  std::uint64_t before = syncer.failures();
+  CHECK(syncer.sync(7, "good", before) == 0);
+  // Someone else's syncfs of the filesystem reports a writeback error: it may
+  // have been this message's pages, and the error is reported only once.
+  CHECK(syncer.sync(7, "bad", syncer.failures()) == EIO);
+  CHECK(syncer.sync(7, "good", before) == EIO);
+  // A message begun after that failure is not failed by it.
+  CHECK(syncer.sync(7, "good", syncer.failures()) == 0);
+  CHECK(probe.syncs.load() == 4);
+}
+
+TEST_CASE("fs_syncer: the default runs syncfs on a folder of the filesystem") {
+  inboxd::store::fs_syncer syncer;
+  struct stat st {};
+  REQUIRE(::stat(".", &st) == 0);
+  CHECK(syncer.sync(st.st_dev, ".", syncer.failures()) == 0);
+  CHECK(syncer.sync(st.st_dev, ".", syncer.failures()) == 0);  // its descriptor, kept
+  CHECK(syncer.sync(st.st_dev + 1000, "/nonexistent/x", syncer.failures()) == ENOENT);
 }

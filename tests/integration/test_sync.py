@@ -1,0 +1,156 @@
+"""The order of a Maildir delivery, seen through strace on the running server
+(issue 10), for --maildir-sync fsync and syncfs: for every message, its bytes
+are written, then a sync begins and ends, then its link into new/ is made, then
+a sync that began after that link ends, and only then is its 250 written. A
+crash cannot be had in a test; this shows the order that makes one harmless.
+Skips when strace is missing or may not attach."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+import harness
+from harness import InboxdTestCase
+
+THREADS = 4
+MESSAGES = 5  # per thread: concurrent deliveries share their syncs
+BODY = b"Subject: sync order\r\n\r\nhello\r\n"
+
+# "PID call(args) = ret", split by strace -f into "call(args <unfinished ...>"
+# and "<... call resumed>rest) = ret". The order of the lines is the order of
+# the events, so no time stamps are needed.
+LINE_RE = re.compile(r"^(\d+)\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
+
+
+def parse(trace):
+    """[(call, text, start, end)]: each call with its arguments and result, and the
+    indexes of the lines where it began and ended (strace prints them in order)."""
+    calls, open_calls = [], {}
+    for i, line in enumerate(trace.splitlines()):
+        m = LINE_RE.match(line)
+        if not m:
+            continue
+        pid, resumed, name, rest = m.groups()
+        if resumed:
+            name, text, start = open_calls.pop(pid)
+            calls.append((name, text + rest, start, i))
+        elif rest.endswith("<unfinished ...>"):
+            open_calls[pid] = (name, rest[: -len("<unfinished ...>")].rstrip(), i)
+        else:
+            calls.append((name, rest, i, i))
+    return calls
+
+
+class SyncOrderTest(InboxdTestCase):
+    mode = "fsync"
+
+    def setUp(self):
+        if not shutil.which("strace"):
+            raise unittest.SkipTest("strace not found")
+        self.server_args = ("--maildir-sync", self.mode)
+        super().setUp()
+        self.trace = os.path.join(self.server.dir, "strace.log")
+        self.strace = subprocess.Popen(
+            ["strace", "-f", "-qq", "-yy", "-s", "200", "-o", self.trace, "-e",
+             "trace=write,writev,fsync,fdatasync,syncfs,link,linkat,rename,renameat,renameat2",
+             "-p", str(self.server.proc.pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addCleanup(self.stop_strace)
+        deadline = time.monotonic() + harness.TIMEOUT
+        while not self.traced():
+            if self.strace.poll() is not None:
+                raise unittest.SkipTest("strace cannot attach: "
+                                        + self.strace.stderr.read().decode(errors="replace"))
+            if time.monotonic() > deadline:
+                self.fail("strace did not attach in time")
+            time.sleep(0.02)
+
+    def traced(self):
+        """Whether every thread of the server has strace as its tracer."""
+        task = f"/proc/{self.server.proc.pid}/task"
+        for tid in os.listdir(task):
+            with open(os.path.join(task, tid, "status")) as f:
+                if re.search(r"^TracerPid:\s+0$", f.read(), re.M):
+                    return False
+        return True
+
+    def stop_strace(self):
+        if self.strace.poll() is None:
+            self.strace.send_signal(signal.SIGTERM)   # detaches; the server goes on
+            try:
+                self.strace.wait(harness.TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.strace.kill()
+                self.strace.wait(harness.TIMEOUT)
+        self.strace.stderr.close()
+
+    def is_sync(self, call, path):
+        """Whether call is a sync that covers path (a file, or the folder new/)."""
+        name, text = call[0], call[1]
+        if self.mode == "syncfs":
+            return name == "syncfs" and text.rstrip().endswith("= 0")
+        return name == "fsync" and re.match(rf"\d+<{re.escape(path)}>\)\s+= 0$", text) is not None
+
+    def test_every_250_follows_a_sync_begun_after_its_link(self):
+        errors = []
+
+        def send(tid):
+            try:
+                c = self.ehlo()
+                for _ in range(MESSAGES):
+                    self.deliver(c, "a@example.net", [f"t{tid}@example.com"], BODY)
+            except Exception as e:   # reported below, from the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=send, args=(t,)) for t in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(2 * harness.TIMEOUT)
+        self.assertEqual(errors, [])
+        self.stop_strace()
+        with open(self.trace) as f:
+            calls = parse(f.read())
+        other = "fsync" if self.mode == "syncfs" else "syncfs"
+        self.assertFalse([c for c in calls if c[0] == other], f"{other} used in mode {self.mode}")
+        syncs = [c for c in calls if c[0] in ("fsync", "syncfs")]
+
+        maildir = os.path.realpath(self.server.maildir)
+        stored = self.server.files("new")
+        self.assertEqual(len(stored), THREADS * MESSAGES)
+        for name, data in stored.items():
+            with self.subTest(file=name):
+                qid = harness.parse_stored(data)["id"]
+                tmp = f"{maildir}/tmp/{name.split(',S=')[0]}"
+                new = f"{maildir}/new/{name}"
+                # Its last write, its publication, and the write of its 250.
+                of_tmp = re.compile(rf"\d+<{re.escape(tmp)}>")
+                written = max(c[3] for c in calls if c[0] == "write" and of_tmp.match(c[1]))
+                linked = [c for c in calls if c[0] in ("link", "linkat", "rename", "renameat",
+                                                       "renameat2") and f'"{new}"' in c[1]
+                          and c[1].rstrip().endswith("= 0")]
+                self.assertEqual(len(linked), 1, f"not one link into new/: {linked}")
+                linked = linked[0]
+                replied = [c[2] for c in calls if c[0] in ("write", "writev")
+                           and f"queued as {qid}\\r\\n" in c[1]]
+                self.assertEqual(len(replied), 1, f"not one 250 for {qid}")
+                replied = replied[0]
+                self.assertLess(written, linked[2])
+                self.assertTrue(any(self.is_sync(s, tmp) and written < s[2] and s[3] < linked[2]
+                                    for s in syncs),
+                                f"{name}: no {self.mode} of its data between its write and link")
+                self.assertTrue(any(self.is_sync(s, f"{maildir}/new") and linked[3] < s[2]
+                                    and s[3] < replied for s in syncs),
+                                f"{name}: no {self.mode} begun after its link ended before its 250")
+
+
+class SyncfsOrderTest(SyncOrderTest):
+    mode = "syncfs"
+
+
+if __name__ == "__main__":
+    harness.main()
