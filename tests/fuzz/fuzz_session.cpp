@@ -10,10 +10,12 @@
 //           disconnect() and a reload (new settings, policy and sink) at
 //           random points; bit 6 an IPv6 client.
 //   byte 2: bits 0-1 the recipient rules (any, domains with users and
-//           aliases, case-sensitive with odd aliases, one catch-all domain).
+//           aliases, case-sensitive with odd aliases, one catch-all domain);
+//           bit 2 an LMTP session (LHLO; a reply per recipient after the data).
 //   byte 3: bit 0 AUTH offered (alice/secret is right); bit 1 STARTTLS
 //           offered; bit 2 allow_plaintext_auth; bit 3 require_tls; bit 4
-//           require_auth; bits 5-6 max_auth_failures.
+//           require_auth; bits 5-6 max_auth_failures; bit 7 accept_dsn (DSN
+//           offered, its parameters parsed).
 //   bytes 4-11: the seed of every other choice: the pieces the input arrives
 //           in, when writable() and committed() come, the per-recipient results.
 //
@@ -109,6 +111,7 @@ session_config limits_of(std::uint8_t b, std::uint8_t features) {
       .require_tls = (features & 0x08) != 0,
       .require_auth = (features & 0x10) != 0,
       .allow_plaintext_auth = (features & 0x04) != 0,
+      .accept_dsn = (features & 0x80) != 0,
       .max_auth_failures = auth_failures[(features >> 5) & 3],
   };
 }
@@ -513,6 +516,7 @@ struct plan {
   std::uint8_t limits = 0;
   unsigned rules = 0;
   std::uint8_t features = 0;
+  bool lmtp = false;
   behaviour how;
   std::string client;
   bool dribble = false;  // pieces and sink callbacks at random points, else all at once
@@ -532,6 +536,7 @@ summary drive(const plan& p, std::string_view wire) {
     // The server's current settings; a reload replaces them.
     proto::settings_ptr current = make_settings(w, p.limits, p.rules, p.features);
     test_connection c(w, current, p.client);
+    c.s.set_lmtp(p.lmtp);
     if (p.inject_shutdown && r.chance(1, 8)) {
       // A connection accepted while the server shuts down gets only the 421.
       c.s.shutdown();
@@ -642,6 +647,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       .limits = b0,
       .rules = b2,
       .features = b3,
+      .lmtp = (b2 & 0x04) != 0,
       .how = {.pause_in_8 = pauses[b1 & 3], .commit = ((b1 >> 2) & 3) % 3, .seed = seed},
       .client = (b1 & 0x40) ? "2001:db8::25" : "192.0.2.25",
       .dribble = true,

@@ -138,13 +138,14 @@ RCPT = {0: 0, 1: 1, 2: 2, 3: 3, 5: 4, 100: 5, 1000: 6}
 
 def control(reject=False, size=10240000, rcpts=1000, disconnect_end=False, pauses=0,
             commit=0, shutdown=False, disconnect=False, v6=False, reload=False, rules=0,
-            auth=False, tls=False, plain_auth=False, need_tls=False, need_auth=False, failures=2):
+            auth=False, tls=False, plain_auth=False, need_tls=False, need_auth=False, failures=2,
+            lmtp=False, dsn=False):
     b0 = (1 if reject else 0) | SIZE[size] << 1 | RCPT[rcpts] << 4 | (0x80 if disconnect_end else 0)
     b1 = (pauses | commit << 2 | (0x10 if shutdown else 0) | (0x20 if disconnect else 0)
           | (0x40 if v6 else 0) | (0x80 if reload else 0))
     b3 = ((1 if auth else 0) | (2 if tls else 0) | (4 if plain_auth else 0) | (8 if need_tls else 0)
-          | (16 if need_auth else 0) | failures << 5)
-    return bytes([b0, b1, rules, b3])
+          | (16 if need_auth else 0) | failures << 5 | (0x80 if dsn else 0))
+    return bytes([b0, b1, rules | (4 if lmtp else 0), b3])
 
 
 def tx(sender=b"<alice@example.com>", rcpts=(b"<bob@example.org>",), body=b"Subject: t\r\n\r\nhi\r\n"):
@@ -252,6 +253,15 @@ def session():
                         b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 3\r\nabcDATA\r\n"
                         b"BDAT 1 LAST\r\nxRSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
                         b"BDAT 2\r\nabEHLO x\r\nBDAT 0 LAST\r\nQUIT\r\n"),
+        # LMTP (RFC 2033): LHLO, a reply per accepted RCPT after DATA and
+        # after BDAT LAST, HELO refused; DSN parameters with accept_dsn.
+        "lmtp": (control(lmtp=True, pauses=2, commit=2, rules=1, dsn=True),
+                 b"HELO x\r\nLHLO client.example\r\n"
+                 + tx(rcpts=(b"<bob@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@e.x",
+                             b"<nobody@example.com>", b"<all@example.com>"))
+                 + bdat_tx(rcpts=(b"<bob@example.com>", b"<carol@example.com>"),
+                           chunks=(b"Subject: l\r\n\r\nx\r", b"\n"))
+                 + b"MAIL FROM:<a@example.com> RET=HDRS ENVID=a+2Bb\r\nQUIT\r\n"),
     }
     for i, (name, (ctl, wire)) in enumerate(cases.items()):
         write("session", name, ctl + seed(i + 200) + wire)
