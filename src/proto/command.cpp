@@ -187,13 +187,6 @@ path_parse parse_path_arg(std::string_view arg, std::string_view keyword, path_k
 
 }  // namespace
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
-
 command parse_command(std::string_view line) noexcept {
   std::size_t sp = line.find(' ');
   std::string_view word = line.substr(0, sp);

@@ -126,6 +126,17 @@ void xtext_encode(std::string_view s, std::string& out);
 [[nodiscard]] bool parse_envid(std::string_view value, std::string& out);
 
 // Case-insensitive ASCII comparison.
-[[nodiscard]] bool iequals(std::string_view a, std::string_view b) noexcept;
+// ASCII letters compare without case; every other octet exactly. Inline:
+// the verb and parameter tables call it for every command.
+[[nodiscard]] inline bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto x = static_cast<unsigned char>(a[i]), y = static_cast<unsigned char>(b[i]);
+    if (x == y) continue;
+    auto fx = static_cast<unsigned char>(x | 0x20);
+    if (fx != (y | 0x20) || fx < 'a' || fx > 'z') return false;
+  }
+  return true;
+}
 
 }  // namespace inboxd::proto

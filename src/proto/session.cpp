@@ -80,14 +80,22 @@ std::string printable(std::string_view s) {
 
 void append_printable(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
-  for (char c : s) {
-    auto u = static_cast<unsigned char>(c);
-    if (u >= 32 && u < 127 && c != '\\') {
-      out += c;
-    } else {
-      const char escaped[4] = {'\\', 'x', hex[u >> 4], hex[u & 15]};
-      out.append(escaped, 4);
+  // Runs of printable octets are appended whole: addresses, logged for
+  // every message, usually are one run.
+  std::size_t i = 0;
+  while (i < s.size()) {
+    std::size_t run = i;
+    while (run < s.size()) {
+      auto u = static_cast<unsigned char>(s[run]);
+      if (u < 32 || u >= 127 || u == '\\') break;
+      ++run;
     }
+    out.append(s.data() + i, run - i);
+    if (run == s.size()) break;
+    auto u = static_cast<unsigned char>(s[run]);
+    const char escaped[4] = {'\\', 'x', hex[u >> 4], hex[u & 15]};
+    out.append(escaped, 4);
+    i = run + 1;
   }
 }
 
@@ -758,21 +766,22 @@ void session::do_bdat(std::string_view arg) {
   // Without a size the octets cannot be skipped: whatever follows is read
   // as commands, as after any refused command.
   if (!b) return refuse(reply_id::bad_syntax, "BDAT <size> [LAST]");
-  chunk_left_ = chunk_size_ = b->size;
-  chunk_last_ = b->last;
-  chunk_refused_ = true;
+  x();  // The chunk's state lives with the rarely used rest (x_->chunk).
+  x_->chunk.left = x_->chunk.size = b->size;
+  x_->chunk.last = b->last;
+  x_->chunk.refused = true;
   if (!tx_) {
-    chunk_refusal_ = reply_id::need_mail;
+    x_->chunk.refusal = reply_id::need_mail;
   } else if (tx_->chunk_failed) {
-    chunk_refusal_ = reply_id::chunk_refused;
+    x_->chunk.refusal = reply_id::chunk_refused;
   } else if (!tx_->rcpt_seen) {
-    chunk_refusal_ = reply_id::need_rcpt;  // As DATA: 503, or 554 when every RCPT failed.
+    x_->chunk.refusal = reply_id::need_rcpt;  // As DATA: 503, or 554 when every RCPT failed.
   } else if (tx_->recipients.empty()) {
-    chunk_refusal_ = reply_id::no_valid_rcpts;
+    x_->chunk.refusal = reply_id::no_valid_rcpts;
   } else {
-    chunk_refused_ = false;
+    x_->chunk.refused = false;
   }
-  if (chunk_refused_) {
+  if (x_->chunk.refused) {
     // RFC 3030 2: the client sends no more chunks after a failed one; those
     // already pipelined are read and refused too.
     if (tx_) tx_->chunk_failed = true;
@@ -789,7 +798,7 @@ void session::do_bdat(std::string_view arg) {
     }
   }
   mode_ = mode::chunk;
-  if (chunk_left_ == 0) end_of_chunk();
+  if (x_->chunk.left == 0) end_of_chunk();
 }
 
 // The first BDAT of a message opens the delivery, as DATA does.
@@ -797,7 +806,7 @@ void session::begin_chunks() {
   transaction& tx = *tx_;
   tx.chunked = true;
   tx.data_started = true;  // LMTP: the LAST chunk is answered once per recipient
-  chunk_decoder_.reset(tx.body_binary);
+  x_->chunk.decoder.reset(tx.body_binary);
   envelope env = make_envelope();
   // A sink that throws marks the message failed: its chunks are read and
   // dropped, and the client hears 451.
@@ -809,17 +818,17 @@ void session::begin_chunks() {
 }
 
 std::size_t session::feed_chunk(std::span<char> input) {
-  auto n = static_cast<std::size_t>(std::min<std::uint64_t>(input.size(), chunk_left_));
+  auto n = static_cast<std::size_t>(std::min<std::uint64_t>(input.size(), x_->chunk.left));
   std::size_t used = n;
-  if (!chunk_refused_ && !tx_->too_big && !tx_->sink_failed) {
+  if (!x_->chunk.refused && !tx_->too_big && !tx_->sink_failed) {
     // A write that pauses is the last of this call: end_of_chunks() must not
     // write after it, so the message's last bytes come out whole here.
-    auto r = chunk_decoder_.decode(input.first(n), chunk_last_ && n == chunk_left_);
+    auto r = x_->chunk.decoder.decode(input.first(n), x_->chunk.last && n == x_->chunk.left);
     write_chunk(r.out);
     used = r.consumed;
   }
-  chunk_left_ -= used;
-  if (chunk_left_ == 0) end_of_chunk();
+  x_->chunk.left -= used;
+  if (x_->chunk.left == 0) end_of_chunk();
   return used;
 }
 
@@ -832,24 +841,24 @@ void session::write_chunk(std::string_view bytes) {
 void session::end_of_chunk() {
   ++commands_;  // As the end of data: the wait for the next command starts.
   mode_ = mode::command;
-  if (chunk_refused_) {
-    chunk_refused_ = false;
+  if (x_->chunk.refused) {
+    x_->chunk.refused = false;
     // A refused LAST chunk still ends the message: the next MAIL starts anew.
-    bool ended = chunk_last_ && tx_;
+    bool ended = x_->chunk.last && tx_;
     if (ended) {
       drop_delivery();
       tx_.reset();
     }
-    refuse(chunk_refusal_);
+    refuse(x_->chunk.refusal);
     if (ended && draining_ && !closing_) close_with(reply_id::shutting_down);
     return;
   }
-  if (chunk_last_) return end_of_chunks();
+  if (x_->chunk.last) return end_of_chunks();
   // A failed message says so at once; the client sends no more chunks of it.
   if (tx_->too_big) return reply(reply_id::size_exceeded);
   if (tx_->sink_failed) return reply(reply_id::store_failed);
   char text[32];
-  auto [end, ec] = std::to_chars(text, text + 20, chunk_size_);
+  auto [end, ec] = std::to_chars(text, text + 20, x_->chunk.size);
   std::memcpy(end, " octets", 7);
   reply(reply_id::chunk_ok, std::string_view(text, static_cast<std::size_t>(end - text) + 7));
 }
@@ -857,16 +866,16 @@ void session::end_of_chunk() {
 // The LAST chunk ends the message, as <CRLF>.<CRLF> ends DATA's.
 void session::end_of_chunks() {
   transaction& tx = *tx_;
-  if (chunk_decoder_.finish()) write_chunk("\r");  // The last byte was a bare CR.
+  if (x_->chunk.decoder.finish()) write_chunk("\r");  // The last byte was a bare CR.
   // Whatever the sink still holds, it takes with commit(): no more writable().
   paused_ = false;
   if (tx.too_big) return finish_transaction(reply_id::size_exceeded, {}, "rejected");
   if (tx.sink_failed) return finish_transaction(reply_id::store_failed, {}, "deferred");
   // A BINARYMIME body's CRs and LFs are data: the policy is for text.
   bool strict = limits().bare_newline == bare_newline_policy::reject && !tx.body_binary;
-  if (strict && (chunk_decoder_.saw_bare_lf() || chunk_decoder_.saw_bare_cr())) {
+  if (strict && (x_->chunk.decoder.saw_bare_lf() || x_->chunk.decoder.saw_bare_cr())) {
     drop_delivery();
-    return finish_transaction(chunk_decoder_.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr,
+    return finish_transaction(x_->chunk.decoder.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr,
                               {}, "rejected");
   }
   committing_ = true;

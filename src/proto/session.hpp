@@ -302,15 +302,6 @@ class session final : delivery_listener, auth_listener {
   // other command to RFC 5321's 512 (4.5.3.1.4).
   line_reader reader_{12288};
   data_decoder decoder_;
-  // The BDAT chunk being read: octets still to come, whether it is the
-  // LAST, and whether its octets go to the message or are read and dropped
-  // (a refused BDAT still consumes them, so the stream stays in step).
-  chunk_decoder chunk_decoder_;
-  std::uint64_t chunk_left_ = 0;
-  std::uint64_t chunk_size_ = 0;
-  bool chunk_last_ = false;
-  bool chunk_refused_ = false;
-  reply_id chunk_refusal_ = reply_id::ok;
   std::string out_;
   bool in_feed_ = false;
   bool paused_ = false;      // the sink asked us to stop writing
@@ -336,6 +327,15 @@ class session final : delivery_listener, auth_listener {
     bool checking = false;        // between check() and auth_checked()
     std::size_t auth_failures = 0;
     std::string held;  // a reply waiting for the end of a delay
+    // The BDAT chunk being read (RFC 3030), from do_bdat() to its last octet.
+    struct {
+      chunk_decoder decoder;
+      std::uint64_t left = 0;  // octets still to come
+      std::uint64_t size = 0;  // the chunk's size, for its reply
+      bool last = false;       // BDAT ... LAST
+      bool refused = false;    // its octets are read and dropped, then refusal
+      reply_id refusal = reply_id::ok;
+    } chunk;
   };
   std::unique_ptr<extras> x_;
   extras& x() {
