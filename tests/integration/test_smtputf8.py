@@ -6,17 +6,12 @@ import email
 import email.policy
 import mailbox
 import os
-import shutil
-import signal
 import smtplib
-import socket
-import subprocess
-import tempfile
 import time
-import unittest
 from email.message import EmailMessage
 
 import harness
+import postfix
 from harness import HELO, InboxdTestCase
 from test_dovecot import DovecotTestBase
 
@@ -222,128 +217,22 @@ class Smtputf8DovecotTest(DovecotTestBase):
         self.assertDovecotQuiet()
 
 
-POSTFIX = "/usr/sbin/postfix"
-POSTFIX_SERVICES = """pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"""
-
-
-def postfix_skip_reason():
-    if os.geteuid() != 0:
-        return "needs root: a private Postfix instance is started as root"
-    if not os.access(POSTFIX, os.X_OK):
-        return "no /usr/sbin/postfix: install Debian's postfix (./dev installs it)"
-    return None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@unittest.skipIf(postfix_skip_reason(), postfix_skip_reason() or "")
 class Smtputf8PostfixTest(InboxdTestCase):
-    """Postfix with smtputf8_enable = yes relays a UTF-8 message to inboxd.
-
-    A private instance (own config, queue and data dirs, smtpd on a free
-    loopback port, relayhost = inboxd, no DNS), started with `postfix -c DIR
-    start-fg` and stopped by `postfix -c DIR stop`, then by its PID."""
+    """Postfix with smtputf8_enable = yes relays a UTF-8 message to inboxd: a
+    private instance (postfix.py) whose relay is inboxd, without DNS."""
     sink = None
     server_kwargs = {"maildir": False, "config": CONFIG}
 
     def setUp(self):
         super().setUp()
-        self.pf_dir = tempfile.mkdtemp(prefix="inboxd-postfix-")
-        self.addCleanup(shutil.rmtree, self.pf_dir, True)
-        os.chmod(self.pf_dir, 0o755)
-        self.pf_conf = os.path.join(self.pf_dir, "conf")
-        os.makedirs(self.pf_conf)
-        os.makedirs(os.path.join(self.pf_dir, "queue"))
-        self.pf_log = os.path.join(self.pf_dir, "maillog")
-        self.pf_port = free_port()
-        with open(os.path.join(self.pf_conf, "main.cf"), "w") as f:
-            f.write(f"""compatibility_level = 3.6
-queue_directory = {self.pf_dir}/queue
-data_directory = {self.pf_dir}/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = postfix.test
-mydomain = test
-myorigin = $myhostname
-mydestination =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-relayhost = [127.0.0.1]:{self.server.port}
-smtp_dns_support_level = disabled
-smtp_tls_security_level = none
-smtputf8_enable = yes
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file = {self.pf_log}
-maillog_file_prefixes = {self.pf_dir}
-biff = no
-""")
-        with open(os.path.join(self.pf_conf, "master.cf"), "w") as f:
-            f.write(f"127.0.0.1:{self.pf_port} inet n - n - - smtpd\n{POSTFIX_SERVICES}")
-        out = open(os.path.join(self.pf_dir, "start-fg.log"), "w")
-        self.addCleanup(out.close)
-        self.pf = subprocess.Popen([POSTFIX, "-c", self.pf_conf, "start-fg"],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                   cwd=self.pf_dir)
-        self.addCleanup(self.stop_postfix)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.pf_port), timeout=1).close()
-                return
-            except OSError:
-                if self.pf.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.fail(f"Postfix did not start; log:\n{self.postfix_log()}")
-
-    def postfix_log(self):
-        text = ""
-        for name in ("start-fg.log", "maillog"):
-            path = os.path.join(self.pf_dir, name)
-            if os.path.exists(path):
-                with open(path, errors="replace") as f:
-                    text += f.read()
-        return text
-
-    def stop_postfix(self):
-        if self.pf.poll() is None:
-            subprocess.run([POSTFIX, "-c", self.pf_conf, "stop"], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=30)
-            try:
-                self.pf.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.pf.send_signal(signal.SIGTERM)  # the master we started, by its PID
-                self.pf.wait(timeout=5)
+        self.pf = postfix.Postfix(f"smtp:[127.0.0.1]:{self.server.port}",
+                                  "smtputf8_enable = yes\nsmtp_dns_support_level = disabled\n"
+                                  "smtp_tls_security_level = none\n")
+        self.addCleanup(self.pf.stop)
+        self.pf.start()
 
     def test_postfix_relays_smtputf8_to_a_utf8_local_part(self):
-        s = smtplib.SMTP("127.0.0.1", self.pf_port, local_hostname=HELO,
+        s = smtplib.SMTP("127.0.0.1", self.pf.port, local_hostname=HELO,
                          timeout=harness.TIMEOUT)
         try:
             self.assertEqual(s.sendmail("jörg@münchen.example", ["用户@münchen.example"], BODY,
@@ -356,7 +245,7 @@ biff = no
         while time.monotonic() < deadline and not (os.path.isdir(new) and os.listdir(new)):
             time.sleep(0.1)
         self.assertTrue(os.path.isdir(new) and os.listdir(new),
-                        f"nothing delivered; Postfix log:\n{self.postfix_log()}\n"
+                        f"nothing delivered; Postfix log:\n{self.pf.tail()}\n"
                         f"inboxd log:\n{self.server.log()}")
         box = mailbox.Maildir(os.path.dirname(new), factory=None, create=False)
         [key] = box.keys()
@@ -371,9 +260,9 @@ biff = no
         self.assertEqual(msg["Subject"], "Grüße aus München")
         self.assertTrue(raw.endswith("\n\n你好, Grüße\n".encode()), raw[-200:])
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "status=sent" not in self.postfix_log():
+        while time.monotonic() < deadline and "status=sent" not in self.pf.maillog():
             time.sleep(0.1)
-        self.assertRegex(self.postfix_log(), r"relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent")
+        self.assertRegex(self.pf.maillog(), r"relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent")
 
 
 if __name__ == "__main__":
