@@ -368,6 +368,16 @@ def make_server(name, workdir, args, cpu):
     return cls(name, workdir, args, cpu)
 
 
+def start_server(name, workdir, args, cpu):
+    """Makes and starts one server; returns (server, whether it is ready)."""
+    s = make_server(name, workdir, args, cpu)
+    try:
+        return s, s.start()
+    except OSError as e:
+        log(f"# {name}: cannot start: {e}")
+        return s, False
+
+
 # ---------------------------------------------------------------------------------------------
 # One load-generator run.
 
@@ -438,13 +448,8 @@ def run_matrix(args, workdir):
 
     servers = []
     for name in names:
-        s = make_server(name, workdir, args, server_cpu)
+        s, ok = start_server(name, workdir, args, server_cpu)
         servers.append(s)
-        try:
-            ok = s.start()
-        except OSError as e:
-            ok = False
-            log(f"# {name}: cannot start: {e}")
         if not ok:
             if name != "postfix-maildir":
                 log(f"# {name} not ready; log:\n{s.tail()}")
@@ -751,13 +756,8 @@ def has_maildir_sync(args):
 def start_all(names, workdir, args, cpu):
     servers = []
     for name in names:
-        s = make_server(name, workdir, args, cpu)
+        s, ok = start_server(name, workdir, args, cpu)
         servers.append(s)
-        try:
-            ok = s.start()
-        except OSError as e:
-            ok = False
-            log(f"# {name}: cannot start: {e}")
         if not ok:
             for t in servers:
                 t.stop()
