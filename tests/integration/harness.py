@@ -50,6 +50,47 @@ def run_cli(*args, timeout=TIMEOUT):
                           stdin=subprocess.DEVNULL)
 
 
+
+def attach_strace(case, pid, path, *trace_args):
+    """strace -f -qq -yy -o path TRACE_ARGS -p pid, for the rest of the test case.
+
+    Returns, once every thread of pid is traced (so no call is missed), the
+    function that detaches it (the trace is whole after it); it also runs at
+    cleanup. Skips the test when strace cannot attach."""
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-yy", "-o", path, *trace_args,
+                             "-p", str(pid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+    def traced():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                if re.search(r"^TracerPid:\s+0$", f.read(), re.M):
+                    return False
+        return True
+
+    def stop():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # detaches; the server goes on
+            try:
+                proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(TIMEOUT)
+        proc.stderr.close()
+
+    case.addCleanup(stop)
+    deadline = time.monotonic() + TIMEOUT
+    while not traced():
+        if proc.poll() is not None:
+            raise unittest.SkipTest("strace cannot attach: "
+                                    + proc.stderr.read().decode(errors="replace"))
+        if time.monotonic() > deadline:
+            case.fail("strace did not attach in time")
+        time.sleep(0.02)
+    return stop
+
+
 def client_tls_context(**kw):
     """A client TLS context that does not verify (the test certs are self-signed).
     Keyword arguments are set as attributes (e.g. maximum_version=...)."""

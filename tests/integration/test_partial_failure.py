@@ -9,9 +9,6 @@ import mailbox
 import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 import unittest
 
 import harness
@@ -242,38 +239,8 @@ class MaildirDurabilityTest(InboxdTestCase):
             raise unittest.SkipTest("strace not found")
         super().setUp()
         self.trace = os.path.join(self.server.dir, "strace.log")
-        self.strace = subprocess.Popen(
-            ["strace", "-f", "-qq", "-yy", "-e", "trace=mkdir,mkdirat,fsync,link,linkat",
-             "-o", self.trace, "-p", str(self.server.proc.pid)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.addCleanup(self.stop_strace)
-        deadline = time.monotonic() + harness.TIMEOUT
-        while not self.traced():
-            if self.strace.poll() is not None:
-                raise unittest.SkipTest("strace cannot attach: "
-                                        + self.strace.stderr.read().decode(errors="replace"))
-            if time.monotonic() > deadline:
-                self.fail("strace did not attach in time")
-            time.sleep(0.02)
-
-    def traced(self):
-        """Whether every thread of the server has strace as its tracer."""
-        task = f"/proc/{self.server.proc.pid}/task"
-        for tid in os.listdir(task):
-            with open(os.path.join(task, tid, "status")) as f:
-                if re.search(r"^TracerPid:\s+0$", f.read(), re.M):
-                    return False
-        return True
-
-    def stop_strace(self):
-        if self.strace.poll() is None:
-            self.strace.send_signal(signal.SIGTERM)   # detaches; the server goes on
-            try:
-                self.strace.wait(harness.TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.strace.kill()
-                self.strace.wait(harness.TIMEOUT)
-        self.strace.stderr.close()
+        self.stop_strace = harness.attach_strace(self, self.server.proc.pid, self.trace,
+                              "-e", "trace=mkdir,mkdirat,fsync,link,linkat")
 
     def test_new_maildirs_are_fsynced_into_their_parents(self):
         c = self.ehlo()

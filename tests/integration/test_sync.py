@@ -7,10 +7,7 @@ Skips when strace is missing or may not attach."""
 import os
 import re
 import shutil
-import signal
-import subprocess
 import threading
-import time
 import unittest
 
 import harness
@@ -54,39 +51,9 @@ class SyncOrderTest(InboxdTestCase):
         self.server_args = ("--maildir-sync", self.mode)
         super().setUp()
         self.trace = os.path.join(self.server.dir, "strace.log")
-        self.strace = subprocess.Popen(
-            ["strace", "-f", "-qq", "-yy", "-s", "200", "-o", self.trace, "-e",
-             "trace=write,writev,fsync,fdatasync,syncfs,link,linkat,rename,renameat,renameat2",
-             "-p", str(self.server.proc.pid)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.addCleanup(self.stop_strace)
-        deadline = time.monotonic() + harness.TIMEOUT
-        while not self.traced():
-            if self.strace.poll() is not None:
-                raise unittest.SkipTest("strace cannot attach: "
-                                        + self.strace.stderr.read().decode(errors="replace"))
-            if time.monotonic() > deadline:
-                self.fail("strace did not attach in time")
-            time.sleep(0.02)
-
-    def traced(self):
-        """Whether every thread of the server has strace as its tracer."""
-        task = f"/proc/{self.server.proc.pid}/task"
-        for tid in os.listdir(task):
-            with open(os.path.join(task, tid, "status")) as f:
-                if re.search(r"^TracerPid:\s+0$", f.read(), re.M):
-                    return False
-        return True
-
-    def stop_strace(self):
-        if self.strace.poll() is None:
-            self.strace.send_signal(signal.SIGTERM)   # detaches; the server goes on
-            try:
-                self.strace.wait(harness.TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.strace.kill()
-                self.strace.wait(harness.TIMEOUT)
-        self.strace.stderr.close()
+        self.stop_strace = harness.attach_strace(
+            self, self.server.proc.pid, self.trace, "-s", "200", "-e",
+            "trace=write,writev,fsync,fdatasync,syncfs,link,linkat,rename,renameat,renameat2")
 
     def is_sync(self, call, path):
         """Whether call is a sync that covers path (a file, or the folder new/)."""
