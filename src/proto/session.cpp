@@ -953,7 +953,7 @@ void session::on_committed(std::span<const store_outcome> per_recipient) {
     const recipient* r = i < tx_->recipients.size() ? &tx_->recipients[i] : nullptr;
     events_.session_log(log_level::warning,
                         fmt::format(FMT_STRING("id={} mailbox={}@{} not stored: {}"), tx_->queue_id,
-                                    r ? r->user : "?", r ? r->domain : "?",
+                                    r ? printable(r->user) : "?", r ? printable(r->domain) : "?",
                                     o.error ? std::strerror(o.error) : "sink failure"));
   }
   if (id == reply_id::queued)
@@ -1141,7 +1141,7 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
     const recipient* r = i < tx.recipients.size() ? &tx.recipients[i] : nullptr;
     events_.session_log(log_level::warning,
                         fmt::format(FMT_STRING("id={} mailbox={}@{} not stored: {}"), tx.queue_id,
-                                    r ? r->user : "?", r ? r->domain : "?",
+                                    r ? printable(r->user) : "?", r ? printable(r->domain) : "?",
                                     o.error ? std::strerror(o.error) : "sink failure"));
   }
   std::uint32_t begin = 0;
