@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 
@@ -43,7 +44,10 @@ thread_local budget_queue queue;
 namespace detail {
 
 // One folder's (or filesystem's) group commit, on one loop: at most one
-// sync job at a time, for the cohort that joined before it began.
+// sync job at a time, for the cohort that joined before it began. The
+// cohort is taken when the job begins on its pool thread, not when it is
+// queued: deliveries that join while it waits in the pool's queue behind
+// others' jobs (their links made) are covered too.
 struct sync_group {
   using member = std::pair<pooled_delivery*, std::size_t>;  // delivery, its request
 
@@ -57,14 +61,16 @@ struct sync_group {
   std::string path;
   uv_loop_t* loop;
   std::string key;              // in the map of groups
+  std::mutex mutex;             // guards waiting, and cohort while it is swapped
   std::vector<member> waiting;  // joined since the running sync began
   std::vector<member> cohort;   // covered by the running sync
   int error = 0;                // the running sync's result
-  bool running = false;
-  bool draining = false;  // after_work is handing results out: start later
+  bool running = false;         // a job is queued or runs (loop thread)
+  bool draining = false;        // after_work is handing results out: start later
   uv_work_t req{};
 
-  void join(pooled_delivery* d, std::size_t i);
+  // False when there is no memory to wait here.
+  [[nodiscard]] bool join(pooled_delivery* d, std::size_t i) noexcept;
   void start();
   static void work_cb(uv_work_t* req) noexcept;
   static void after_work_cb(uv_work_t* req, int status) noexcept;
@@ -83,25 +89,35 @@ std::string key_of(sync_kind kind, dev_t dev, const std::string& path) {
 
 }  // namespace
 
-void sync_group::join(pooled_delivery* d, std::size_t i) {
-  waiting.emplace_back(d, i);
+bool sync_group::join(pooled_delivery* d, std::size_t i) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    try {
+      waiting.emplace_back(d, i);
+    } catch (...) {
+      return false;
+    }
+  }
   if (!running && !draining) start();
+  return true;
 }
 
 void sync_group::start() {
   running = true;
-  cohort.swap(waiting);
-  // A delivery that waits for this sync only gets its after_sync() run in
-  // this job, on the same pool thread, right after the sync: no job of its
-  // own.
-  for (auto& [d, i] : cohort) d->sync_inline_ = d->sync_pending_ == 1;
   req.data = this;
   uv_queue_work(loop, &req, work_cb, after_work_cb);
 }
 
 void sync_group::work_cb(uv_work_t* req) noexcept {
   auto* g = static_cast<sync_group*>(req->data);
+  {
+    // Every delivery in waiting has made its links: the sync begins after.
+    std::lock_guard<std::mutex> lock(g->mutex);
+    g->cohort.swap(g->waiting);
+  }
   g->error = run_sync(g->kind, g->dev, g->path);
+  // A delivery that waits for this sync only (sync_inline_) gets its
+  // after_sync() run here, right after the sync: no job of its own.
   for (auto& [d, i] : g->cohort) {
     if (!d->sync_inline_) continue;
     d->syncing_[i].error = g->error;
@@ -117,10 +133,12 @@ void sync_group::after_work_cb(uv_work_t* req, int) noexcept {
   // had its turn, so that it covers every one that joins.
   g->draining = true;
   std::vector<member> done;
-  done.swap(g->cohort);
+  {
+    std::lock_guard<std::mutex> lock(g->mutex);
+    done.swap(g->cohort);
+  }
   for (auto& [d, i] : done) {
     if (d->sync_inline_) {
-      d->sync_inline_ = false;
       d->sync_pending_ = 0;
       d->synced();
       continue;
@@ -131,11 +149,14 @@ void sync_group::after_work_cb(uv_work_t* req, int) noexcept {
     if (--d->sync_pending_ == 0) d->start(pooled_delivery::job::after_sync);
   }
   g->draining = false;
-  if (!g->waiting.empty()) {
+  bool more = false;
+  {
+    std::lock_guard<std::mutex> lock(g->mutex);
+    more = !g->waiting.empty();
     done.clear();
     g->cohort.swap(done);  // keep the memory for the next cohort
-    return g->start();
   }
+  if (more) return g->start();
   std::string key = std::move(g->key);  // not a reference into what erase frees
   groups.erase(key);
 }
@@ -151,6 +172,7 @@ store_outcome outcome_of(int error) noexcept {
 std::size_t pooled_delivery::in_sync_stage(sync_kind kind, dev_t dev, const std::string& path) {
   auto it = detail::groups.find(detail::key_of(kind, dev, path));
   if (it == detail::groups.end()) return 0;
+  std::lock_guard<std::mutex> lock(it->second->mutex);
   return it->second->waiting.size() + it->second->cohort.size();
 }
 
@@ -335,6 +357,9 @@ void pooled_delivery::enter_sync_stage() noexcept {
   requests_.clear();
   const std::size_t n = syncing_.size();
   sync_pending_ = n;
+  // Waiting for one sync only, after_sync() runs in that sync's job (read
+  // there on the pool: set before join(), whose lock orders the two).
+  sync_inline_ = n == 1;
   // Once the last one has joined, its group's job may already run this
   // delivery's after_sync() on the pool: nothing here touches it after that.
   for (std::size_t i = 0; i < n; ++i) {
@@ -347,17 +372,15 @@ void pooled_delivery::enter_sync_stage() noexcept {
         slot = std::make_unique<detail::sync_group>(r.kind, r.dev, r.path, loop_, key);
       }
       g = slot.get();
-      // Room first, so that join() cannot throw (doubling: linear in all).
-      if (g->waiting.size() == g->waiting.capacity())
-        g->waiting.reserve(std::max<std::size_t>(8, 2 * g->waiting.capacity()));
     } catch (...) {
-      // No memory for the group: this sync cannot be waited for, so it
-      // fails (the sender retries).
-      syncing_[i].error = ENOMEM;
-      if (--sync_pending_ == 0) start(job::after_sync);
-      continue;
+      g = nullptr;
     }
-    g->join(this, i);
+    if (g && g->join(this, i)) continue;
+    // No memory for the group: this sync cannot be waited for, so it fails
+    // (the sender retries), and after_sync() gets a job of its own.
+    syncing_[i].error = ENOMEM;
+    if (n == 1) sync_inline_ = false;
+    if (--sync_pending_ == 0) start(job::after_sync);
   }
 }
 
