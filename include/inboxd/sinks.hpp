@@ -50,8 +50,8 @@ class null_sink final : public sink {
 
 // How the Maildir sink makes a message durable before its 250.
 enum class maildir_sync : unsigned char {
-  // fsync of the file, then of new/ after the link (shared by the links
-  // made into one new/ meanwhile).
+  // fdatasync of the file, then fsync of new/ after the link (one for the
+  // links made into that new/ meanwhile: the sync stage, DESIGN.md).
   fsync,
   // syncfs(2) of the Maildir's filesystem, once after the file is written
   // and once after its link, each shared by every delivery waiting on that

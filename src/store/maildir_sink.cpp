@@ -1,20 +1,21 @@
 // The Maildir sink: durable delivery as DESIGN.md says, all or nothing.
 //
 // A message is written once to <maildir>/tmp/<unique> of its first
-// recipient and fsynced. Then a copy is staged in the tmp/ of every other
-// recipient's Maildir (a hard link, or a fsynced copy of the bytes when that
-// Maildir is on another file system). Only when every copy is staged is each
-// one linked as new/<unique>,S=<size> and each new/ fsynced (deliveries
-// into one new/ at the same time share that fsync: dir_sync.hpp); if any step
-// fails, every copy already made is taken back and every recipient fails
-// alike, so the reply is 250 with the message in every new/, or 451 (452 for
-// a full disk) with it in none: the sender's retry makes no duplicate. A
-// crash at any instant leaves in each new/ nothing or a whole message.
-// With maildir_sync::syncfs, one syncfs of the filesystem after the write
-// and one after the links take the place of those fsyncs (dir_sync.hpp).
-// Maildirs named by a template ({domain}, {user}) get their tmp/ new/ cur/ on
-// first delivery. All file work runs on libuv's thread pool
-// (pooled_delivery).
+// recipient and fdatasynced. Then a copy is staged in the tmp/ of every
+// other recipient's Maildir (a hard link, or a fsynced copy of the bytes
+// when that Maildir is on another file system). Only when every copy is
+// staged is each one linked as new/<unique>,S=<size>; the pool job then
+// ends, and the sync stage (pooled_delivery.hpp) runs the fsync of each new/,
+// one for every delivery that linked into it meanwhile; if any step fails,
+// every copy already made is taken back and every recipient fails alike, so
+// the reply is 250 with the message in every new/, or 451 (452 for a full
+// disk) with it in none: the sender's retry makes no duplicate. A crash at
+// any instant leaves in each new/ nothing or a whole message. With
+// maildir_sync::syncfs, two syncfs of the filesystem take the place of those
+// fsyncs, both from the sync stage: one after the write, before the links
+// (made in the job of that syncfs), and one after the links. Maildirs named
+// by a template ({domain}, {user}) get their tmp/ new/ cur/ on first
+// delivery. All file work runs on libuv's thread pool (pooled_delivery).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -183,22 +184,29 @@ class maildir_delivery final : public pooled_delivery {
 
   // LMTP (envelope.independent_outcomes): each Maildir gets the message or
   // its own error in box_errors_, and a failure takes nothing back from the
-  // others, since each recipient hears its own reply. May throw bad_alloc.
+  // others, since each recipient hears its own reply. Each link asks for an
+  // fsync of its new/ (tagged with its Maildir); after_sync() takes back
+  // the copies whose fsync failed. May throw bad_alloc.
   void publish_each() {
-    std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    final_name_ = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    published_.clear();
+    published_.reserve(dirs_.paths.size());
     auto publish_one = [&](std::size_t i) {
       std::string staged = tmp_path_;
       if (i != stage_index_) {
         if (int e = stage_copy(i, staged)) return e;
         if (staged.empty()) return box_errors_[stage_index_];  // the same Maildir
       }
-      std::string target = dirs_.paths[i] + final_name;
+      std::string target = dirs_.paths[i] + final_name_;
       int rc = ::link(staged.c_str(), target.c_str());
       if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
         rc = ::link(staged.c_str(), target.c_str());
-      int e = rc == 0 ? store::shared_dir_syncer().sync(dirs_.paths[i] + "/new") : errno;
+      int e = rc == 0 ? 0 : errno;
       if (i != stage_index_) ::unlink(staged.c_str());
-      if (e && rc == 0) ::unlink(target.c_str());  // not durable: not delivered
+      if (rc == 0) {
+        published_.push_back(i);
+        need_sync(store::sync_kind::dir, 0, dirs_.paths[i] + "/new", i);
+      }
       return e;
     };
     box_errors_[stage_index_] = publish_one(stage_index_);
@@ -237,9 +245,11 @@ class maildir_delivery final : public pooled_delivery {
            sa.st_ino == sb.st_ino;
   }
 
-  // Makes the message visible in every Maildir, or in none. Returns 0, or
-  // the errno value of the first failure with failed_ set to its Maildir.
-  // May throw std::bad_alloc, which finish() turns into a failure.
+  // Links the message into every Maildir's new/, or into none, and asks for
+  // the syncs that make the links durable. Returns 0, or the errno value of
+  // the first failure with failed_ set to its Maildir (and nothing left
+  // published). May throw std::bad_alloc: the caller then takes back what
+  // published_ holds.
   int publish(std::vector<std::string>& staged) {
     const std::size_t n = dirs_.paths.size();
     staged[0] = tmp_path_;
@@ -252,13 +262,13 @@ class maildir_delivery final : public pooled_delivery {
     }
     // Every copy is staged: publish each. link() rather than rename(): it
     // never replaces a message already in new/ under the same name.
-    std::string final_name = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
-    std::vector<std::size_t> published;  // indexes in dirs_.paths
-    published.reserve(n);
+    final_name_ = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    published_.clear();
+    published_.reserve(n);
     int e = 0;
     for (std::size_t i = 0; i < n; ++i) {
       if (staged[i].empty()) continue;  // published through another name
-      std::string target = dirs_.paths[i] + final_name;
+      std::string target = dirs_.paths[i] + final_name_;
       int rc = ::link(staged[i].c_str(), target.c_str());
       // A Maildir with a tmp/ but no new/ gets its missing folders.
       if (rc != 0 && errno == ENOENT && make_maildir(dirs_.paths[i]) == 0)
@@ -268,35 +278,41 @@ class maildir_delivery final : public pooled_delivery {
         failed_ = i;
         break;
       }
-      published.push_back(i);
+      published_.push_back(i);
     }
     // Each link is durable only once its directory is: an fsync of new/
-    // (or a syncfs) that began after the link. Deliveries into one new/ (or
-    // filesystem) at the same time share it (dir_sync.hpp); a lone one runs
-    // its own at once.
-    if (!e && syncfs_) e = sync_filesystems(published);
-    for (std::size_t k = 0; k < published.size() && !e && !syncfs_; ++k) {
-      std::size_t i = published[k];
-      if ((e = store::shared_dir_syncer().sync(dirs_.paths[i] + "/new"))) failed_ = i;
+    // (or a syncfs) that begins after the link. The sync stage shares it
+    // among the deliveries into that new/ (or filesystem) meanwhile
+    // (pooled_delivery.hpp); a lone one gets its own at once.
+    if (!e && syncfs_) e = ask_syncfs();
+    for (std::size_t k = 0; k < published_.size() && !e && !syncfs_; ++k) {
+      std::size_t i = published_[k];
+      need_sync(store::sync_kind::dir, 0, dirs_.paths[i] + "/new", i);
     }
-    if (e) {
-      // Take back what was published: the sender retries the whole message,
-      // so no recipient may keep a copy. Best effort to make that durable.
-      for (std::size_t i : published) {
-        ::unlink((dirs_.paths[i] + final_name).c_str());
-        (void)store::fsync_dir(dirs_.paths[i] + "/new");
-      }
-    }
+    if (e) take_back();
     return e;
   }
 
-  // One syncfs, begun after the links, of each filesystem that got one.
-  // The staging Maildir's is dev_; another's new/ is on it unless its copy
-  // was made across filesystems.
-  int sync_filesystems(const std::vector<std::size_t>& published) {
+  // Takes back what was published: the sender retries the whole message,
+  // so no recipient may keep a copy. Best effort to make that durable.
+  void take_back() noexcept {
+    for (std::size_t i : published_) {
+      try {
+        ::unlink((dirs_.paths[i] + final_name_).c_str());
+        (void)store::fsync_dir(dirs_.paths[i] + "/new");
+      } catch (...) {  // no memory for the path: nothing more can be done
+      }
+    }
+    published_.clear();
+  }
+
+  // Asks for one syncfs, begun after the links, of each filesystem that got
+  // one. The staging Maildir's is dev_; another's new/ is on it unless its
+  // copy was made across filesystems.
+  int ask_syncfs() {
     std::vector<std::pair<dev_t, std::size_t>> fs;  // (filesystem, a Maildir on it)
-    fs.reserve(published.size());
-    for (std::size_t i : published) {
+    fs.reserve(published_.size());
+    for (std::size_t i : published_) {
       struct stat st {};
       if (i != stage_index_ && ::stat((dirs_.paths[i] + "/new").c_str(), &st) != 0) {
         failed_ = i;
@@ -307,23 +323,24 @@ class maildir_delivery final : public pooled_delivery {
     std::sort(fs.begin(), fs.end());
     for (std::size_t k = 0; k < fs.size(); ++k) {
       if (k > 0 && fs[k].first == fs[k - 1].first) continue;
-      const std::string& dir = dirs_.paths[fs[k].second];
-      if (int e = store::shared_fs_syncer().sync(fs[k].first, dir, since_)) {
-        failed_ = fs[k].second;
-        return e;
-      }
+      need_sync(store::sync_kind::fs, fs[k].first, dirs_.paths[fs[k].second], fs[k].second);
     }
     return 0;
   }
 
   // The staged file's bytes must be durable before its link is: else a
-  // crash could leave a link in new/ to a file not all written.
+  // crash could leave a link in new/ to a file not all written. With
+  // fsync, fdatasync(2) of the file here (its size and blocks are what
+  // reading it back needs, and fdatasync writes them; a timestamp it may
+  // leave is not worth a second write). With syncfs, one syncfs of the
+  // filesystem, asked for once the file is closed and shared with every
+  // file written meanwhile: here only its filesystem is found.
   int sync_data() noexcept {
-    if (!syncfs_) return ::fsync(fd_) == 0 ? 0 : errno;
+    if (!syncfs_) return ::fdatasync(fd_) == 0 ? 0 : errno;
     struct stat st {};
     if (::fstat(fd_, &st) != 0) return errno;
     dev_ = st.st_dev;
-    return store::shared_fs_syncer().sync(dev_, dirs_.paths[stage_index_], since_);
+    return 0;
   }
 
   void finish(const std::string& batch, std::vector<store_outcome>& outcomes) noexcept override {
@@ -331,7 +348,26 @@ class maildir_delivery final : public pooled_delivery {
     if (!error_) error_ = sync_data();
     if (fd_ >= 0 && ::close(fd_) != 0 && !error_) error_ = errno;
     fd_ = -1;
+    if (!error_ && syncfs_) {
+      try {
+        need_sync(store::sync_kind::fs, dev_, dirs_.paths[stage_index_], stage_index_);
+        synced_data_ = false;
+        return;  // publish_all() runs in after_sync(), once the data is durable
+      } catch (...) {
+        drop_syncs();
+        error_ = ENOMEM;
+      }
+    }
+    publish_all(outcomes);
+  }
+
+  // The data is durable (or error_ says why not): links the message into
+  // new/ and asks for the syncs of the links, or fails every recipient.
+  // The outcomes it fills stand when it asked for no sync; else
+  // after_sync() fills them again.
+  void publish_all(std::vector<store_outcome>& outcomes) noexcept {
     int e = error_;
+    if (e) failed_ = stage_index_;
     try {
       std::vector<std::string> staged(dirs_.paths.size());
       if (!e && independent_)
@@ -340,24 +376,67 @@ class maildir_delivery final : public pooled_delivery {
         e = publish(staged);
       // The tmp/ names go whether the message was published or not: the
       // other Maildirs' here, the first one's (staged[0], tmp_path_) below,
-      // once. They need no fsync: a published message is durable in new/
-      // already, and a tmp/ name that a crash leaves behind is never read
-      // (Maildir readers clean tmp/ of files older than 36 hours).
+      // once. They need no sync: a published message is durable in new/
+      // once its sync ends, and a tmp/ name that a crash leaves behind is
+      // never read (Maildir readers clean tmp/ of files older than 36 hours).
       for (std::size_t i = 1; i < staged.size(); ++i)
         if (!staged[i].empty()) ::unlink(staged[i].c_str());
     } catch (...) {
       e = ENOMEM;
+      drop_syncs();
+      take_back();
     }
     if (!tmp_path_.empty()) ::unlink(tmp_path_.c_str());
     tmp_path_.clear();
-    // Every recipient gets the same result, so the reply is one truth for
-    // all. The Maildir that failed carries its error, the others
-    // ECANCELED ("Operation canceled"): the log names the mailbox to fix.
+    conclude(e, outcomes);
+  }
+
+  void after_sync(std::vector<sync_request>& done,
+                  std::vector<store_outcome>& outcomes) noexcept override {
+    if (!synced_data_) {
+      // syncfs: the data's sync has ended. A syncfs that failed while this
+      // message was written may have failed on its pages (an error is
+      // reported once): that fails it too.
+      synced_data_ = true;
+      int e = done.empty() ? 0 : done[0].error;
+      if (!e) e = store::shared_fs_syncer().failed_since(since_);
+      error_ = e;
+      return publish_all(outcomes);
+    }
+    if (independent_) {
+      // LMTP: a mailbox whose new/ was not synced loses its copy alone.
+      for (const sync_request& r : done) {
+        if (!r.error) continue;
+        box_errors_[r.tag] = r.error;
+        try {
+          ::unlink((dirs_.paths[r.tag] + final_name_).c_str());
+        } catch (...) {
+        }
+      }
+      return conclude(0, outcomes);
+    }
+    int e = 0;
+    for (const sync_request& r : done) {
+      if (r.error && !e) {
+        e = r.error;
+        failed_ = r.tag;
+      }
+    }
+    if (!e && syncfs_ && (e = store::shared_fs_syncer().failed_since(since_)))
+      failed_ = stage_index_;
+    if (e) take_back();
+    conclude(e, outcomes);
+  }
+
+  // Every recipient gets the same result, so the reply is one truth for
+  // all. The Maildir that failed carries its error, the others ECANCELED
+  // ("Operation canceled"): the log names the mailbox to fix. LMTP: each
+  // mailbox has its own truth.
+  void conclude(int e, std::vector<store_outcome>& outcomes) noexcept {
     store_outcome fail = store::outcome_of(e);
     for (std::size_t r = 0; r < outcomes.size(); ++r) {
       outcomes[r] = fail;
       if (e && dirs_.of[r] != failed_) outcomes[r].error = ECANCELED;
-      // LMTP: each mailbox has its own truth.
       if (!e && independent_) outcomes[r] = store::outcome_of(box_errors_[dirs_.of[r]]);
     }
   }
@@ -375,13 +454,16 @@ class maildir_delivery final : public pooled_delivery {
   std::string tmp_path_;        // the first Maildir's tmp/<unique>, once open
   int fd_ = -1;
   std::size_t size_ = 0;
-  std::size_t failed_ = 0;       // the Maildir (index in dirs_.paths) that failed
-  bool independent_ = false;     // envelope.independent_outcomes (LMTP)
-  std::size_t stage_index_ = 0;  // the Maildir whose tmp/ holds the staged file
-  std::vector<int> box_errors_;  // LMTP: each Maildir's errno, or 0
+  std::size_t failed_ = 0;              // the Maildir (index in dirs_.paths) that failed
+  bool independent_ = false;            // envelope.independent_outcomes (LMTP)
+  std::size_t stage_index_ = 0;         // the Maildir whose tmp/ holds the staged file
+  std::vector<int> box_errors_;         // LMTP: each Maildir's errno, or 0
+  std::vector<std::size_t> published_;  // Maildirs (indexes) linked into new/
+  std::string final_name_;              // "/new/<unique>,S=<size>"
   bool syncfs_;
-  std::uint64_t since_;  // the fs syncer's failures() before the first write
-  dev_t dev_ = 0;        // the filesystem of the staged file (syncfs)
+  bool synced_data_ = true;  // syncfs: false while the data's syncfs is awaited
+  std::uint64_t since_;      // the fs syncer's failures() before the first write
+  dev_t dev_ = 0;            // the filesystem of the staged file (syncfs)
 };
 
 delivery* maildir_sink::begin(const envelope& env, delivery_listener& listener) {

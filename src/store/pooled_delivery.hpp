@@ -25,6 +25,25 @@
 // each time), for lock_patience in all; past that every recipient fails
 // with EAGAIN (451 4.3.0, the sender retries later).
 //
+// The sync stage: finish() need not wait for a sync that other deliveries
+// could share. It asks for it (need_sync(): an fsync of a folder, or a
+// syncfs of a filesystem) and returns; the pool thread is free at once. On
+// the loop, the delivery then joins its folder's group (one per folder or
+// filesystem, on this thread): a group runs one sync at a time, as a pool
+// job, for every delivery that joined before that sync began; those that
+// join while it runs wait for the next one, which starts as soon as it ends
+// (no timer: a lone delivery's sync starts at once). When every sync a
+// delivery asked for has ended, after_sync() runs on the pool with their
+// errors (inside the group's job when it waited for that one sync only, so
+// a cohort costs one pool job in all): it may ask for more syncs (a syncfs
+// after the links, when the one before them covered the data), or fill the
+// outcomes, which committed() then carries to the session. So no pool
+// thread ever waits for another delivery's sync, and the deliveries that
+// share one are as many as there are sessions committing, not threads.
+// Everything in the stage is a libuv request, so the loop stays alive (and
+// a server's drain waits) until every delivery in it is done, and there is
+// no thread to join.
+//
 // Lifetime: the object frees itself, after committed() or, once aborted,
 // after its last pool job (and the close of its timer, if it had one). A
 // derived class keeps all it needs in itself: it must not use its sink after
@@ -40,8 +59,13 @@
 
 #include "inboxd/sink.hpp"
 #include "inboxd/sinks.hpp"
+#include "store/dir_sync.hpp"
 
 namespace inboxd::store {
+
+namespace detail {
+struct sync_group;
+}
 
 class pooled_delivery : public delivery {
  public:
@@ -55,6 +79,12 @@ class pooled_delivery : public delivery {
   bool write(std::string_view bytes) final;
   void commit() final;
   void abort() noexcept final;
+
+  // For tests (loop thread): the deliveries in the sync stage for this
+  // folder (or filesystem), running or waiting, and the groups known.
+  [[nodiscard]] static std::size_t in_sync_stage(sync_kind kind, dev_t dev,
+                                                 const std::string& path);
+  [[nodiscard]] static std::size_t sync_groups() noexcept;
 
  protected:
   // budget: the server's shared one; null means one budget for every
@@ -82,15 +112,39 @@ class pooled_delivery : public delivery {
   // Pool thread, from finish(): a lock is held by someone else; try again.
   void retry_later() noexcept { retry_ = true; }
 
+  // A sync asked for by finish() or after_sync(), and once it has ended,
+  // its result.
+  struct sync_request {
+    sync_kind kind = sync_kind::dir;
+    dev_t dev = 0;        // sync_kind::fs: the filesystem
+    std::string path;     // the folder (fs: a folder in the filesystem)
+    std::size_t tag = 0;  // the derived class's own (which mailbox)
+    int error = 0;        // set when the sync has ended: 0 or an errno value
+  };
+
+  // Pool thread, from finish() or after_sync(): the outcome waits for a sync
+  // of path (or of filesystem dev) begun after this call. May throw
+  // std::bad_alloc; the caller then calls drop_syncs() and fails.
+  void need_sync(sync_kind kind, dev_t dev, std::string path, std::size_t tag = 0);
+  void drop_syncs() noexcept { requests_.clear(); }
+
+  // Pool thread: every sync asked for has ended; done holds them with their
+  // errors. Fills outcomes, or asks for more syncs and leaves them alone.
+  virtual void after_sync(std::vector<sync_request>& done,
+                          std::vector<store_outcome>& outcomes) noexcept;
+
   int error_ = 0;
 
  private:
-  enum class job : unsigned char { stage, finish, discard };
+  enum class job : unsigned char { stage, finish, discard, after_sync };
+  friend struct detail::sync_group;
 
   void start(job j);
   void drop() noexcept;
   void destroy() noexcept;
   void after_work() noexcept;
+  void enter_sync_stage() noexcept;
+  void synced() noexcept;
   void wait_for_lock() noexcept;
   void count() noexcept;
   void queue_for_budget() noexcept;
@@ -128,6 +182,13 @@ class pooled_delivery : public delivery {
   bool waiting_ = false;   // the timer runs: waiting to try the locks again
   bool queued_ = false;    // paused, in the queue for the budget
   bool reserved_ = false;  // woken with room promised (wake_room), not written yet
+  // The sync stage. requests_: asked for by the job that runs (pool thread
+  // while busy_); syncing_: the ones being waited for (loop thread, and the
+  // pool job that runs after_sync), sync_pending_ of them not ended yet.
+  std::vector<sync_request> requests_;
+  std::vector<sync_request> syncing_;
+  std::size_t sync_pending_ = 0;
+  bool sync_inline_ = false;  // after_sync runs inside its group's job
   pooled_delivery* queue_prev_ = nullptr;
   pooled_delivery* queue_next_ = nullptr;
 };

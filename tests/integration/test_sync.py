@@ -3,7 +3,9 @@
 are written, then a sync begins and ends, then its link into new/ is made, then
 a sync that began after that link ends, and only then is its 250 written. A
 crash cannot be had in a test; this shows the order that makes one harmless.
-Skips when strace is missing or may not attach."""
+The syncs of new/ run in the sync stage (pooled_delivery.hpp), shared by the
+messages that linked meanwhile; with two Maildirs per message, each 250 waits
+for a sync of each new/. Skips when strace is missing or may not attach."""
 import os
 import re
 import shutil
@@ -44,12 +46,23 @@ def parse(trace):
 
 class SyncOrderTest(InboxdTestCase):
     mode = "fsync"
+    users = None  # None: one Maildir for all; else each message goes to each user's
 
     def setUp(self):
         if not shutil.which("strace"):
             raise unittest.SkipTest("strace not found")
         self.server_args = ("--maildir-sync", self.mode)
+        if self.users:
+            self.server_args += ("--maildir", "mail/{user}")
+            self.server_kwargs = {"maildir": False}
         super().setUp()
+        if self.users:
+            self.boxes = [os.path.realpath(os.path.join(self.server.dir, "mail", u))
+                          for u in self.users]
+            self.named = [f"mail/{u}" for u in self.users]  # as the server names them
+        else:
+            self.boxes = [os.path.realpath(self.server.maildir)]
+            self.named = self.boxes
         self.trace = os.path.join(self.server.dir, "strace.log")
         self.stop_strace = harness.attach_strace(
             self, self.server.proc.pid, self.trace, "-s", "200", "-e",
@@ -60,7 +73,9 @@ class SyncOrderTest(InboxdTestCase):
         name, text = call[0], call[1]
         if self.mode == "syncfs":
             return name == "syncfs" and text.rstrip().endswith("= 0")
-        return name == "fsync" and re.match(rf"\d+<{re.escape(path)}>\)\s+= 0$", text) is not None
+        # The file's data may be synced with fdatasync, a folder with fsync.
+        return name in ("fsync", "fdatasync") and \
+            re.match(rf"\d+<{re.escape(path)}>\)\s+= 0$", text) is not None
 
     def test_every_250_follows_a_sync_begun_after_its_link(self):
         errors = []
@@ -68,8 +83,10 @@ class SyncOrderTest(InboxdTestCase):
         def send(tid):
             try:
                 c = self.ehlo()
+                rcpts = [f"{u}@example.com" for u in self.users] if self.users \
+                    else [f"t{tid}@example.com"]
                 for _ in range(MESSAGES):
-                    self.deliver(c, "a@example.net", [f"t{tid}@example.com"], BODY)
+                    self.deliver(c, "a@example.net", rcpts, BODY)
             except Exception as e:   # reported below, from the main thread
                 errors.append(e)
 
@@ -82,40 +99,63 @@ class SyncOrderTest(InboxdTestCase):
         self.stop_strace()
         with open(self.trace) as f:
             calls = parse(f.read())
-        other = "fsync" if self.mode == "syncfs" else "syncfs"
-        self.assertFalse([c for c in calls if c[0] == other], f"{other} used in mode {self.mode}")
-        syncs = [c for c in calls if c[0] in ("fsync", "syncfs")]
+        # (A Maildir made for its first message has its folders fsynced in
+        # their parents in either mode: only messages and new/ count here.)
+        others = ("fsync", "fdatasync") if self.mode == "syncfs" else ("syncfs",)
+        def of_message(text):
+            return any(f"<{box}/new>" in text or f"<{box}/tmp/" in text for box in self.boxes)
+        self.assertFalse([c for c in calls if c[0] in others
+                          and (self.mode == "fsync" or of_message(c[1]))],
+                         f"{others} used in mode {self.mode}")
+        syncs = [c for c in calls if c[0] in ("fsync", "fdatasync", "syncfs")]
 
-        maildir = os.path.realpath(self.server.maildir)
-        stored = self.server.files("new")
+        # The message is written once, in the first Maildir's tmp/.
+        stored = harness.read_files(os.path.join(self.boxes[0], "new"))
         self.assertEqual(len(stored), THREADS * MESSAGES)
         for name, data in stored.items():
             with self.subTest(file=name):
                 qid = harness.parse_stored(data)["id"]
-                tmp = f"{maildir}/tmp/{name.split(',S=')[0]}"
-                new = f"{maildir}/new/{name}"
-                # Its last write, its publication, and the write of its 250.
+                tmp = f"{self.boxes[0]}/tmp/{name.split(',S=')[0]}"
+                # Its last write, and the write of its 250.
                 of_tmp = re.compile(rf"\d+<{re.escape(tmp)}>")
                 written = max(c[3] for c in calls if c[0] == "write" and of_tmp.match(c[1]))
-                linked = [c for c in calls if c[0] in ("link", "linkat", "rename", "renameat",
-                                                       "renameat2") and f'"{new}"' in c[1]
-                          and c[1].rstrip().endswith("= 0")]
-                self.assertEqual(len(linked), 1, f"not one link into new/: {linked}")
-                linked = linked[0]
                 replied = [c[2] for c in calls if c[0] in ("write", "writev")
                            and f"queued as {qid}\\r\\n" in c[1]]
                 self.assertEqual(len(replied), 1, f"not one 250 for {qid}")
                 replied = replied[0]
-                self.assertLess(written, linked[2])
-                self.assertTrue(any(self.is_sync(s, tmp) and written < s[2] and s[3] < linked[2]
+                # The data's sync ends before the first link begins.
+                links = []
+                for box in self.named:
+                    new = f"{box}/new/{name}"
+                    linked = [c for c in calls if c[0] in ("link", "linkat", "rename", "renameat",
+                                                           "renameat2") and f'"{new}"' in c[1]
+                              and c[1].rstrip().endswith("= 0")]
+                    self.assertEqual(len(linked), 1, f"not one link into {box}/new/: {linked}")
+                    links.append(linked[0])
+                first_link = min(c[2] for c in links)
+                self.assertLess(written, first_link)
+                self.assertTrue(any(self.is_sync(s, tmp) and written < s[2] and s[3] < first_link
                                     for s in syncs),
                                 f"{name}: no {self.mode} of its data between its write and link")
-                self.assertTrue(any(self.is_sync(s, f"{maildir}/new") and linked[3] < s[2]
-                                    and s[3] < replied for s in syncs),
-                                f"{name}: no {self.mode} begun after its link ended before its 250")
+                # Each new/ is synced by a sync begun after its link, ended before the 250.
+                for box, linked in zip(self.boxes, links):
+                    self.assertTrue(any(self.is_sync(s, f"{box}/new") and linked[3] < s[2]
+                                        and s[3] < replied for s in syncs),
+                                    f"{name}: no {self.mode} of {box}/new begun after its link "
+                                    f"ended before its 250")
 
 
 class SyncfsOrderTest(SyncOrderTest):
+    mode = "syncfs"
+
+
+class TwoMaildirsSyncOrderTest(SyncOrderTest):
+    """Each message to two Maildirs: staged in both tmp/, linked into both new/,
+    and answered only after an fsync of each new/ begun after its link."""
+    users = ("alice", "bob")
+
+
+class TwoMaildirsSyncfsOrderTest(TwoMaildirsSyncOrderTest):
     mode = "syncfs"
 
 
