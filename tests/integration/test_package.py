@@ -69,13 +69,22 @@ def why_not():
     return None
 
 
+# What an earlier dpkg-buildpackage in the tree leaves in debian/.
+DEBIAN_LEFTOVERS = {".debhelper", "inboxd", "libinboxd-dev", "tmp", "files",
+                    "debhelper-build-stamp"}
+
+
 def ignore_top(top):
     """copytree's ignore: the source tree without builds, state or VCS data."""
     def ignore(folder, names):
-        if os.path.abspath(folder) == top:
+        folder = os.path.abspath(folder)
+        if folder == top:
             return [n for n in names if n.startswith(("build", "obj-", ".git", "var"))]
-        if os.path.basename(folder) == "subprojects":
+        if folder == os.path.join(top, "subprojects"):
             return [n for n in names if not n.endswith(".wrap")]  # fetched sources
+        if folder == os.path.join(top, "debian"):
+            return [n for n in names if n in DEBIAN_LEFTOVERS
+                    or n.endswith((".substvars", ".debhelper.log"))]
         return []
     return ignore
 
@@ -95,7 +104,6 @@ class PackageTest(unittest.TestCase):
     def build_packages(cls):
         tree = os.path.join(cls.work, "inboxd")
         shutil.copytree(SOURCE, tree, ignore=ignore_top(SOURCE), symlinks=True)
-        shutil.rmtree(os.path.join(tree, "debian", "inboxd"), ignore_errors=True)
         # nocheck: the package's own unit tests are not built (this suite is
         # the test); noddebs: no -dbgsym package.
         env = dict(os.environ, DEB_BUILD_OPTIONS="nocheck noddebs parallel=2")
