@@ -8,6 +8,7 @@ sent to it arrives byte for byte, and exits 0).
 
 The build dir is INBOXD_BUILD_DIR, else the folder of INBOXD_BIN."""
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -55,7 +56,10 @@ class InstallTest(unittest.TestCase):
         path = self.installed("/sbin/inboxd")
         r = run([path, "--version"], harness.TIMEOUT)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertTrue(r.stdout.startswith("inboxd "), r.stdout)
+        # version.hpp says what meson.build says (and inboxd.pc carries).
+        with open(self.installed("/pkgconfig/inboxd.pc")) as f:
+            version = re.search(r"^Version: (\S+)$", f.read(), re.M).group(1)
+        self.assertTrue(r.stdout.startswith(f"inboxd {version} "), (version, r.stdout))
 
     def test_library_headers_man_pages_and_example(self):
         for suffix in ("/libinboxd.a", "/include/inboxd/server.hpp", "/include/inboxd/sink.hpp",

@@ -79,7 +79,7 @@ def ignore_top(top):
     def ignore(folder, names):
         folder = os.path.abspath(folder)
         if folder == top:
-            return [n for n in names if n.startswith(("build", "obj-", ".git", "var"))]
+            return [n for n in names if n.startswith(("build", "obj-", "var")) or n == ".git"]
         if folder == os.path.join(top, "subprojects"):
             return [n for n in names if not n.endswith(".wrap")]  # fetched sources
         if folder == os.path.join(top, "debian"):
@@ -202,6 +202,10 @@ class PackageTest(unittest.TestCase):
             self.assertEqual(stat.S_IMODE(st.st_mode), 0o750, path)
         r = run(["/usr/sbin/inboxd", "--check-config", "-c", CONFIG])
         self.assertEqual(r.returncode, 0, r.stderr)
+        # debian/changelog's version is the program's (version.hpp, meson.build).
+        version = run(["dpkg-deb", "-f", self.debs["inboxd"], "Version"]).stdout.strip()
+        self.assertTrue(run(["/usr/sbin/inboxd", "--version"]).stdout.startswith(
+            f"inboxd {version} "), version)
 
         log_path = os.path.join(self.work, "installed.log")
         proc, port = self.start_installed(log_path)
