@@ -9,7 +9,8 @@
 
 #include "harness.hpp"
 #include "inboxd/metrics.hpp"
-#include "net/metrics_http.hpp"
+#include "inboxd/version.hpp"
+#include "net/http_head.hpp"
 
 namespace {
 
