@@ -47,6 +47,7 @@ struct session_config {
 
 class tls_credentials;
 class authenticator;
+struct memory_budget;
 
 struct server_config {
   std::vector<std::string> listen = {"127.0.0.1:2525"};  // "ADDR:PORT", "[v6]:PORT"
@@ -65,6 +66,13 @@ struct server_config {
   recipient_rules recipients;  // the default accepts every recipient
   // An embedder's own policy; when set, `recipients` is not used.
   std::shared_ptr<const recipient_policy> policy;
+  // Serve Prometheus metrics (GET /metrics) on this "ADDR:PORT"; empty: no
+  // listener (server::metrics() counts all the same). Like the listen
+  // addresses, fixed at start(): reconfigure() keeps it.
+  std::string metrics_listen;
+  // The budget the sinks share, reported in the metrics (null: none). Kept
+  // from start() on, as metrics_listen.
+  std::shared_ptr<const memory_budget> memory;
   // How long SIGTERM waits for transactions in flight before closing them.
   std::chrono::milliseconds drain_timeout{30'000};
 

@@ -17,6 +17,7 @@
 
 #include "inboxd/config.hpp"
 #include "inboxd/log.hpp"
+#include "inboxd/metrics.hpp"
 #include "inboxd/sink.hpp"
 
 typedef struct uv_loop_s uv_loop_t;
@@ -58,6 +59,14 @@ class server {
   void abort();
 
   [[nodiscard]] std::size_t connection_count() const noexcept;
+
+  // The server's counters, with the gauges brought up to date. Loop thread
+  // only; the reference lives as long as the server (render_metrics()
+  // writes it as Prometheus text).
+  [[nodiscard]] const server_metrics& metrics() const noexcept;
+
+  // The address the metrics listener bound ("127.0.0.1:9125"), or empty.
+  [[nodiscard]] std::string metrics_address() const;
 
   struct state;
 

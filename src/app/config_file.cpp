@@ -151,6 +151,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("spool-dir", cfg.spool_dir);
   r.get("listen-tls", cfg.server.listen_tls);
   r.get("listen-lmtp", cfg.server.listen_lmtp);
+  r.get("metrics", cfg.server.metrics_listen);
   r.get("unix-socket-mode", cfg.unix_socket_mode);
   r.get("unix-socket-owner", cfg.unix_socket_owner);
   r.get("tls-cert", cfg.tls_cert);

@@ -154,6 +154,8 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--memory-budget", v.memory_budget,
                  "bytes of message data all clients together hold in memory (default 67108864)")
       ->check(at_least_one);
+  app.add_option("--metrics", v.server.metrics_listen,
+                 "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT: loopback)");
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION + " (" +
@@ -259,6 +261,8 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([=](app_config& c) { c.server.ipv6_prefix_length = v.server.ipv6_prefix_length; });
   if (given("--memory-budget"))
     o.push_back([=](app_config& c) { c.memory_budget = v.memory_budget; });
+  if (given("--metrics"))
+    o.push_back([=](app_config& c) { c.server.metrics_listen = v.server.metrics_listen; });
   if (given("--bare-newline"))
     o.push_back([=](app_config& c) {
       c.server.session.bare_newline = bare_newline == "reject"
@@ -622,6 +626,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   the_log().start(loop);
+  cfg.server.memory = memory;  // Reported in the metrics.
   inboxd::server srv(loop, cfg.server, sink, the_log().logger());
   sink.reset();
   if (!srv.start(error)) {

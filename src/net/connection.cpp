@@ -85,6 +85,7 @@ void connection::accept(server::state& srv, uv_stream_t* listening, bool implici
   if (srv.connections) srv.connections->prev = c;
   srv.connections = c;
   ++srv.connection_count;
+  ++srv.metrics.connections;
   c->guard([&] { c->start(implicit_tls, lmtp); });
 }
 
@@ -172,11 +173,12 @@ bool connection::over_limits() {
   const server_config& cfg = srv.config;
   std::string_view why;
   bool per_ip = !unix_ && (cfg.limit_loopback || !is_loopback(ip()));
+  refusal kind = refusal::total;  // for the metrics: which limit refused
   if (srv.admitted >= srv.max_connections) why = "too many connections";
   if (why.empty() && per_ip && cfg.max_connections_per_ip) {
     auto it = srv.per_ip.find(key_);
     if (it != srv.per_ip.end() && it->second >= cfg.max_connections_per_ip)
-      why = "too many connections from this address";
+      why = "too many connections from this address", kind = refusal::per_ip;
   }
   if (why.empty() && per_ip && cfg.connection_rate_per_ip) {
     std::uint64_t now = uv_now(srv.loop);
@@ -190,9 +192,10 @@ bool connection::over_limits() {
     auto& w = srv.rates[key_];
     if (now - w.start >= 60'000) w = {now, 0};
     if (++w.count > cfg.connection_rate_per_ip)
-      why = "too many connections per minute from this address";
+      why = "too many connections per minute from this address", kind = refusal::rate;
   }
   if (why.empty()) return false;
+  ++srv.metrics.refused[static_cast<std::size_t>(kind)];
   bool grouped = key_ != ip();
   srv.logf(log_level::warning, "conn={} refused: {} ({}{}{})", id_, why, ip(),
            grouped ? " in " : "", grouped ? std::string_view(key_) : "");
@@ -310,6 +313,7 @@ bool connection::advance_tls() {
   if (tls_->established()) return true;
   auto st = tls_->handshake();
   if (st == tls_stream::status::failed) {
+    ++srv_.metrics.tls_failed;
     srv_.logf(log_level::info, "conn={} TLS handshake failed: {}", id_,
               tls_error_text(tls_->error()));
     flush();  // The alert, if mbedTLS made one.
@@ -317,6 +321,7 @@ bool connection::advance_tls() {
     return false;
   }
   if (st == tls_stream::status::ok) {
+    ++(tls_->resumed() ? srv_.metrics.tls_resumed : srv_.metrics.tls_full);
     timer_use_ = timer_use::none;
     uv_timer_stop(&timer_);
     session_.tls_started(
@@ -588,6 +593,7 @@ void connection::on_timer() {
   timer_use use = std::exchange(timer_use_, timer_use::none);
   switch (use) {
     case timer_use::handshake:
+      ++srv_.metrics.tls_failed;
       srv_.logf(log_level::info, "conn={} TLS handshake timed out", id_);
       return close();
     case timer_use::last_write:
@@ -654,6 +660,7 @@ void connection::on_read(ssize_t nread, const uv_buf_t* buf) {
     // RFC 5321 4.3.1: the client waits for the greeting. One that does not
     // is a spam engine or a misconfigured program (Postfix's postscreen).
     session_.refuse_pregreet();
+    ++srv_.metrics.refused[static_cast<std::size_t>(refusal::early_talker)];
     timer_use_ = timer_use::none;
     uv_timer_stop(&timer_);
     in_len_ = 0;

@@ -2,20 +2,25 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 
 #include <ctime>
 #include <utility>
 
+#include "inboxd/sinks.hpp"
 #include "net/connection.hpp"
 #include "net/listener.hpp"
+#include "net/metrics_http.hpp"
 #include "net/server_state.hpp"
 
 namespace inboxd {
 
 namespace {
 
-proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink> store) {
+proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink> store,
+                                  server_metrics& metrics) {
   auto s = std::make_shared<proto::settings>();
+  s->metrics = &metrics;
   s->limits = cfg.session;
   s->policy = cfg.policy ? cfg.policy : make_rules_policy(cfg.recipients);
   s->store = std::move(store);
@@ -43,12 +48,42 @@ bool check_config(const server_config& cfg, bool implicit_tls, std::string& erro
 server::state::state(uv_loop_t* l, server_config cfg, std::shared_ptr<inboxd::sink> s, logger lg)
     : loop(l),
       config(std::move(cfg)),
-      settings(make_settings(config, std::move(s))),
+      settings(make_settings(config, std::move(s), metrics)),
       log(lg),
-      ids(static_cast<std::uint64_t>(std::time(nullptr)), static_cast<std::uint32_t>(::getpid())) {}
+      ids(static_cast<std::uint64_t>(std::time(nullptr)), static_cast<std::uint32_t>(::getpid())) {
+  metrics.start_time_seconds =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+const server_metrics& server::state::current_metrics() noexcept {
+  metrics.connections_open = connection_count;
+  if (config.memory) {
+    metrics.memory_used = config.memory->used;
+    metrics.memory_limit = config.memory->limit;
+  }
+  return metrics;
+}
+
+namespace {
+
+// The loop's lag: a timer due in 1 s runs late by as long as the loop was
+// busy (or blocked) when it fell due. uv_now() is the loop's time at the
+// start of this turn, when timers run.
+constexpr std::uint64_t lag_interval_ms = 1'000;
+
+void lag_timer_cb(uv_timer_t* t) noexcept {
+  auto* s = static_cast<server::state*>(t->data);
+  std::uint64_t now = uv_now(s->loop);
+  s->metrics.loop_lag_seconds =
+      static_cast<double>(now > s->lag_due ? now - s->lag_due : 0) / 1000.0;
+  s->lag_due = now + lag_interval_ms;
+  uv_timer_start(t, lag_timer_cb, lag_interval_ms, 0);
+}
+
+}  // namespace
 
 void server::state::maybe_done() {
-  if (!shutting_down || !listeners.empty()) return;
+  if (!shutting_down || !listeners.empty() || metrics_http) return;
   // Lingering connections have had their last reply: once nothing else is
   // left, they do not hold up the exit (a lingering close protects a reply
   // from a reset; here only a client that still sends would get one).
@@ -57,6 +92,12 @@ void server::state::maybe_done() {
     return;
   }
   if (connections) return;
+  if (lag_timer_open) {
+    lag_timer_open = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&lag_timer),
+             [](uv_handle_t* h) { static_cast<server::state*>(h->data)->maybe_done(); });
+    return;
+  }
   if (drain_timer_open) {
     drain_timer_open = false;
     uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer),
@@ -96,6 +137,20 @@ void server::state::fit_connection_limit() {
   }
 }
 
+namespace {
+
+// The metrics listener, when the config names one; logged as the
+// listeners are, so that a test (or an operator) finds port 0's choice.
+bool start_metrics(server::state& s, std::string& error) {
+  if (s.config.metrics_listen.empty()) return true;
+  s.metrics_http = net::metrics_http::open(s, s.config.metrics_listen, error);
+  if (!s.metrics_http) return false;
+  s.logf(log_level::info, "metrics on http://{}/metrics", s.metrics_http->bound_address());
+  return true;
+}
+
+}  // namespace
+
 bool server::start(std::string& error) {
   state& s = *state_;
   s.fit_connection_limit();
@@ -110,12 +165,28 @@ bool server::start(std::string& error) {
     return true;
   };
   if (!open_all(s.config.listen, false, false) || !open_all(s.config.listen_tls, true, false) ||
-      !open_all(s.config.listen_lmtp, false, true)) {
+      !open_all(s.config.listen_lmtp, false, true) || !start_metrics(s, error)) {
     // close() takes each listener off the list.
     while (!s.listeners.empty()) s.listeners.back()->close();
+    if (s.metrics_http) s.metrics_http->close();
     return false;
   }
+  // Unreferenced: the lag timer alone does not keep the loop running.
+  uv_timer_init(s.loop, &s.lag_timer);
+  s.lag_timer.data = &s;
+  s.lag_timer_open = true;
+  s.lag_due = uv_now(s.loop) + lag_interval_ms;
+  uv_timer_start(&s.lag_timer, lag_timer_cb, lag_interval_ms, 0);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&s.lag_timer));
   return true;
+}
+
+const server_metrics& server::metrics() const noexcept {
+  return state_->current_metrics();
+}
+
+std::string server::metrics_address() const {
+  return state_->metrics_http ? state_->metrics_http->bound_address() : std::string{};
 }
 
 std::vector<std::string> server::bound_addresses() const {
@@ -137,6 +208,7 @@ void server::shutdown(void (*done)(void*), void* ctx) {
   s.logf(log_level::info, "shutting down: {} connection(s) open", s.connection_count);
   // close() takes each listener off the list.
   while (!s.listeners.empty()) s.listeners.back()->close();
+  if (s.metrics_http) s.metrics_http->close();
   // shutdown() may close a connection, but only in uv_close: the list holds.
   for (auto* c = s.connections; c; c = c->next) c->shutdown();
   uv_timer_init(s.loop, &s.drain_timer);
@@ -166,13 +238,15 @@ bool server::reconfigure(const server_config& config, std::shared_ptr<inboxd::si
   try {
     if (!check_config(config, implicit_tls, error)) return false;
     // Everything that allocates comes first: on failure nothing has changed.
-    auto settings = make_settings(config, std::move(sink));
+    auto settings = make_settings(config, std::move(sink), s.metrics);
     server_config next = config;
     next.listen = s.config.listen;
     next.listen_tls = s.config.listen_tls;
     next.listen_lmtp = s.config.listen_lmtp;
     next.unix_socket_mode = s.config.unix_socket_mode;
     next.unix_socket_owner = s.config.unix_socket_owner;
+    next.metrics_listen = s.config.metrics_listen;
+    next.memory = s.config.memory;
     s.settings = std::move(settings);
     s.config = std::move(next);
   } catch (...) {

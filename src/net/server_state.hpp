@@ -18,6 +18,7 @@
 namespace inboxd::net {
 class connection;
 class listener;
+class metrics_http;
 }  // namespace inboxd::net
 
 namespace inboxd {
@@ -62,6 +63,16 @@ struct server::state {
   // them all: each read is dropped before the next alloc_cb.
   char discard[64 * 1024];
   std::uint64_t next_connection_id = 0;
+
+  // What the server counts (inboxd/metrics.hpp), for its whole life.
+  server_metrics metrics;
+  // Brings the gauges of metrics up to date and returns it.
+  const server_metrics& current_metrics() noexcept;
+  net::metrics_http* metrics_http = nullptr;  // the --metrics listener; null: none
+  // Once a second: how late the loop runs a timer is its lag.
+  uv_timer_t lag_timer{};
+  std::uint64_t lag_due = 0;  // uv_now() when the lag timer should run
+  bool lag_timer_open = false;
 
   bool shutting_down = false;
   uv_timer_t drain_timer{};

@@ -21,6 +21,24 @@
 
 namespace inboxd {
 
+namespace {
+
+// Session tickets parsed on this thread. mbedTLS says nothing public about
+// whether a handshake resumed; a ticket it parsed is a resumption, and the
+// parse runs inside the mbedtls_ssl_handshake() call of that very
+// connection, on the loop thread: tls_stream::handshake() compares the
+// count before and after.
+thread_local std::uint64_t tickets_parsed = 0;
+
+int counted_ticket_parse(void* p_ticket, mbedtls_ssl_session* session, unsigned char* buf,
+                         size_t len) noexcept {
+  int rc = mbedtls_ssl_ticket_parse(p_ticket, session, buf, len);
+  if (rc == 0) ++tickets_parsed;
+  return rc;
+}
+
+}  // namespace
+
 std::string tls_error_text(int code) {
   char buf[200] = {};
   mbedtls_strerror(code, buf, sizeof buf);
@@ -107,7 +125,7 @@ int tls_credentials::load(const std::string& cert_file, const std::string& key_f
   // handshake, the most expensive thing the loop does.
   if (mbedtls_ssl_ticket_setup(&tickets_, mbedtls_ctr_drbg_random, &drbg_,
                                MBEDTLS_CIPHER_AES_256_GCM, 86400) == 0)
-    mbedtls_ssl_conf_session_tickets_cb(&conf_, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+    mbedtls_ssl_conf_session_tickets_cb(&conf_, mbedtls_ssl_ticket_write, counted_ticket_parse,
                                         &tickets_);
     // Key exchange on X25519 first: the cheapest for the loop, and what most
     // clients offer first.
@@ -299,7 +317,11 @@ tls_stream::status tls_stream::fail(int code) {
 
 tls_stream::status tls_stream::handshake() {
   if (error_) return status::failed;
+  std::uint64_t parsed = tickets_parsed;
   int rc = mbedtls_ssl_handshake(&ssl_);
+  // A ticket that parsed inside this call was this handshake's: the
+  // server then resumes its session (RFC 5077 3.1).
+  if (tickets_parsed != parsed) resumed_ = true;
   if (rc == 0) {
     established_ = true;
     return status::ok;

@@ -74,6 +74,8 @@ class tls_stream {
   // Advances the handshake as far as the ciphertext allows.
   status handshake();
   [[nodiscard]] bool established() const noexcept { return established_; }
+  // The handshake resumed a session from a ticket (RFC 5077) instead of a full one.
+  [[nodiscard]] bool resumed() const noexcept { return resumed_; }
   // Decrypts into buf; n is how many bytes were written.
   status read(char* buf, std::size_t cap, std::size_t& n);
   // Encrypts all of plain into output().
@@ -102,6 +104,7 @@ class tls_stream {
   std::string out_;
   int error_ = 0;
   bool established_ = false;
+  bool resumed_ = false;
   bool notified_ = false;  // close_notify sent
 };
 

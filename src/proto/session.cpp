@@ -49,8 +49,7 @@ std::string quoted_path(std::string_view mailbox) {
 // The prefix has a fixed width (8 hex digits of the start time, 6 of the
 // pid: Linux pids stay below 2^22), so the counter after it, 6 hex digits or
 // more, never wraps into another process's or another start's ids.
-queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid,
-                                 std::uint64_t counter)
+queue_id_source::queue_id_source(std::uint64_t start_time, std::uint32_t pid, std::uint64_t counter)
     : prefix_(fmt::format(FMT_STRING("{:08X}{:06X}"), start_time & 0xffffffffU, pid & 0xffffffU)),
       counter_(counter) {}
 
@@ -138,6 +137,7 @@ session::~session() {
 }
 
 void session::start() {
+  if (auto* m = metrics()) ++m->sessions;
   out_ +=
       fmt::format(FMT_STRING("220 {} {} inboxd\r\n"), limits().hostname, lmtp_ ? "LMTP" : "ESMTP");
 }
@@ -235,7 +235,7 @@ void session::handle_line(std::string_view line, bool bare_lf) {
       if (!lmtp_) return refuse(reply_id::unknown_command);
       return do_helo(cmd.arg, true);
     case verb::mail: return do_mail(cmd.arg);
-    case verb::rcpt: return do_rcpt(cmd.arg);
+    case verb::rcpt: return rcpt_counted(cmd.arg);
     case verb::data: return do_data(cmd.arg, bare_lf);
     case verb::rset: return do_rset(cmd.arg);
     case verb::noop: return reply(reply_id::ok);
@@ -272,7 +272,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   auto out = std::back_inserter(out_);
   fmt::format_to(out, FMT_STRING("250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n"),
                  limits().hostname, limits().max_message_size);
-  out_ += "250-SMTPUTF8\r\n";  // RFC 6531
+  out_ += "250-SMTPUTF8\r\n";                    // RFC 6531
   out_ += "250-BINARYMIME\r\n250-CHUNKING\r\n";  // RFC 3030
   // RFC 9422: the recipient limit do_rcpt() applies (452 past it). No
   // MAILMAX: a session may send any number of messages.
@@ -548,6 +548,7 @@ void session::sink_failed(const char* what) noexcept {
     tx_->sink_failed = true;
     drop_delivery();
   }
+  if (auto* m = metrics()) ++m->sink_errors[static_cast<std::size_t>(sink_error::exception)];
 }
 
 void session::write_to_sink(std::string_view bytes) {
@@ -678,6 +679,7 @@ void session::on_auth_checked(auth_result result) {
   extras& a = *x_;  // check_credentials() made it.
   a.checking = false;
   a.check = nullptr;
+  count_auth(result, !a.pending_user.empty());
   if (result == auth_result::busy) {
     // RFC 4954 6: a temporary failure; no strike against the client.
     events_.session_log(
@@ -747,6 +749,7 @@ void session::write_body(std::string_view bytes, std::size_t line_ends) {
   transaction& tx = *tx_;
   // RFC 1870 counts the message as sent, each line end as CRLF.
   tx.size += bytes.size() + line_ends;
+  if (auto* m = metrics()) m->message_bytes += bytes.size() + line_ends;
   if (tx.too_big || tx.sink_failed) return;
   if (tx.size > limits().max_message_size) {
     // Read the rest and discard it; the reply comes at the end of data.
@@ -828,6 +831,7 @@ std::size_t session::feed_chunk(std::span<char> input) {
     used = r.consumed;
   }
   x_->chunk.left -= used;
+  if (auto* m = metrics()) m->message_bytes += used;
   if (x_->chunk.left == 0) end_of_chunk();
   return used;
 }
@@ -875,10 +879,11 @@ void session::end_of_chunks() {
   bool strict = limits().bare_newline == bare_newline_policy::reject && !tx.body_binary;
   if (strict && (x_->chunk.decoder.saw_bare_lf() || x_->chunk.decoder.saw_bare_cr())) {
     drop_delivery();
-    return finish_transaction(x_->chunk.decoder.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr,
-                              {}, "rejected");
+    return finish_transaction(
+        x_->chunk.decoder.saw_bare_lf() ? reply_id::bare_lf : reply_id::bare_cr, {}, "rejected");
   }
   committing_ = true;
+  count_commit_start();
   if (!guard_sink([&] { tx.sink_delivery->commit(); }) && committing_) {
     committing_ = false;
     finish_transaction(reply_id::store_failed, {}, "deferred");
@@ -911,6 +916,7 @@ void session::end_of_data() {
   }
   // A 250 only once every copy is durable: wait for committed().
   committing_ = true;
+  count_commit_start();
   if (!guard_sink([&] { tx.sink_delivery->commit(); }) && committing_) {
     // The delivery threw without calling back: it is dropped, nothing stored.
     committing_ = false;
@@ -940,6 +946,7 @@ void session::on_committed(std::span<const store_outcome> per_recipient) {
   ++commands_;  // The reply leaves now: the client's time runs from here.
   committing_ = false;
   tx_->sink_delivery = nullptr;
+  count_committed(per_recipient);
   if (lmtp_) return lmtp_committed(per_recipient);
   // One failed mailbox fails the message, so the sender retries it whole.
   reply_id id = reply_id::queued;
@@ -1005,6 +1012,7 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   line += ')';
   events_.session_log(log_level::info, line);
   reply(id, detail);
+  count_messages(id, lmtp_ && tx.data_started ? std::max<std::size_t>(tx.rcpt_accepted, 1) : 1);
   // RFC 2033 4.2: after the data, LMTP answers once for each accepted RCPT.
   if (lmtp_ && tx.data_started)
     for (std::size_t i = 1; i < tx.rcpt_accepted; ++i) reply(id, detail);
@@ -1074,10 +1082,10 @@ void session::append_received_header(std::string& h) const {
   h += limits().hostname;
   // RFC 3848: ESMTP (or LMTP), plus S with TLS and A with AUTH; RFC 6531
   // 4.3: UTF8SMTP (UTF8LMTP) for SMTPUTF8, with the same S and A.
-  h += lmtp_           ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
-       : !esmtp_       ? " (inboxd) with SMTP"
-       : tx.smtputf8   ? " (inboxd) with UTF8SMTP"
-                       : " (inboxd) with ESMTP";
+  h += lmtp_         ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
+       : !esmtp_     ? " (inboxd) with SMTP"
+       : tx.smtputf8 ? " (inboxd) with UTF8SMTP"
+                     : " (inboxd) with ESMTP";
   if (esmtp_ && !tls().empty()) h += 'S';
   if (esmtp_ && !user().empty()) h += 'A';
   h += " id ";
@@ -1170,9 +1178,65 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
         fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({}{})"), tx.queue_id,
                     tx.reverse_path, tx.lmtp_rcpts[k], tx.size, status, reply_line(id), detail));
     reply(id, detail);
+    count_messages(id, 1);
   }
   tx_.reset();
   if (draining_) close_with(reply_id::shutting_down);
+}
+
+// Counts the RCPT as accepted when it was (its transaction has one more),
+// as refused otherwise: every other reply to it refuses it (452 too).
+void session::rcpt_counted(std::string_view arg) {
+  std::size_t before = tx_ ? tx_->rcpt_accepted : 0;
+  do_rcpt(arg);
+  if (auto* m = metrics()) {
+    if (tx_ && tx_->rcpt_accepted > before)
+      ++m->recipients_accepted;
+    else
+      ++m->recipients_refused;
+  }
+}
+
+void session::count_messages(reply_id id, std::size_t n) noexcept {
+  auto* m = metrics();
+  if (!m) return;
+  std::uint16_t code = reply_of(id).code;
+  message_status st = code < 400   ? message_status::accepted
+                      : code < 500 ? message_status::temp_failed
+                                   : message_status::rejected;
+  m->messages[static_cast<std::size_t>(st)] += n;
+}
+
+void session::count_commit_start() noexcept {
+  if (metrics()) tx_->commit_start = std::chrono::steady_clock::now();
+}
+
+// The commit's latency, and the message's sink error: the kind of its first
+// failed mailbox (the sinks fail every mailbox for one cause; over LMTP the
+// first cause stands for the message all the same).
+void session::count_committed(std::span<const store_outcome> per_recipient) noexcept {
+  auto* m = metrics();
+  if (!m) return;
+  if (tx_->commit_start != std::chrono::steady_clock::time_point{})
+    m->commit_seconds.observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - tx_->commit_start)
+            .count());
+  for (const store_outcome& o : per_recipient) {
+    if (o.result == store_result::stored) continue;
+    ++m->sink_errors[static_cast<std::size_t>(sink_error_of(o.error))];
+    break;
+  }
+}
+
+void session::count_auth(auth_result result, bool known_user) noexcept {
+  auto* m = metrics();
+  if (!m) return;
+  if (result == auth_result::busy)
+    ++m->auth_busy;
+  else if (result == auth_result::ok && known_user)
+    ++m->auth_ok;
+  else
+    ++m->auth_failed;
 }
 
 void session::shutdown() {

@@ -11,6 +11,7 @@
 // transaction, RSET or the end of data drops it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -139,18 +140,18 @@ class session final : delivery_listener, auth_listener {
   struct transaction {
     std::string queue_id;
     std::string reverse_path;
-    std::vector<recipient> recipients;             // distinct mailboxes
-    std::size_t rcpt_accepted = 0;                 // RCPT commands accepted
-    std::size_t rcpt_overshoot = 0;                // RCPTs past max_recipients
-    std::size_t mailboxes_resolved = 0;            // by the policy, repeats included
+    std::vector<recipient> recipients;   // distinct mailboxes
+    std::size_t rcpt_accepted = 0;       // RCPT commands accepted
+    std::size_t rcpt_overshoot = 0;      // RCPTs past max_recipients
+    std::size_t mailboxes_resolved = 0;  // by the policy, repeats included
     // "user NUL domain" of each recipient, once there are more than
     // linear_dedup of them (below that a scan is cheaper than a key each).
     std::unordered_set<std::string> mailbox_keys;
     std::vector<recipient> found;  // what the policy gave for this RCPT (reused)
-    bool rcpt_seen = false;                        // any RCPT, accepted or not
+    bool rcpt_seen = false;        // any RCPT, accepted or not
     bool body_8bit = false;
-    bool smtputf8 = false;  // MAIL had SMTPUTF8 (RFC 6531)
-    bool requiretls = false;  // RFC 8689, given inside TLS
+    bool smtputf8 = false;        // MAIL had SMTPUTF8 (RFC 6531)
+    bool requiretls = false;      // RFC 8689, given inside TLS
     dsn_ret ret = dsn_ret::none;  // RFC 3461 RET
     std::string envid;            // RFC 3461 ENVID, decoded
     delivery* sink_delivery = nullptr;
@@ -162,6 +163,8 @@ class session final : delivery_listener, auth_listener {
     // A BDAT was refused: so are the rest, until RSET or the LAST chunk.
     bool chunk_failed = false;
     bool data_started = false;  // 354 sent: LMTP answers once per recipient from now on
+    // When commit() was called, for the commit latency metric.
+    std::chrono::steady_clock::time_point commit_start{};
     // LMTP: for each accepted RCPT, its address and the indices (into
     // recipients) of its mailboxes, repeats included: lmtp_boxes holds them
     // all, RCPT k's end at lmtp_ends[k]. Past linear_dedup mailboxes,
@@ -194,6 +197,7 @@ class session final : delivery_listener, auth_listener {
       body_binary = chunked = chunk_failed = false;
       requiretls = false;
       data_started = false;
+      commit_start = {};
       lmtp_rcpts.clear();
       lmtp_boxes.clear();
       lmtp_ends.clear();
@@ -287,6 +291,15 @@ class session final : delivery_listener, auth_listener {
   void lost_memory() noexcept;
 
   const session_config& limits() const noexcept { return cfg_->limits; }
+
+  // Counting (inboxd/metrics.hpp): each is an increment or two into the
+  // server's counters, nothing when the settings carry none.
+  [[nodiscard]] server_metrics* metrics() const noexcept { return cfg_->metrics; }
+  void rcpt_counted(std::string_view arg);
+  void count_messages(reply_id id, std::size_t n) noexcept;
+  void count_commit_start() noexcept;
+  void count_committed(std::span<const store_outcome> per_recipient) noexcept;
+  void count_auth(auth_result result, bool known_user) noexcept;
 
   const settings_ptr& current_;
   settings_ptr cfg_;  // the settings of this session until its next transaction

@@ -11,6 +11,7 @@
 
 #include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
+#include "inboxd/metrics.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
 
@@ -22,6 +23,9 @@ struct settings {
   std::shared_ptr<sink> store;                     // never null
   std::shared_ptr<const authenticator> auth;       // null: no AUTH
   std::shared_ptr<const tls_credentials> tls;      // null: no STARTTLS
+  // The server's counters, which outlive every snapshot (a reload keeps
+  // them); null: nothing is counted (tests that run a bare session).
+  server_metrics* metrics = nullptr;
 };
 
 using settings_ptr = std::shared_ptr<const settings>;

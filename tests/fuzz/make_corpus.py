@@ -288,9 +288,30 @@ def mboxrd():
         write("mboxrd", name, seed(i + 400) + bytes([cut]) + text)
 
 
+# ------------------------------------------------------------------ http_head
+# 8 seed bytes (the sizes of the pieces the bytes arrive in); the request bytes.
+def http_head():
+    cases = {
+        "get": b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+        "http10-keep-alive": b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        "close-list": b"GET / HTTP/1.1\r\nConnection: TE, close\r\n\r\n",
+        "bare-lf": b"GET /metrics HTTP/1.1\nHost: x\n\n",
+        "post-body": b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        "pipelined": b"GET /a HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+        "folded": b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        "space-colon": b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "incomplete": b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r",
+        "cr-runs": b"GET / HTTP/1.1\r\r\r\n\r\r\n\n",
+        "binary": bytes(range(256)) + b"\r\n\r\n",
+    }
+    for i, (name, wire) in enumerate(cases.items()):
+        write("http_head", name, seed(i + 500) + wire)
+
+
 if __name__ == "__main__":
     line_reader()
     command()
     data_decoder()
     session()
     mboxrd()
+    http_head()
