@@ -40,18 +40,6 @@ std::string lower(std::string_view s) {
   return out;
 }
 
-bool needs_idna(std::string_view domain) {
-  for (char c : domain)
-    if (static_cast<unsigned char>(c) >= 0x80) return true;
-  // An A-label ("xn--" in any case) is checked, and so compared, as libidn2 reads it.
-  for (std::size_t at = 0; at < domain.size(); ++at) {
-    if ((at == 0 || domain[at - 1] == '.') && domain.size() - at >= 4 &&
-        proto::iequals(domain.substr(at, 4), "xn--"))
-      return true;
-  }
-  return false;
-}
-
 // The last few domains libidn2 converted on this thread, with the result
 // (or the refusal): the RCPTs of a message mostly share a domain, and a
 // conversion costs several microseconds and allocations inside libidn2.
@@ -94,8 +82,22 @@ class idna_cache {
 // domain is no valid IDNA name.
 bool canonical_domain_into(std::string_view domain, std::string& out) {
   out.assign(domain);
-  lower_in_place(out);
-  if (out.empty() || out.front() == '[' || !needs_idna(out)) return true;
+  // One pass lowers the ASCII letters and sees whether libidn2 is needed:
+  // a non-ASCII octet, or an A-label ("xn--" in any case at a label's
+  // start), which is checked, and so compared, as libidn2 reads it.
+  bool idna = false;
+  const std::size_t n = out.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    char& c = out[i];
+    if ((i == 0 || out[i - 1] == '.') && (c == 'x' || c == 'X') && n - i >= 4 &&
+        proto::iequals(std::string_view(out).substr(i, 4), "xn--"))
+      idna = true;
+    if (c >= 'A' && c <= 'Z')
+      c = static_cast<char>(c + 32);
+    else if (static_cast<unsigned char>(c) >= 0x80)
+      idna = true;
+  }
+  if (!idna || out.front() == '[') return true;
   thread_local idna_cache cache;
   bool ok = false;
   if (const std::string* hit = cache.find(out, ok)) {
