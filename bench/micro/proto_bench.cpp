@@ -881,8 +881,9 @@ bool check_allocations(const alloc_report& rep, const std::vector<shape_figure>&
 
 // --callgrind: one pass, in a function callgrind can be told to count alone.
 [[gnu::noinline]] void callgrind_pass(const workload& w, const proto::settings_ptr& settings,
-                                      bench_sink& sink, std::vector<char>& buf) {
-  session_pass(w, settings, sink, buf);
+                                      bench_sink& sink, std::vector<char>& buf,
+                                      std::size_t read_size) {
+  session_pass(w, settings, sink, buf, read_size);
 }
 
 // A MAIL command over the body's text without its line ends: a path that
@@ -1278,8 +1279,9 @@ int main(int argc, char** argv) {
                    "(--alloc-trace N: a backtrace of the first N of each workload's pass).\n"
                    "Then every per-byte path on hostile shapes at 64 KiB, 1 MiB and 8 MiB.\n"
                    "--check: exit 1 when the allocations miss issue 10's goal (a test).\n"
-                   "--callgrind N: one session pass of N 1 KiB messages, nothing else (run\n"
-                   "it under valgrind --tool=callgrind --toggle-collect='*callgrind_pass*').\n");
+                   "--callgrind N: one session pass of N 1 KiB messages (with --shape, of\n"
+                   "that allocation shape), nothing else; run it under valgrind\n"
+                   "--tool=callgrind --toggle-collect='*callgrind_pass*'.\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -1296,9 +1298,20 @@ int main(int argc, char** argv) {
   proto::settings_ptr settings = s;
 
   if (callgrind_messages > 0) {
-    workload w = make_workload("1k", 1024, callgrind_messages);
     std::vector<char> buf(read_buffer_size);
-    callgrind_pass(w, settings, *sink, buf);
+    // With --shape NAME, messages of that allocation shape (at its small n).
+    auto shape = std::find_if(std::begin(alloc_shapes), std::end(alloc_shapes),
+                              [&](const alloc_shape& a) { return a.name == only_shape; });
+    if (shape == std::end(alloc_shapes)) {
+      callgrind_pass(make_workload("1k", 1024, callgrind_messages), settings, *sink, buf,
+                     read_buffer_size);
+      return 0;
+    }
+    auto own = std::make_shared<proto::settings>(*s);
+    own->limits.max_message_size = 64 * 1024 * 1024;
+    own->policy = make_rules_policy(shape->aliases ? alias_rules() : recipient_rules{});
+    callgrind_pass(shape_workload(*shape, shape->small, callgrind_messages), own, *sink, buf,
+                   shape->read_size);
     return 0;
   }
 
