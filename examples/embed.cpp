@@ -1,13 +1,16 @@
-// embed: inboxd inside an application's own libuv loop, with its own sink.
+// embed: inboxd inside an application's own libuv loop, with its own sink
+// and its own recipient policy.
 //
 // The program starts a server on a free loopback port, sends it one message
-// from a libuv client on the same loop, checks that the in-memory sink got
-// it byte for byte, shuts the server down and checks that the loop is empty.
-// It exits 0 on success, so it doubles as a test.
+// from a libuv client on the same loop (one recipient the policy takes, one
+// it refuses), checks that the in-memory sink got it byte for byte, shuts the server down and
+// checks that the loop is empty. It exits 0 on success, so it doubles as a test.
 #include <uv.h>
 
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "inboxd/server.hpp"
@@ -49,6 +52,23 @@ class memory_sink final : public inboxd::sink {
   };
 };
 
+// The application's own recipient policy: it takes one address of its
+// domain and refuses the rest. It writes resolve_into(), which appends to a
+// list the session recycles: with string views only, it allocates nothing
+// per RCPT (resolve(), with a std::vector, would be as easy to write).
+class app_policy final : public inboxd::recipient_policy {
+ public:
+  inboxd::rcpt_verdict resolve_into(std::string_view address,
+                                    inboxd::recipient_list& out) const override {
+    std::size_t at = address.rfind('@');
+    if (at == std::string_view::npos || address.substr(at + 1) != "example.com")
+      return inboxd::rcpt_verdict::relay_denied;
+    if (address.substr(0, at) != "app") return inboxd::rcpt_verdict::unknown_user;
+    out.add(address, "app", "example.com");
+    return inboxd::rcpt_verdict::accept;
+  }
+};
+
 struct client {
   uv_tcp_t tcp{};
   uv_connect_t connect{};
@@ -57,6 +77,7 @@ struct client {
       "EHLO embedder.example\r\n"
       "MAIL FROM:<device@example.com>\r\n"
       "RCPT TO:<app@example.com>\r\n"
+      "RCPT TO:<nobody@example.com>\r\n"
       "DATA\r\n"
       "Subject: hello\r\n\r\nfrom the same loop\r\n..dot-stuffed\r\n.\r\n"
       "QUIT\r\n";
@@ -101,6 +122,7 @@ int main() {
   inboxd::server_config cfg;
   cfg.listen = {"127.0.0.1:0"};
   cfg.session.hostname = "embed.test";
+  cfg.policy = std::make_shared<app_policy>();
   inboxd::server srv(&loop, cfg, sink);
   std::string error;
   if (!srv.start(error)) {
@@ -124,6 +146,7 @@ int main() {
 
   bool ok = closed == 0 && sink->messages.size() == 1 &&
             c.replies.find("250 2.0.0 Ok: queued as ") != std::string::npos &&
+            c.replies.find("550 5.1.1 ") != std::string::npos &&
             c.replies.find("221 2.0.0 Bye") != std::string::npos;
   if (ok) {
     const std::string& m = sink->messages[0];

@@ -289,13 +289,21 @@ bool split_mailbox(std::string_view mailbox, std::string_view& local,
 }
 
 std::string unquote_local_part(std::string_view local) {
-  if (local.size() < 2 || local.front() != '"' || local.back() != '"') return std::string(local);
   std::string out;
+  unquote_local_part(local, out);
+  return out;
+}
+
+void unquote_local_part(std::string_view local, std::string& out) {
+  if (local.size() < 2 || local.front() != '"' || local.back() != '"') {
+    out.assign(local);
+    return;
+  }
+  out.clear();
   for (std::size_t i = 1; i + 1 < local.size(); ++i) {
     if (local[i] == '\\' && i + 2 < local.size()) ++i;
     out += local[i];
   }
-  return out;
 }
 
 path_parse parse_mail_from(std::string_view arg, bool utf8) noexcept {

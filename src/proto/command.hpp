@@ -76,6 +76,9 @@ struct path_parse {
 
 // A local part as a plain name: a quoted string loses its quotes and escapes.
 [[nodiscard]] std::string unquote_local_part(std::string_view local);
+// The same into out (replaced), which keeps its capacity: no allocation
+// once it has held a name as long.
+void unquote_local_part(std::string_view local, std::string& out);
 
 // One ESMTP parameter: esmtp-keyword ["=" esmtp-value] (RFC 5321 4.1.2).
 struct esmtp_param {

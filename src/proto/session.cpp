@@ -366,7 +366,10 @@ void session::do_rcpt(std::string_view arg) {
     return refuse(*why);
   // RFC 3461 4.1, 4.2: NOTIFY and ORCPT, once each, where EHLO offered DSN.
   std::uint8_t notify = 0;
-  std::string orcpt_type, orcpt;  // no allocation unless an ORCPT came
+  std::string& orcpt_type = tx_->orcpt_type;  // the transaction's: they keep their room
+  std::string& orcpt = tx_->orcpt;
+  orcpt_type.clear();
+  orcpt.clear();
   param_reader params(p.value.params);
   while (auto param = params.next()) {
     if (!esmtp_ || !dsn_offered()) return refuse(reply_id::bad_param, param->keyword);
@@ -389,12 +392,12 @@ void session::do_rcpt(std::string_view arg) {
   const std::size_t mailbox_limit = 10 * limits().max_recipients;
   if (tx_->rcpt_accepted >= limits().max_recipients || tx_->mailboxes_resolved >= mailbox_limit)
     return too_many_recipients();
-  std::vector<recipient>& found = tx_->found;
+  recipient_list& found = tx_->found;
   found.clear();
   rcpt_verdict verdict = rcpt_verdict::accept;
   // An embedder's policy may throw: the RCPT gets a temporary failure.
   try {
-    verdict = cfg_->policy->resolve(p.value.mailbox, found);
+    verdict = cfg_->policy->resolve_into(p.value.mailbox, found);
   } catch (const std::exception& e) {
     events_.session_log(log_level::error,
                         fmt::format(FMT_STRING("recipient policy failed for <{}>: {}"),
@@ -426,28 +429,23 @@ void session::do_rcpt(std::string_view arg) {
     }
   }
   // A mailbox named twice (an alias and its user) gets one copy. Few
-  // recipients are scanned; past linear_dedup a set of "user NUL domain"
-  // keys finds repeats in O(1), so that the work stays linear in them.
+  // recipients are scanned; past linear_dedup an index finds repeats in
+  // O(1), so that the work stays linear in them. A fresh mailbox is moved
+  // into kept by a swap of strings: nothing is copied or allocated.
   auto& kept = tx_->recipients;
-  auto key_of = [](const recipient& r) {
-    std::string key = r.user;
-    key += '\0';
-    key += r.domain;
-    return key;
-  };
-  for (auto& r : found) {
-    bool fresh;
-    if (kept.size() < linear_dedup) {
-      fresh = std::none_of(kept.begin(), kept.end(), [&](const recipient& k) {
+  for (recipient& r : found) {
+    std::size_t at = kept.size();
+    if (at < linear_dedup) {
+      auto same = std::find_if(kept.begin(), kept.end(), [&](const recipient& k) {
         return k.user == r.user && k.domain == r.domain;
       });
+      at = static_cast<std::size_t>(same - kept.begin());
     } else {
-      if (tx_->mailbox_keys.empty())
-        for (const recipient& k : kept) tx_->mailbox_keys.insert(key_of(k));
-      fresh = tx_->mailbox_keys.insert(key_of(r)).second;
+      at = tx_->mailboxes.find_or_add(kept, r);
     }
-    if (lmtp_) note_lmtp_mailbox(r, fresh);
-    if (fresh) kept.push_back(std::move(r));
+    // LMTP: each RCPT's mailboxes by index, repeats included.
+    if (lmtp_) tx_->lmtp_boxes.push_back(static_cast<std::uint32_t>(at));
+    if (at == kept.size()) kept.adopt(r);
   }
   if (lmtp_) {
     tx_->lmtp_rcpts.emplace_back(p.value.mailbox);
@@ -1099,43 +1097,6 @@ void session::append_received_header(std::string& h) const {
   }
   append_rfc5322_date(h, std::time(nullptr));
   h += '\n';
-}
-
-// LMTP: the index of r among the transaction's mailboxes, kept for its RCPT
-// (called before a fresh r is appended). A scan finds a repeat among few
-// mailboxes, as do_rcpt does; past linear_dedup a map does, so it stays linear.
-void session::note_lmtp_mailbox(const recipient& r, bool fresh) {
-  transaction& tx = *tx_;
-  const auto& kept = tx.recipients;
-  auto key_of = [](const recipient& m) {
-    std::string key = m.user;
-    key += '\0';
-    key += m.domain;
-    return key;
-  };
-  bool mapped = kept.size() >= linear_dedup;
-  if (mapped && tx.lmtp_index.empty())
-    for (std::size_t i = 0; i < kept.size(); ++i)
-      tx.lmtp_index.emplace(key_of(kept[i]), static_cast<std::uint32_t>(i));
-  auto index = static_cast<std::uint32_t>(kept.size());
-  if (fresh) {
-    if (mapped) tx.lmtp_index.emplace(key_of(r), index);
-    tx.lmtp_boxes.push_back(index);
-    return;
-  }
-  if (mapped) {
-    if (auto it = tx.lmtp_index.find(key_of(r)); it != tx.lmtp_index.end()) {
-      tx.lmtp_boxes.push_back(it->second);
-      return;
-    }
-  }
-  auto same = std::find_if(kept.begin(), kept.end(), [&](const recipient& k) {
-    return k.user == r.user && k.domain == r.domain;
-  });
-  // A repeat is always among kept while do_rcpt compares as this does; should
-  // the two ever differ, the reply follows the first mailbox rather than throw.
-  index = same == kept.end() ? 0 : static_cast<std::uint32_t>(same - kept.begin());
-  tx.lmtp_boxes.push_back(index);
 }
 
 // RFC 2033 4.2: one reply per accepted RCPT, in RCPT order; 250 only when

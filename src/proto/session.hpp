@@ -17,8 +17,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "inboxd/auth.hpp"
@@ -28,6 +26,7 @@
 #include "proto/command.hpp"
 #include "proto/data_decoder.hpp"
 #include "proto/line_reader.hpp"
+#include "proto/mailbox_index.hpp"
 #include "proto/reply.hpp"
 #include "proto/settings.hpp"
 
@@ -140,15 +139,18 @@ class session final : delivery_listener, auth_listener {
   struct transaction {
     std::string queue_id;
     std::string reverse_path;
-    std::vector<recipient> recipients;   // distinct mailboxes
-    std::size_t rcpt_accepted = 0;       // RCPT commands accepted
-    std::size_t rcpt_overshoot = 0;      // RCPTs past max_recipients
-    std::size_t mailboxes_resolved = 0;  // by the policy, repeats included
-    // "user NUL domain" of each recipient, once there are more than
-    // linear_dedup of them (below that a scan is cheaper than a key each).
-    std::unordered_set<std::string> mailbox_keys;
-    std::vector<recipient> found;  // what the policy gave for this RCPT (reused)
-    bool rcpt_seen = false;        // any RCPT, accepted or not
+    // Distinct mailboxes. Like found, a recycled list: its strings keep
+    // their room from one transaction to the next (no allocation per RCPT).
+    recipient_list recipients;
+    std::size_t rcpt_accepted = 0;                 // RCPT commands accepted
+    std::size_t rcpt_overshoot = 0;                // RCPTs past max_recipients
+    std::size_t mailboxes_resolved = 0;            // by the policy, repeats included
+    // Finds a repeated mailbox once there are more than linear_dedup of
+    // them (below that a scan is cheaper); do_rcpt and LMTP share it.
+    mailbox_index mailboxes;
+    recipient_list found;  // what the policy gave for this RCPT
+    std::string orcpt_type, orcpt;  // this RCPT's ORCPT (RFC 3461 4.2), parsed here
+    bool rcpt_seen = false;                        // any RCPT, accepted or not
     bool body_8bit = false;
     bool smtputf8 = false;        // MAIL had SMTPUTF8 (RFC 6531)
     bool requiretls = false;      // RFC 8689, given inside TLS
@@ -167,12 +169,10 @@ class session final : delivery_listener, auth_listener {
     std::chrono::steady_clock::time_point commit_start{};
     // LMTP: for each accepted RCPT, its address and the indices (into
     // recipients) of its mailboxes, repeats included: lmtp_boxes holds them
-    // all, RCPT k's end at lmtp_ends[k]. Past linear_dedup mailboxes,
-    // lmtp_index finds the index of a repeat ("user NUL domain").
+    // all, RCPT k's end at lmtp_ends[k].
     std::vector<std::string> lmtp_rcpts;
     std::vector<std::uint32_t> lmtp_boxes;
     std::vector<std::uint32_t> lmtp_ends;
-    std::unordered_map<std::string, std::uint32_t> lmtp_index;
 
     // As new, but keeping what the strings and containers have allocated.
     // Every field above is reset here.
@@ -183,14 +183,16 @@ class session final : delivery_listener, auth_listener {
       ret = dsn_ret::none;
       // What one big transaction grew is not kept for every later one.
       if (recipients.capacity() > 64 || found.capacity() > 64) {
-        std::vector<recipient>().swap(recipients);
-        std::vector<recipient>().swap(found);
-        mailbox_keys = {};
+        recipients.release();
+        found.release();
+        mailboxes.release();
       } else {
         recipients.clear();
         found.clear();
-        mailbox_keys.clear();
+        mailboxes.clear();
       }
+      orcpt_type.clear();
+      orcpt.clear();
       rcpt_accepted = rcpt_overshoot = mailboxes_resolved = size = 0;
       rcpt_seen = body_8bit = too_big = sink_failed = false;
       smtputf8 = false;
@@ -201,7 +203,6 @@ class session final : delivery_listener, auth_listener {
       lmtp_rcpts.clear();
       lmtp_boxes.clear();
       lmtp_ends.clear();
-      lmtp_index.clear();
       sink_delivery = nullptr;
     }
   };
@@ -262,7 +263,6 @@ class session final : delivery_listener, auth_listener {
     return limits().accept_dsn || cfg_->store->carries_dsn();
   }
   [[nodiscard]] envelope make_envelope() const;
-  void note_lmtp_mailbox(const recipient& r, bool fresh);
   void lmtp_committed(std::span<const store_outcome> per_recipient);
   void do_data(std::string_view arg, bool bare_lf);
   void do_rset(std::string_view arg);
