@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "proto/command.hpp"
 #include "proto/proxy_header.hpp"
 
 using inboxd::proto::proxy_header_parser;
@@ -259,4 +260,45 @@ TEST_CASE("a parser that is done or failed takes nothing more") {
   auto r = p.feed({"EHLO", 4});
   CHECK(r.st == status::done);
   CHECK(r.consumed == 0);
+}
+
+// XCLIENT's argument (Postfix's XCLIENT_README), parsed in proto/command.cpp.
+TEST_CASE("parse_xclient decodes, checks and normalises every attribute") {
+  using namespace inboxd::proto;
+  xclient_attrs a;
+  auto p = parse_xclient(
+      "ADDR=IPv6:2001:DB8::5 port=4711 NAME=mail.example HELO=[UNAVAILABLE] PROTO=esmtp "
+      "LOGIN=a+40b DESTADDR=192.0.2.1 DESTPORT=25",
+      a);
+  REQUIRE(p.error == xclient_error::none);
+  CHECK(*a.addr == "2001:db8::5");
+  CHECK(*a.port == "4711");
+  CHECK(*a.name == "mail.example");
+  CHECK(a.helo->empty());  // unavailable
+  CHECK(*a.proto == "ESMTP");
+  CHECK(*a.login == "a@b");
+  CHECK(*a.destaddr == "192.0.2.1");
+  CHECK(*a.destport == "25");
+  CHECK(parse_xclient("NAME=[TEMPUNAVAIL]", a).error == xclient_error::none);
+  CHECK(a.name->empty());
+  CHECK(!a.addr);  // not given: left alone by the session
+}
+
+TEST_CASE("parse_xclient refuses what does not parse, naming the attribute") {
+  using namespace inboxd::proto;
+  xclient_attrs a;
+  CHECK(parse_xclient("", a).error == xclient_error::syntax);
+  CHECK(parse_xclient("ADDR", a).error == xclient_error::syntax);
+  CHECK(parse_xclient("=1.2.3.4", a).error == xclient_error::syntax);
+  auto p = parse_xclient("ADDR=1.2.3.4 COLOR=red", a);
+  CHECK(p.error == xclient_error::bad_name);
+  CHECK(p.what == "COLOR");
+  for (std::string_view bad :
+       {"ADDR=1.2.3", "ADDR=2001:db8::1", "ADDR=IPV6:1.2.3.4", "PORT=65536", "PORT=-1",
+        "DESTPORT=", "PROTO=LMTP", "NAME=a+20b", "HELO=+4", "LOGIN=", "HELO=" /* empty */}) {
+    INFO(bad);
+    CHECK(parse_xclient(bad, a).error == xclient_error::bad_value);
+  }
+  CHECK(parse_xclient("NAME=" + std::string(256, 'a'), a).error == xclient_error::bad_value);
+  CHECK(parse_xclient("NAME=" + std::string(255, 'a'), a).error == xclient_error::none);
 }
