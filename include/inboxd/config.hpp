@@ -54,6 +54,33 @@ struct server_config {
   std::vector<std::string> listen_tls;  // implicit TLS (RFC 8314), port 465 in production
   // LMTP (RFC 2033): final delivery for an MTA such as Postfix; never on port 25.
   std::vector<std::string> listen_lmtp;
+  // PROXY protocol listeners (HAProxy's doc/proxy-protocol.txt, v1 and
+  // v2): each connection starts with the header a load balancer in TCP mode
+  // sends, and the client it names is the client for everything (the log,
+  // the Received header, the per-address limits, XCLIENT's check).
+  // listen_proxy speaks SMTP after the header; listen_tls_proxy implicit TLS
+  // (the header first, then the handshake: HAProxy in front of port 465).
+  std::vector<std::string> listen_proxy;
+  std::vector<std::string> listen_tls_proxy;
+  // Listeners of any kind, each given whole (the config file's [[listener]]
+  // tables); opened besides those of the lists above.
+  struct listener_config {
+    std::string address;
+    bool implicit_tls = false;
+    bool lmtp = false;
+    bool proxy = false;
+  };
+  std::vector<listener_config> listeners;
+  // Who may send a PROXY header: networks as "ADDR/BITS" (or one address).
+  // A connection to a PROXY listener from anywhere else is closed and
+  // logged. A unix-socket PROXY listener trusts its peers (the socket's mode
+  // says who they are).
+  std::vector<std::string> proxy_from = {"127.0.0.0/8", "::1/128"};
+  // How long a PROXY listener waits for the header before it closes.
+  std::chrono::milliseconds proxy_timeout{5'000};
+  // Who may use XCLIENT (Postfix's XCLIENT_README): networks as above,
+  // matched against the client (the one a PROXY header named). Default none.
+  std::vector<std::string> xclient_from;
   // Every listen list also takes "unix:/path", a unix socket made with this
   // mode and owner (a stale socket file is replaced; it is removed at exit).
   unsigned unix_socket_mode = 0660;

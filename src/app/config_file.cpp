@@ -135,6 +135,19 @@ domain_rules read_domain(const toml::table& t) {
   return d;
 }
 
+// [[listener]]: address, and what it speaks (tls, lmtp, proxy).
+server_config::listener_config read_listener(const toml::table& t) {
+  reader r(t);
+  server_config::listener_config l;
+  r.get("address", l.address);
+  if (l.address.empty()) throw config_error{t.source(), "a [[listener]] needs an address"};
+  r.get("tls", l.implicit_tls);
+  r.get("lmtp", l.lmtp);
+  r.get("proxy", l.proxy);
+  r.reject_unknown();
+  return l;
+}
+
 void read_file(const toml::table& root, app_config& cfg) {
   reader r(root);
   session_config& s = cfg.server.session;
@@ -152,6 +165,21 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("listen-tls", cfg.server.listen_tls);
   r.get("listen-lmtp", cfg.server.listen_lmtp);
   r.get("metrics", cfg.server.metrics_listen);
+  r.get("listen-proxy", cfg.server.listen_proxy);
+  r.get("listen-tls-proxy", cfg.server.listen_tls_proxy);
+  r.get("proxy-from", cfg.server.proxy_from);
+  r.get_seconds("proxy-timeout", cfg.server.proxy_timeout);
+  r.get("xclient-from", cfg.server.xclient_from);
+  if (const toml::node* n = r.find("listener")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw config_error{n->source(), "listener must be a list of tables: [[listener]]"};
+    cfg.server.listeners.clear();
+    for (const toml::node& item : *a) {
+      const toml::table* t = item.as_table();
+      if (!t) throw config_error{item.source(), "each listener must be a table: [[listener]]"};
+      cfg.server.listeners.push_back(read_listener(*t));
+    }
+  }
   r.get("unix-socket-mode", cfg.unix_socket_mode);
   r.get("unix-socket-owner", cfg.unix_socket_owner);
   r.get("tls-cert", cfg.tls_cert);
@@ -246,7 +274,8 @@ bool validate(const app_config& cfg, std::string& error) {
     return false;
   }
   if (cfg.server.listen.empty() && cfg.server.listen_tls.empty() &&
-      cfg.server.listen_lmtp.empty()) {
+      cfg.server.listen_lmtp.empty() && cfg.server.listen_proxy.empty() &&
+      cfg.server.listen_tls_proxy.empty() && cfg.server.listeners.empty()) {
     error = "listen names no address";
     return false;
   }

@@ -90,6 +90,21 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (RFC 8314), repeatable");
   app.add_option("--listen-lmtp", listen_lmtp,
                  "ADDR:PORT (or unix:/path, as every --listen* takes) for LMTP, RFC 2033");
+  std::vector<std::string> listen_proxy, listen_tls_proxy, proxy_from, xclient_from;
+  double proxy_timeout = 0;
+  app.add_option("--listen-proxy", listen_proxy,
+                 "ADDR:PORT for SMTP behind a load balancer: each connection starts with a "
+                 "PROXY protocol header (v1 or v2), repeatable");
+  app.add_option("--listen-tls-proxy", listen_tls_proxy,
+                 "ADDR:PORT for implicit TLS behind a load balancer: the PROXY header, then TLS");
+  app.add_option(
+      "--proxy-from", proxy_from,
+      "CIDR allowed to send PROXY headers, repeatable (default 127.0.0.0/8 and ::1/128)");
+  app.add_option("--proxy-timeout", proxy_timeout,
+                 "seconds a PROXY listener waits for the header (default 5)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--xclient-from", xclient_from,
+                 "CIDR of clients allowed XCLIENT (Postfix's), repeatable (default: none)");
   app.add_option("--unix-socket-mode", v.unix_socket_mode,
                  "octal mode of the unix sockets listened on (default 0660)");
   app.add_option("--unix-socket-owner", v.unix_socket_owner,
@@ -195,6 +210,13 @@ int parse(int argc, char** argv, command_line& cl) {
   if (given("--listen-tls")) o.push_back([=](app_config& c) { c.server.listen_tls = listen_tls; });
   if (given("--listen-lmtp"))
     o.push_back([=](app_config& c) { c.server.listen_lmtp = listen_lmtp; });
+  if (given("--listen-proxy"))
+    o.push_back([=](app_config& c) { c.server.listen_proxy = listen_proxy; });
+  if (given("--listen-tls-proxy"))
+    o.push_back([=](app_config& c) { c.server.listen_tls_proxy = listen_tls_proxy; });
+  if (given("--proxy-from")) o.push_back([=](app_config& c) { c.server.proxy_from = proxy_from; });
+  if (given("--xclient-from"))
+    o.push_back([=](app_config& c) { c.server.xclient_from = xclient_from; });
   if (given("--unix-socket-mode"))
     o.push_back([=](app_config& c) { c.unix_socket_mode = v.unix_socket_mode; });
   if (given("--unix-socket-owner"))
@@ -239,6 +261,8 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([=](app_config& c) { c.server.min_data_rate_window = seconds(rate_window); });
   if (given("--greeting-delay"))
     o.push_back([=](app_config& c) { c.server.greeting_delay = seconds(greeting_delay); });
+  if (given("--proxy-timeout"))
+    o.push_back([=](app_config& c) { c.server.proxy_timeout = seconds(proxy_timeout); });
   if (given("--drain-timeout"))
     o.push_back([=](app_config& c) { c.server.drain_timeout = seconds(drain_timeout); });
   if (given("--user")) o.push_back([=](app_config& c) { c.user = v.user; });

@@ -44,7 +44,7 @@ std::string_view connection::ip() const noexcept {
 }
 
 void connection::accept(server::state& srv, uv_stream_t* listening, bool implicit_tls, bool lmtp,
-                        bool unix_socket) noexcept {
+                        bool proxy, bool unix_socket) noexcept {
   connection* c = nullptr;
   try {
     c = new connection(srv, {});
@@ -86,15 +86,16 @@ void connection::accept(server::state& srv, uv_stream_t* listening, bool implici
   srv.connections = c;
   ++srv.connection_count;
   ++srv.metrics.connections;
-  c->guard([&] { c->start(implicit_tls, lmtp); });
+  c->guard([&] { c->start(implicit_tls, lmtp, proxy); });
 }
 
-void connection::start(bool implicit_tls, bool lmtp) {
+void connection::start(bool implicit_tls, bool lmtp, bool proxy) {
   server::state& srv = srv_;
   sockaddr_storage addr{};
   int len = sizeof addr;
   key_ = "unknown";
   session_.set_lmtp(lmtp);
+  bool known = false;
   if (unix_) {
     // A local client has no address: the session names it "unix socket",
     // and all such clients share one key (the per-address limits skip them).
@@ -106,16 +107,59 @@ void connection::start(bool implicit_tls, bool lmtp) {
       const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
       peer_ = format_address(sa);
       key_ = limit_key(sa, srv.config.ipv6_prefix_length);
+      known = true;
     }
     session_.set_client_address(std::string(ip()));
     // Replies are small and pipelined batches go out in one write: no Nagle delay.
     uv_tcp_nodelay(&tcp_, 1);
   }
-  srv.logf(log_level::info, "conn={} connect from {}{}{}", id_, peer_,
-           implicit_tls ? " (implicit TLS)" : "", lmtp ? " (LMTP)" : "");
+  srv.logf(log_level::info, "conn={} connect from {}{}{}{}", id_, peer_,
+           implicit_tls ? " (implicit TLS)" : "", lmtp ? " (LMTP)" : "",
+           proxy ? " (PROXY protocol)" : "");
+  // XCLIENT is for the networks of xclient_from; behind a PROXY header, the
+  // client it names is the one judged (use_proxy_header).
+  if (known)
+    session_.set_xclient_allowed(in_networks(srv.xclient_from, reinterpret_cast<sockaddr*>(&addr)));
+  if (proxy) {
+    // Only a trusted proxy may name the client: anyone else could pose as
+    // any address, and so past every per-address limit.
+    if (!unix_ && !(known && in_networks(srv.proxy_from, reinterpret_cast<sockaddr*>(&addr)))) {
+      srv.logf(log_level::warning, "conn={} refused: {} may not send a PROXY header (proxy-from)",
+               id_, ip());
+      return close();
+    }
+    // Until the header names the client, only the total limit can apply:
+    // the per-address ones count the client, not the proxy. A client that
+    // never sends it holds one slot of the total, and its few header bytes,
+    // for proxy_timeout at most.
+    implicit_tls_ = implicit_tls;
+    if (srv.admitted >= srv.max_connections) {
+      (void)over_limits();
+      return;
+    }
+    admit_total();
+    proxy_ = std::make_unique<proto::proxy_header_parser>();
+    start_timer(timer_use::proxy_header,
+                static_cast<std::uint64_t>(srv.config.proxy_timeout.count()));
+    update_reading();
+    return;
+  }
+  begin(implicit_tls);
+}
+
+// What follows the PROXY header, or the accept: the limits, then the
+// greeting or the TLS handshake.
+void connection::begin(bool implicit_tls) {
+  server::state& srv = srv_;
   if (over_limits()) return;
   admit();
   if (srv.config.greeting_delay.count() > 0 && !implicit_tls && !srv.shutting_down) {
+    // Bytes after a PROXY header, before the greeting: an early talker.
+    if (in_len_ > 0) {
+      session_.refuse_pregreet();
+      in_len_ = 0;
+      return run();
+    }
     // The greeting waits; a client that talks meanwhile is an early talker.
     start_timer(timer_use::greeting, static_cast<std::uint64_t>(srv.config.greeting_delay.count()));
     update_reading();
@@ -132,6 +176,11 @@ void connection::start(bool implicit_tls, bool lmtp) {
     // RFC 8314: TLS first; the greeting comes once the handshake is done.
     implicit_tls_ = true;
     tls_ = std::make_unique<tls_stream>(srv.settings->tls);
+    // What came after a PROXY header is the start of the handshake.
+    if (in_len_ > 0) {
+      tls_->feed({in_, in_len_});
+      in_len_ = 0;
+    }
     start_timer(timer_use::handshake, handshake_timeout_ms);
   } else if (srv.shutting_down) {
     session_.shutdown();
@@ -139,6 +188,61 @@ void connection::start(bool implicit_tls, bool lmtp) {
     session_.start();
   }
   run();
+}
+
+// Takes what was read into the PROXY header; once it is complete, what is
+// left in the buffer is the stream after it (SMTP, or a TLS handshake).
+void connection::read_proxy_header() {
+  auto r = proxy_->feed({in_, in_len_});
+  if (r.st == proto::proxy_header_parser::status::error) {
+    srv_.logf(log_level::warning, "conn={} refused: bad PROXY header from {}: {}", id_, ip(),
+              proxy_->error());
+    return close();
+  }
+  if (r.consumed > 0 && r.consumed < in_len_)
+    std::memmove(in_, in_ + r.consumed, in_len_ - r.consumed);
+  in_len_ -= r.consumed;
+  if (r.st == proto::proxy_header_parser::status::need_more) {
+    if (eof_) {
+      srv_.logf(log_level::info, "conn={} closed by {} before its PROXY header was complete", id_,
+                ip());
+      return close();
+    }
+    if (in_len_ == 0) release_buffer();
+    return;
+  }
+  timer_use_ = timer_use::none;
+  uv_timer_stop(&timer_);
+  use_proxy_header();
+  proxy_.reset();
+  begin(implicit_tls_);
+}
+
+// The client the header names is the client from now on: its address is
+// the log's peer, the Received header's, and the per-address limits' key.
+void connection::use_proxy_header() {
+  const proto::proxy_info& h = proxy_->info();
+  std::string via = peer_;
+  if (!h.local) {
+    const auto* sa = reinterpret_cast<const sockaddr*>(&h.source);
+    peer_ = format_address(sa);
+    key_ = limit_key(sa, srv_.config.ipv6_prefix_length);
+    carried_ = true;
+    session_.set_client_address(std::string(ip()));
+    session_.set_xclient_allowed(in_networks(srv_.xclient_from, sa));
+  }
+  std::string tls;
+  if (h.ssl)
+    tls = fmt::format(FMT_STRING(", TLS at the proxy: {} {}{}"), proto::printable(h.ssl_version),
+                      proto::printable(h.ssl_cipher),
+                      h.ssl_verified ? ", client certificate verified" : "");
+  if (h.local)
+    srv_.logf(log_level::info,
+              "conn={} PROXY v{} from {}: no client address (LOCAL), the proxy's own is used{}",
+              id_, h.version, via, tls);
+  else
+    srv_.logf(log_level::info, "conn={} PROXY v{} from {}: client {} to {}{}", id_, h.version, via,
+              peer_, format_address(reinterpret_cast<const sockaddr*>(&h.destination)), tls);
 }
 
 // Runs the work of a libuv callback. An exception from it (std::bad_alloc
@@ -172,9 +276,10 @@ bool connection::over_limits() {
   server::state& srv = srv_;
   const server_config& cfg = srv.config;
   std::string_view why;
-  bool per_ip = !unix_ && (cfg.limit_loopback || !is_loopback(ip()));
+  bool per_ip = (!unix_ || carried_) && (cfg.limit_loopback || !is_loopback(ip()));
   refusal kind = refusal::total;  // for the metrics: which limit refused
-  if (srv.admitted >= srv.max_connections) why = "too many connections";
+  // A PROXY connection was counted in the total before its header.
+  if (!admitted_ && srv.admitted >= srv.max_connections) why = "too many connections";
   if (why.empty() && per_ip && cfg.max_connections_per_ip) {
     auto it = srv.per_ip.find(key_);
     if (it != srv.per_ip.end() && it->second >= cfg.max_connections_per_ip)
@@ -205,19 +310,24 @@ bool connection::over_limits() {
   return true;
 }
 
-void connection::admit() {
-  ++srv_.per_ip[key_];
-  admitted_ = true;
+void connection::admit_total() {
+  if (std::exchange(admitted_, true)) return;
   ++srv_.admitted;
+}
+
+void connection::admit() {
+  admit_total();
+  ++srv_.per_ip[key_];
+  keyed_ = true;
 }
 
 // A connection stops counting against the limits when it closes, or when it
 // starts to linger (its client is done with).
 void connection::unadmit() noexcept {
-  if (!std::exchange(admitted_, false)) return;
-  --srv_.admitted;
-  if (auto it = srv_.per_ip.find(key_); it != srv_.per_ip.end() && --it->second == 0)
-    srv_.per_ip.erase(it);
+  if (std::exchange(keyed_, false))
+    if (auto it = srv_.per_ip.find(key_); it != srv_.per_ip.end() && --it->second == 0)
+      srv_.per_ip.erase(it);
+  if (std::exchange(admitted_, false)) --srv_.admitted;
 }
 
 void connection::shutdown() noexcept {
@@ -596,6 +706,10 @@ void connection::on_timer() {
       ++srv_.metrics.tls_failed;
       srv_.logf(log_level::info, "conn={} TLS handshake timed out", id_);
       return close();
+    case timer_use::proxy_header:
+      srv_.logf(log_level::warning, "conn={} refused: no PROXY header from {} within {} ms", id_,
+                ip(), srv_.config.proxy_timeout.count());
+      return close();
     case timer_use::last_write:
       srv_.logf(log_level::info, "conn={} last replies not read in time", id_);
       return close();
@@ -681,6 +795,7 @@ void connection::on_read(ssize_t nread, const uv_buf_t* buf) {
     return close();
   }
   if (raw_) give_back(std::exchange(raw_, nullptr));
+  if (proxy_) return read_proxy_header();
   run();
 }
 

@@ -26,6 +26,7 @@
 
 #include "net/server_state.hpp"
 #include "net/tls.hpp"
+#include "proto/proxy_header.hpp"
 #include "proto/session.hpp"
 
 namespace inboxd::net {
@@ -33,9 +34,10 @@ namespace inboxd::net {
 class connection final : proto::session_events {
  public:
   // Accepts one pending connection from a listening stream.
-  // unix_socket: the listener is a uv_pipe_t; lmtp: the session speaks LMTP.
+  // unix_socket: the listener is a uv_pipe_t; lmtp: the session speaks LMTP;
+  // proxy: a PROXY protocol header comes first (read_proxy_header).
   static void accept(server::state& srv, uv_stream_t* listening, bool implicit_tls, bool lmtp,
-                     bool unix_socket) noexcept;
+                     bool proxy, bool unix_socket) noexcept;
 
   // Server shutdown: 421 at the next command boundary (now, when idle).
   void shutdown() noexcept;
@@ -49,7 +51,10 @@ class connection final : proto::session_events {
   connection(server::state& srv, std::string peer);
   ~connection() = default;
 
-  void start(bool implicit_tls, bool lmtp);
+  void start(bool implicit_tls, bool lmtp, bool proxy);
+  void begin(bool implicit_tls);
+  void read_proxy_header();
+  void use_proxy_header();
   void on_timer();
   void on_read(ssize_t nread, const uv_buf_t* buf);
   template <typename F>
@@ -58,6 +63,7 @@ class connection final : proto::session_events {
   void finish();
   void linger();
   void unadmit() noexcept;
+  void admit_total();
   void give_back(char* buffer) noexcept;
   bool advance_tls();
   std::size_t pull_plaintext();
@@ -71,6 +77,7 @@ class connection final : proto::session_events {
   // The connection's one timer serves one purpose at a time.
   enum class timer_use : std::uint8_t {
     none,
+    proxy_header,  // waiting for the PROXY protocol header
     greeting,
     handshake,
     sleep,
@@ -128,6 +135,9 @@ class connection final : proto::session_events {
   };
   std::unique_ptr<pending_write> write_;  // null: no write pending
   std::unique_ptr<tls_stream> tls_;       // null: plaintext
+  // The PROXY header being read: made at accept on a PROXY listener, freed
+  // once the header is complete, so that a connection past it carries none.
+  std::unique_ptr<proto::proxy_header_parser> proxy_;
   std::uint64_t id_;
   std::uint64_t data_start_ = 0;  // uv_now() when DATA began, 0 outside DATA
   std::uint64_t data_bytes_ = 0;
@@ -140,10 +150,12 @@ class connection final : proto::session_events {
   std::size_t lingered_ = 0;  // bytes dropped while lingering
   int open_handles_ = 0;
   timer_use timer_use_ = timer_use::none;
-  bool admitted_ = false;   // counted against the connection limits
+  bool admitted_ = false;   // counted against the total connection limit
+  bool keyed_ = false;      // counted in srv_.per_ip under key_
   bool got_bytes_ = false;  // bytes read since the last run()
   bool implicit_tls_ = false;
-  bool unix_ = false;  // a unix-socket client: no IP, one limit key, no per-IP limits
+  bool unix_ = false;     // a unix-socket client: no IP, one limit key, no per-IP limits
+  bool carried_ = false;  // the client's address came in a PROXY header
   bool reading_ = false;
   bool eof_ = false;
   bool alloc_failed_ = false;  // alloc_cb could not get a buffer

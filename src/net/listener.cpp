@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -70,10 +71,64 @@ std::string limit_key(const sockaddr* sa, unsigned ipv6_prefix_length) {
                      format_address(reinterpret_cast<const sockaddr*>(&in6), false), bits);
 }
 
+bool parse_network(std::string_view text, network& out) {
+  out = {};
+  auto slash = text.find('/');
+  std::string ip(text.substr(0, slash));
+  if (::inet_pton(AF_INET, ip.c_str(), out.bytes) == 1) {
+    out.family = AF_INET;
+    out.bits = 32;
+  } else if (::inet_pton(AF_INET6, ip.c_str(), out.bytes) == 1) {
+    out.family = AF_INET6;
+    out.bits = 128;
+  } else {
+    return false;
+  }
+  if (slash != text.npos) {
+    std::string_view b = text.substr(slash + 1);
+    unsigned bits = 0;
+    auto [end, ec] = std::from_chars(b.data(), b.data() + b.size(), bits);
+    if (b.empty() || ec != std::errc{} || end != b.data() + b.size() || bits > out.bits)
+      return false;
+    out.bits = bits;
+  }
+  for (unsigned i = 0; i < 16; ++i) {
+    unsigned kept = out.bits > i * 8 ? std::min(out.bits - i * 8, 8u) : 0;
+    if (out.bytes[i] & ~(0xff00u >> kept) & 0xff) return false;
+  }
+  return true;
+}
+
+bool in_networks(const std::vector<network>& nets, const sockaddr* sa) {
+  const std::uint8_t* bytes = nullptr;
+  int family = sa->sa_family;
+  if (family == AF_INET) {
+    bytes =
+        reinterpret_cast<const std::uint8_t*>(&reinterpret_cast<const sockaddr_in*>(sa)->sin_addr);
+  } else if (family == AF_INET6) {
+    bytes = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr.s6_addr;
+    static constexpr std::uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (std::memcmp(bytes, v4_mapped, sizeof v4_mapped) == 0) {
+      bytes += 12;
+      family = AF_INET;
+    }
+  } else {
+    return false;
+  }
+  for (const network& n : nets) {
+    if (n.family != family) continue;
+    unsigned whole = n.bits / 8, rest = n.bits % 8;
+    if (std::memcmp(bytes, n.bytes, whole) != 0) continue;
+    if (rest && ((bytes[whole] ^ n.bytes[whole]) & (0xff00u >> rest) & 0xff)) continue;
+    return true;
+  }
+  return false;
+}
+
 listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
-                         std::string& error) {
+                         bool proxy, std::string& error) {
   if (address.starts_with("unix:")) {
-    auto* l = new listener(srv, implicit_tls, lmtp);
+    auto* l = new listener(srv, implicit_tls, lmtp, proxy);
     if (!l->open_unix(address, error)) return nullptr;  // open_unix closes it
     srv.listeners.push_back(l);
     return l;
@@ -83,7 +138,7 @@ listener* listener::open(server::state& srv, std::string_view address, bool impl
     error = fmt::format(FMT_STRING("bad listen address '{}': want ADDR:PORT"), address);
     return nullptr;
   }
-  auto* l = new listener(srv, implicit_tls, lmtp);
+  auto* l = new listener(srv, implicit_tls, lmtp, proxy);
   uv_tcp_init(srv.loop, &l->tcp_);
   l->tcp_.data = l;
   int rc = uv_tcp_bind(&l->tcp_, reinterpret_cast<const sockaddr*>(&addr), 0);
@@ -194,7 +249,7 @@ void listener::connection_cb(uv_stream_t* server, int status) noexcept {
     }
     return;
   }
-  connection::accept(self->srv_, server, self->implicit_tls_, self->lmtp_,
+  connection::accept(self->srv_, server, self->implicit_tls_, self->lmtp_, self->proxy_,
                      !self->unix_path_.empty());
 }
 

@@ -7,7 +7,9 @@
 
 #include <uv.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "net/server_state.hpp"
 
@@ -25,21 +27,31 @@ namespace inboxd::net {
 // otherwise have 2^64 addresses to spread its connections over.
 [[nodiscard]] std::string limit_key(const sockaddr* sa, unsigned ipv6_prefix_length);
 
+// Parses a network (server_state.hpp), "ADDR/BITS" or "ADDR"; false unless the address is one and
+// BITS fits its family. Bits past the prefix must be zero, so that a typo such as 10.0.0.1/8 is
+// caught rather than read as 10.0.0.0/8.
+[[nodiscard]] bool parse_network(std::string_view text, network& out);
+// Whether sa is in one of the networks. An IPv4-mapped IPv6 address
+// (::ffff:192.0.2.1) is matched as the IPv4 address it is.
+[[nodiscard]] bool in_networks(const std::vector<network>& nets, const sockaddr* sa);
+
 class listener {
  public:
   // Binds and listens; on failure returns null with the reason in error.
   // A unix socket is made with config.unix_socket_mode and _owner; a stale
   // socket file (no server behind it) is replaced, anything else refused.
+  // proxy: every connection starts with a PROXY protocol header.
   static listener* open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
-                        std::string& error);
+                        bool proxy, std::string& error);
   void close();
   [[nodiscard]] std::string bound_address() const;
   [[nodiscard]] bool implicit_tls() const noexcept { return implicit_tls_; }
   [[nodiscard]] bool lmtp() const noexcept { return lmtp_; }
+  [[nodiscard]] bool proxy() const noexcept { return proxy_; }
 
  private:
-  listener(server::state& srv, bool implicit_tls, bool lmtp)
-      : srv_(srv), implicit_tls_(implicit_tls), lmtp_(lmtp) {}
+  listener(server::state& srv, bool implicit_tls, bool lmtp, bool proxy)
+      : srv_(srv), implicit_tls_(implicit_tls), lmtp_(lmtp), proxy_(proxy) {}
   bool open_unix(std::string_view address, std::string& error);
   static void connection_cb(uv_stream_t* server, int status) noexcept;
   static void close_cb(uv_handle_t* handle) noexcept;
@@ -47,6 +59,7 @@ class listener {
   server::state& srv_;
   bool implicit_tls_;
   bool lmtp_;
+  bool proxy_;
   std::uint64_t last_accept_error_ = 0;  // uv_now() of the last one logged
   std::string unix_path_;                // a unix socket's file, removed at close; empty for TCP
   union {

@@ -29,9 +29,39 @@ proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink
   return s;
 }
 
+// The networks of a --proxy-from or --xclient-from list.
+bool parse_networks(const std::vector<std::string>& texts, std::string_view what,
+                    std::vector<net::network>& out, std::string& error) {
+  out.clear();
+  for (const auto& t : texts) {
+    net::network n;
+    if (!net::parse_network(t, n)) {
+      error =
+          fmt::format(FMT_STRING("bad {} network '{}': want ADDR/BITS, host bits zero"), what, t);
+      return false;
+    }
+    out.push_back(n);
+  }
+  return true;
+}
+
+// Whether the config names an implicit-TLS listener.
+bool wants_implicit_tls(const server_config& cfg) {
+  return !cfg.listen_tls.empty() || !cfg.listen_tls_proxy.empty() ||
+         std::any_of(cfg.listeners.begin(), cfg.listeners.end(),
+                     [](const auto& l) { return l.implicit_tls; });
+}
+
 // What start() and reconfigure() refuse: a config the listeners cannot
 // serve. implicit_tls: an implicit-TLS listener is (or is to be) open.
-bool check_config(const server_config& cfg, bool implicit_tls, std::string& error) {
+// The networks of proxy_from and xclient_from are parsed into proxy and
+// xclient.
+bool check_config(const server_config& cfg, bool implicit_tls, std::string& error,
+                  std::vector<net::network>& proxy, std::vector<net::network>& xclient) {
+  if (!parse_networks(cfg.proxy_from, "proxy-from", proxy, error) ||
+      !parse_networks(cfg.xclient_from, "xclient-from", xclient, error))
+    return false;
+
   if (implicit_tls && !cfg.tls) {
     error = "an implicit-TLS listener needs TLS credentials";
     return false;
@@ -154,18 +184,30 @@ bool start_metrics(server::state& s, std::string& error) {
 bool server::start(std::string& error) {
   state& s = *state_;
   s.fit_connection_limit();
-  if (!check_config(s.config, !s.config.listen_tls.empty(), error)) return false;
-  auto open_all = [&](const std::vector<std::string>& addresses, bool implicit_tls, bool lmtp) {
-    for (const auto& address : addresses) {
-      auto* l = net::listener::open(s, address, implicit_tls, lmtp, error);
-      if (!l) return false;
-      s.logf(log_level::info, "listening on {}{}{}", l->bound_address(),
-             implicit_tls ? " (implicit TLS)" : "", lmtp ? " (LMTP)" : "");
-    }
+  if (!check_config(s.config, wants_implicit_tls(s.config), error, s.proxy_from, s.xclient_from))
+    return false;
+  auto open_one = [&](const std::string& address, bool implicit_tls, bool lmtp, bool proxy) {
+    auto* l = net::listener::open(s, address, implicit_tls, lmtp, proxy, error);
+    if (!l) return false;
+    s.logf(log_level::info, "listening on {}{}{}{}", l->bound_address(),
+           implicit_tls ? " (implicit TLS)" : "", lmtp ? " (LMTP)" : "",
+           proxy ? " (PROXY protocol)" : "");
     return true;
   };
-  if (!open_all(s.config.listen, false, false) || !open_all(s.config.listen_tls, true, false) ||
-      !open_all(s.config.listen_lmtp, false, true) || !start_metrics(s, error)) {
+  auto open_all = [&](const std::vector<std::string>& addresses, bool implicit_tls, bool lmtp,
+                      bool proxy) {
+    for (const auto& address : addresses)
+      if (!open_one(address, implicit_tls, lmtp, proxy)) return false;
+    return true;
+  };
+  bool opened = open_all(s.config.listen, false, false, false) &&
+                open_all(s.config.listen_tls, true, false, false) &&
+                open_all(s.config.listen_lmtp, false, true, false) &&
+                open_all(s.config.listen_proxy, false, false, true) &&
+                open_all(s.config.listen_tls_proxy, true, false, true);
+  for (const auto& l : s.config.listeners)
+    opened = opened && open_one(l.address, l.implicit_tls, l.lmtp, l.proxy);
+  if (!opened || !start_metrics(s, error)) {
     // close() takes each listener off the list.
     while (!s.listeners.empty()) s.listeners.back()->close();
     if (s.metrics_http) s.metrics_http->close();
@@ -234,21 +276,27 @@ bool server::reconfigure(const server_config& config, std::shared_ptr<inboxd::si
   bool implicit_tls = std::any_of(s.listeners.begin(), s.listeners.end(),
                                   [](const net::listener* l) { return l->implicit_tls(); });
   // Before start(), the config's own implicit-TLS addresses are the ones to come.
-  if (s.listeners.empty()) implicit_tls = !s.config.listen_tls.empty();
+  if (s.listeners.empty()) implicit_tls = wants_implicit_tls(s.config);
   try {
-    if (!check_config(config, implicit_tls, error)) return false;
+    std::vector<net::network> proxy_from, xclient_from;
+    if (!check_config(config, implicit_tls, error, proxy_from, xclient_from)) return false;
     // Everything that allocates comes first: on failure nothing has changed.
     auto settings = make_settings(config, std::move(sink), s.metrics);
     server_config next = config;
     next.listen = s.config.listen;
     next.listen_tls = s.config.listen_tls;
     next.listen_lmtp = s.config.listen_lmtp;
+    next.listen_proxy = s.config.listen_proxy;
+    next.listen_tls_proxy = s.config.listen_tls_proxy;
+    next.listeners = s.config.listeners;
     next.unix_socket_mode = s.config.unix_socket_mode;
     next.unix_socket_owner = s.config.unix_socket_owner;
     next.metrics_listen = s.config.metrics_listen;
     next.memory = s.config.memory;
     s.settings = std::move(settings);
     s.config = std::move(next);
+    s.proxy_from = std::move(proxy_from);
+    s.xclient_from = std::move(xclient_from);
   } catch (...) {
     error.clear();
     error.append("out of memory");

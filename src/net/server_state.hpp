@@ -19,6 +19,15 @@ namespace inboxd::net {
 class connection;
 class listener;
 class metrics_http;
+
+// A network of --proxy-from or --xclient-from: "192.0.2.0/24",
+// "2001:db8::/32", or one address (all its bits). parse_network() and
+// in_networks() are in listener.hpp.
+struct network {
+  int family = 0;  // AF_INET or AF_INET6
+  std::uint8_t bytes[16] = {};
+  unsigned bits = 0;
+};
 }  // namespace inboxd::net
 
 namespace inboxd {
@@ -31,6 +40,8 @@ struct server::state {
   proto::queue_id_source ids;
   net::buffer_pool buffers;
   std::vector<net::listener*> listeners;
+  // config.proxy_from and config.xclient_from, parsed (check_config).
+  std::vector<net::network> proxy_from, xclient_from;
   net::connection* connections = nullptr;  // intrusive list, newest first
   std::size_t connection_count = 0;
   std::size_t admitted = 0;  // connections within the limits

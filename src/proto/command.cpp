@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 
 #include "inboxd/sink.hpp"
 
@@ -63,6 +64,7 @@ constexpr std::array verbs{
     verb_name{"STARTTLS", verb::starttls}, verb_name{"AUTH", verb::auth},
     verb_name{"BDAT", verb::bdat},
     verb_name{"LHLO", verb::lhlo},
+    verb_name{"XCLIENT", verb::xclient},
 };
 
 std::string_view trim(std::string_view s) {
@@ -367,6 +369,95 @@ bool xtext_decode(std::string_view s, std::string& out) {
     }
   }
   return true;
+}
+
+namespace {
+
+// An address as XCLIENT_README gives it: IPv4 dotted, or "IPV6:" and an
+// IPv6 address; into out as inet_ntop writes it.
+bool xclient_address(std::string_view v, std::string& out) {
+  char text[INET6_ADDRSTRLEN + 8];
+  if (v.size() >= sizeof text) return false;
+  bool v6 = v.size() > 5 && iequals(v.substr(0, 5), "IPV6:");
+  if (v6) v.remove_prefix(5);
+  std::memcpy(text, v.data(), v.size());
+  text[v.size()] = '\0';
+  unsigned char bytes[16];
+  int af = v6 ? AF_INET6 : AF_INET;
+  if (::inet_pton(af, text, bytes) != 1) return false;
+  char back[INET6_ADDRSTRLEN];
+  if (!::inet_ntop(af, bytes, back, sizeof back)) return false;
+  out = back;
+  return true;
+}
+
+bool xclient_port(std::string_view v) {
+  if (v.empty() || v.size() > 5) return false;
+  unsigned n = 0;
+  for (char c : v) {
+    if (!is_digit(c)) return false;
+    n = n * 10 + static_cast<unsigned>(c - '0');
+  }
+  return n <= 65535;
+}
+
+// NAME, HELO and LOGIN: up to 255 printable octets without spaces, as they
+// go into the log and the Received header.
+bool xclient_text(std::string_view v) {
+  if (v.size() > 255) return false;
+  return std::all_of(v.begin(), v.end(), [](char c) { return c > 32 && c < 127; });
+}
+
+}  // namespace
+
+xclient_parse parse_xclient(std::string_view arg, xclient_attrs& out) {
+  out = {};
+  if (arg.empty()) return {xclient_error::syntax, {}};
+  std::string value;
+  while (!arg.empty()) {
+    std::string_view item = arg.substr(0, arg.find(' '));
+    arg.remove_prefix(item.size());
+    while (!arg.empty() && arg.front() == ' ') arg.remove_prefix(1);
+    auto eq = item.find('=');
+    if (eq == item.npos || eq == 0) return {xclient_error::syntax, item};
+    std::string_view name = item.substr(0, eq);
+    if (!xtext_decode(item.substr(eq + 1), value)) return {xclient_error::bad_value, name};
+    bool unavailable = iequals(value, "[UNAVAILABLE]") || iequals(value, "[TEMPUNAVAIL]");
+    if (unavailable) value.clear();
+    std::string normal;
+    auto take = [&](std::optional<std::string>& slot, bool ok) {
+      if (!ok) return false;
+      slot = unavailable ? std::string() : normal.empty() ? value : normal;
+      return true;
+    };
+    bool ok;
+    if (iequals(name, "ADDR"))
+      ok = take(out.addr, unavailable || xclient_address(value, normal));
+    else if (iequals(name, "DESTADDR"))
+      ok = take(out.destaddr, unavailable || xclient_address(value, normal));
+    else if (iequals(name, "PORT"))
+      ok = take(out.port, unavailable || xclient_port(value));
+    else if (iequals(name, "DESTPORT"))
+      ok = take(out.destport, unavailable || xclient_port(value));
+    else if (iequals(name, "NAME"))
+      ok = take(out.name, unavailable || (xclient_text(value) && !value.empty()));
+    else if (iequals(name, "HELO"))
+      ok = take(out.helo, unavailable || (xclient_text(value) && !value.empty()));
+    else if (iequals(name, "LOGIN"))
+      ok = take(out.login, unavailable || (xclient_text(value) && !value.empty()));
+    else if (iequals(name, "PROTO")) {
+      // SMTP or ESMTP (XCLIENT_README); kept upper case.
+      bool known = iequals(value, "SMTP") || iequals(value, "ESMTP");
+      if (known) {
+        normal = value;
+        for (char& c : normal) c = static_cast<char>(c >= 'a' && c <= 'z' ? c - 32 : c);
+      }
+      ok = take(out.proto, unavailable || known);
+    } else
+      return {xclient_error::bad_name, name};
+    if (!ok) return {xclient_error::bad_value, name};
+  }
+  return {};
 }
 
 void xtext_encode(std::string_view s, std::string& out) {

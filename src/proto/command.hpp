@@ -26,7 +26,8 @@ enum class verb : std::uint8_t {
   starttls,
   auth,
   bdat,
-  lhlo,  // RFC 2033 4.1: LMTP's EHLO
+  lhlo,     // RFC 2033 4.1: LMTP's EHLO
+  xclient,  // Postfix's XCLIENT_README
   unknown
 };
 
@@ -127,6 +128,24 @@ void xtext_encode(std::string_view s, std::string& out);
 [[nodiscard]] bool parse_orcpt(std::string_view value, std::string& type, std::string& address);
 // ENVID=xtext, at most 100 characters, decoded into out.
 [[nodiscard]] bool parse_envid(std::string_view value, std::string& out);
+
+// XCLIENT (Postfix's XCLIENT_README): 1*( SP attribute-name "=" xtext ),
+// names case-insensitive. Each attribute given is decoded and checked; an
+// empty value means [UNAVAILABLE] or [TEMPUNAVAIL] (the client does not
+// know it). ADDR and DESTADDR come out as inet_ntop(3) writes them, without
+// the "IPV6:" prefix; PROTO in upper case.
+struct xclient_attrs {
+  std::optional<std::string> name, addr, port, proto, helo, login, destaddr, destport;
+};
+enum class xclient_error : std::uint8_t { none, syntax, bad_name, bad_value };
+struct xclient_parse {
+  xclient_error error = xclient_error::none;
+  std::string_view what;  // the attribute at fault, borrowed from arg
+};
+[[nodiscard]] xclient_parse parse_xclient(std::string_view arg, xclient_attrs& out);
+// The attribute names inboxd takes, as EHLO lists them.
+inline constexpr std::string_view xclient_names =
+    "ADDR PORT NAME HELO PROTO LOGIN DESTADDR DESTPORT";
 
 // Case-insensitive ASCII comparison.
 // ASCII letters compare without case; every other octet exactly. Inline:

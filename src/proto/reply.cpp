@@ -87,6 +87,12 @@ constexpr std::array rows{
     // RFC 2033 4.1: an LMTP server does not take HELO or EHLO.
     row{lhlo_needed, {500, "5.5.1", "Error: this is an LMTP server, say LHLO"}},
     row{lmtp_delivered, {250, "2.0.0", "Ok: delivered to "}},
+    // Postfix's own XCLIENT replies (smtpd.c), so that a proxy written for
+    // Postfix reads them as it does there.
+    row{xclient_denied, {550, "5.7.0", "Error: insufficient authorization"}},
+    row{xclient_in_tx, {503, "5.5.1", "Error: MAIL transaction in progress"}},
+    row{xclient_attr, {501, "5.5.4", "Bad XCLIENT attribute name: "}},
+    row{xclient_value, {501, "5.5.4", "Bad XCLIENT attribute value: "}},
 };
 
 constexpr bool in_enum_order() {

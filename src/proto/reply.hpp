@@ -79,6 +79,10 @@ enum class reply_id : std::uint8_t {
   bad_param_value,   // 501 5.5.4
   lhlo_needed,       // 500 5.5.1 (LMTP: HELO and EHLO are refused)
   lmtp_delivered,    // 250 2.0.0 (LMTP: one per recipient after the data)
+  xclient_denied,    // 550 5.7.0 (XCLIENT from a client not in xclient_from)
+  xclient_in_tx,     // 503 5.5.1 (XCLIENT between MAIL and the end of data)
+  xclient_attr,      // 501 5.5.4 (an attribute name XCLIENT does not have)
+  xclient_value,     // 501 5.5.4 (an attribute value that does not parse)
 };
 
 struct reply_entry {

@@ -247,6 +247,7 @@ void session::handle_line(std::string_view line, bool bare_lf) {
     case verb::starttls: return do_starttls(cmd.arg);
     case verb::auth: return do_auth(cmd.arg);
     case verb::bdat: return do_bdat(cmd.arg);
+    case verb::xclient: return do_xclient(cmd.arg);
     case verb::unknown: return refuse(reply_id::unknown_command);
   }
 }
@@ -278,6 +279,7 @@ void session::do_helo(std::string_view arg, bool esmtp) {
   // MAILMAX: a session may send any number of messages.
   fmt::format_to(out, FMT_STRING("250-LIMITS RCPTMAX={}\r\n"), limits().max_recipients);
   if (dsn_offered()) out_ += "250-DSN\r\n";
+  if (xclient_allowed_) fmt::format_to(out, FMT_STRING("250-XCLIENT {}\r\n"), xclient_names);
   if (cfg_->tls && tls().empty()) out_ += "250-STARTTLS\r\n";
   if (!tls().empty()) out_ += "250-REQUIRETLS\r\n";  // RFC 8689 2: only inside TLS
   if (cfg_->auth && (!tls().empty() || limits().allow_plaintext_auth))
@@ -586,6 +588,59 @@ void session::tls_started(std::string description) {
   tx_.reset();
   reader_.reset();
   events_.session_log(log_level::info, fmt::format(FMT_STRING("tls: {}"), tls()));
+}
+
+// XCLIENT (Postfix's XCLIENT_README): a trusted proxy in front says who
+// its client is. Only for clients in xclient_from (550 5.7.0 for others, as
+// Postfix answers), never inside a transaction (503). Every attribute is
+// checked before any is applied; then the session starts over as after the
+// greeting: a new 220, and the client sends EHLO again. The connection's
+// limits were counted for the address it came from; the new address is the
+// client for the log, the Received header and what follows in the session.
+void session::do_xclient(std::string_view arg) {
+  if (!xclient_allowed_) return refuse(reply_id::xclient_denied);
+  if (tx_) return refuse(reply_id::xclient_in_tx);
+  xclient_attrs a;
+  xclient_parse p = parse_xclient(arg, a);
+  switch (p.error) {
+    case xclient_error::none: break;
+    case xclient_error::syntax: return refuse(reply_id::bad_syntax, "XCLIENT attribute=value ...");
+    case xclient_error::bad_name: return refuse(reply_id::xclient_attr, p.what);
+    case xclient_error::bad_value: return refuse(reply_id::xclient_value, p.what);
+  }
+  extras& e = x();
+  // [UNAVAILABLE] for ADDR: no address is known; the Received header says "unknown".
+  if (a.addr) client_address_ = a.addr->empty() ? "unknown" : *a.addr;
+  if (a.name) e.xclient_name = *a.name;
+  if (a.helo) e.xclient_helo = *a.helo;
+  if (a.proto) e.xclient_proto = *a.proto;
+  if (a.login) e.user = *a.login;  // As AUTH would: the authenticated sender, or none.
+  // XCLIENT_README, "XCLIENT Server response": the state of the greeting
+  // (TLS stays; the attributes just given stay too).
+  helo_.clear();
+  esmtp_ = false;
+  e.step = sasl::none;
+  std::string line = "xclient:";
+  auto note = [&](std::string_view key, const std::optional<std::string>& v) {
+    if (!v) return;
+    line += ' ';
+    line += key;
+    line += '=';
+    if (v->empty())
+      line += "[UNAVAILABLE]";
+    else
+      append_printable(line, *v);
+  };
+  note("addr", a.addr);
+  note("port", a.port);
+  note("name", a.name);
+  note("helo", a.helo);
+  note("proto", a.proto);
+  note("login", a.login);
+  note("destaddr", a.destaddr);
+  note("destport", a.destport);
+  events_.session_log(log_level::info, line);
+  start();
 }
 
 // RFC 4954 4: AUTH mechanism [initial-response].
@@ -1058,13 +1113,23 @@ void session::append_received_header(std::string& h) const {
   const transaction& tx = *tx_;
   bool v6 = client_address_.find(':') != std::string::npos;
   h += "Received: from ";
-  h += helo_;
+  // XCLIENT's HELO name and client name, when it gave them.
+  h += x_ && !x_->xclient_helo.empty() ? x_->xclient_helo : helo_;
   if (client_address_.empty()) {
     h += " (unix socket)\n";  // A local client: no address to name.
   } else {
-    h += v6 ? " ([IPv6:" : " ([";
-    h += client_address_;
-    h += "])\n";
+    h += " (";
+    if (x_ && !x_->xclient_name.empty()) {
+      h += x_->xclient_name;
+      h += ' ';
+    }
+    if (client_address_ == "unknown") {
+      h += "unknown)\n";  // XCLIENT ADDR=[UNAVAILABLE]
+    } else {
+      h += v6 ? "[IPv6:" : "[";
+      h += client_address_;
+      h += "])\n";
+    }
   }
   if (!tls().empty()) {
     h += "\t(using ";
@@ -1080,12 +1145,14 @@ void session::append_received_header(std::string& h) const {
   h += limits().hostname;
   // RFC 3848: ESMTP (or LMTP), plus S with TLS and A with AUTH; RFC 6531
   // 4.3: UTF8SMTP (UTF8LMTP) for SMTPUTF8, with the same S and A.
-  h += lmtp_         ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
-       : !esmtp_     ? " (inboxd) with SMTP"
-       : tx.smtputf8 ? " (inboxd) with UTF8SMTP"
-                     : " (inboxd) with ESMTP";
-  if (esmtp_ && !tls().empty()) h += 'S';
-  if (esmtp_ && !user().empty()) h += 'A';
+  // XCLIENT PROTO=SMTP or ESMTP stands for what the client itself said.
+  bool esmtp = x_ && !x_->xclient_proto.empty() ? x_->xclient_proto == "ESMTP" : esmtp_;
+  h += lmtp_           ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
+       : !esmtp        ? " (inboxd) with SMTP"
+       : tx.smtputf8   ? " (inboxd) with UTF8SMTP"
+                       : " (inboxd) with ESMTP";
+  if (esmtp && !tls().empty()) h += 'S';
+  if (esmtp && !user().empty()) h += 'A';
   h += " id ";
   h += tx.queue_id;
   if (tx.rcpt_accepted == 1) {

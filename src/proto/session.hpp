@@ -84,6 +84,9 @@ class session final : delivery_listener, auth_listener {
   // The client's IP address, for the trace header and the log.
   // An empty address is a client on a unix socket, which has none.
   void set_client_address(std::string address) { client_address_ = std::move(address); }
+  // Whether this client may use XCLIENT (server_config::xclient_from):
+  // EHLO offers it and the command is taken only then.
+  void set_xclient_allowed(bool on) noexcept { xclient_allowed_ = on; }
   // RFC 2033 LMTP: LHLO instead of HELO/EHLO, and one reply per accepted
   // recipient after the data, each the truth for that recipient's
   // mailboxes. Call before start().
@@ -269,6 +272,7 @@ class session final : delivery_listener, auth_listener {
   void do_quit(std::string_view arg);
   void do_starttls(std::string_view arg);
   void do_auth(std::string_view arg);
+  void do_xclient(std::string_view arg);
   void sasl_response(std::string_view line);
   void sasl_plain(std::string_view response);
   void check_credentials(std::string user, std::string_view password);
@@ -309,6 +313,7 @@ class session final : delivery_listener, auth_listener {
   std::string helo_;  // copied once; empty until HELO/EHLO
   bool esmtp_ = false;
   bool lmtp_ = false;
+  bool xclient_allowed_ = false;
   transaction_slot tx_;
   mode mode_ = mode::command;
   // RFC 4954 4: SASL lines may run to 12288 octets; the session holds every
@@ -340,6 +345,10 @@ class session final : delivery_listener, auth_listener {
     bool checking = false;        // between check() and auth_checked()
     std::size_t auth_failures = 0;
     std::string held;  // a reply waiting for the end of a delay
+    // What XCLIENT said of the client (Postfix's XCLIENT_README): its name
+    // and, kept through the HELO/EHLO that follows, its HELO name and
+    // protocol ("SMTP" or "ESMTP"), for the Received header. Empty: not said.
+    std::string xclient_name, xclient_helo, xclient_proto;
     // The BDAT chunk being read (RFC 3030), from do_bdat() to its last octet.
     struct {
       chunk_decoder decoder;

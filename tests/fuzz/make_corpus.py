@@ -308,6 +308,39 @@ def http_head():
         write("http_head", name, seed(i + 500) + wire)
 
 
+# ---------------------------------------------------------------- proxy_header
+# 8 seed bytes, then the wire: a PROXY header (v1 or v2) and what follows.
+def v2(ver_cmd, family, block):
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([ver_cmd, family]) + struct.pack(">H", len(block)) + block
+
+
+def tlv(kind, value):
+    return bytes([kind]) + struct.pack(">H", len(value)) + value
+
+
+def proxy_header():
+    inet4 = bytes([203, 0, 113, 5, 192, 0, 2, 1]) + struct.pack(">HH", 56324, 25)
+    inet6 = bytes(15) + b"\x05" + bytes(15) + b"\x01" + struct.pack(">HH", 1, 25)
+    ssl = tlv(0x20, b"\x07\x00\x00\x00\x00" + tlv(0x21, b"TLSv1.3") + tlv(0x23, b"TLS_AES_256_GCM_SHA384")
+              + tlv(0x22, b"client.example"))
+    cases = {
+        "v1-tcp4": b"PROXY TCP4 203.0.113.5 192.0.2.1 56324 25\r\nEHLO x\r\n",
+        "v1-tcp6": b"PROXY TCP6 2001:db8::5 2001:db8::1 65535 25\r\n",
+        "v1-unknown": b"PROXY UNKNOWN\r\nQUIT\r\n",
+        "v1-107": b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n",
+        "v1-no-lf": b"PROXY TCP4 " + b"1" * 120,
+        "v2-inet4": v2(0x21, 0x11, inet4) + b"EHLO x\r\n",
+        "v2-inet6": v2(0x21, 0x21, inet6),
+        "v2-local": v2(0x20, 0x00, b"") + b"QUIT\r\n",
+        "v2-unix": v2(0x21, 0x31, bytes(216)),
+        "v2-tlvs": v2(0x21, 0x11, inet4 + tlv(0x04, b"noop") + ssl + tlv(0x02, b"mx.example")),
+        "v2-crc": v2(0x21, 0x11, inet4 + tlv(0x03, bytes(4))),
+        "v2-long": v2(0x21, 0x11, inet4 + tlv(0x04, bytes(1000))),
+        "garbage": b"EHLO client.example\r\n",
+    }
+    for i, (name, data) in enumerate(sorted(cases.items())):
+        write("proxy_header", name, seed(i + 500) + data)
+
 if __name__ == "__main__":
     line_reader()
     command()
@@ -315,3 +348,4 @@ if __name__ == "__main__":
     session()
     mboxrd()
     http_head()
+    proxy_header()

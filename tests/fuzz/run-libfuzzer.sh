@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run-libfuzzer.sh BUILD_DIR SECONDS [HARNESS...]: fuzz every harness (or the
-# ones named: line_reader command data_decoder session mboxrd http_head) for SECONDS each.
+# ones named: line_reader command data_decoder session mboxrd http_head proxy_header) for SECONDS each.
 #
 # BUILD_DIR is a clang build with -Dfuzzing=true, normally also with
 # -Db_sanitize=address,undefined -Db_lundef=false (see tests/fuzz/meson.build).
@@ -20,7 +20,7 @@ seconds=$2
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/inboxd-fuzz.XXXXXX")
 shift 2
-harnesses=(line_reader command data_decoder session mboxrd http_head)
+harnesses=(line_reader command data_decoder session mboxrd http_head proxy_header)
 [ $# -gt 0 ] && harnesses=("$@")
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:strict_string_checks=1}
