@@ -118,6 +118,14 @@ class supervisor {
 
   int run() {
     parent_pid_ = ::getpid();
+    // The program's own path, so that a worker is named inboxd in ps, not
+    // exe; once the file was replaced (an upgrade), the running image, so
+    // that every worker runs the supervisor's version.
+    char path[4096];
+    ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+    exe_ = "/proc/self/exe";
+    if (n > 0 && !std::string_view(path, static_cast<std::size_t>(n)).ends_with(" (deleted)"))
+      exe_.assign(path, static_cast<std::size_t>(n));
     base_env_.clear();
     // What systemd gave the supervisor is not the workers'; each gets its own.
     static constexpr std::string_view ours[] = {"LISTEN_PID=",     "LISTEN_FDS=",
@@ -188,6 +196,7 @@ class supervisor {
     for (int fd : from) above = std::max(above, fd + 1);
     pid_t parent = parent_pid_;
     char** argv = opt_.argv;
+    const char* exe = exe_.c_str();
 
     pid_t pid = ::fork();
     if (pid == 0) {
@@ -201,7 +210,7 @@ class supervisor {
       for (std::size_t i = 0; i < n; ++i)
         if (moved[i] < 0 || ::dup2(moved[i], 3 + static_cast<int>(i)) < 0) ::_exit(1);
       put_decimal(listen_pid + 11, ::getpid());
-      ::execve("/proc/self/exe", argv, envp.data());
+      ::execve(exe, argv, envp.data());
       ::_exit(127);
     }
     ::close(sv[1]);
@@ -472,6 +481,7 @@ class supervisor {
   uv_loop_t* loop_;
   supervisor_options opt_;
   pid_t parent_pid_ = 0;
+  std::string exe_;  // what each worker runs
   std::vector<std::string> base_env_;
   std::vector<std::unique_ptr<worker>> workers_;
   uv_signal_t sigterm_{}, sigint_{}, sighup_{}, sigchld_{};
