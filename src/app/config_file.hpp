@@ -20,7 +20,7 @@ struct app_config {
   std::string sink = "maildir";  // maildir | mbox | null
   std::string maildir = "var/maildir";
   std::string maildir_sync = "fsync";  // fsync | syncfs (maildir_sync in sinks.hpp)
-  std::string mbox;  // a path template; selects the mbox sink on the command line
+  std::string mbox;                    // a path template; selects the mbox sink on the command line
   std::string spool_dir = "var/spool";
   std::string tls_cert;  // PEM files; none: a self-signed pair in state_dir
   std::string tls_key;

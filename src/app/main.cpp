@@ -654,8 +654,8 @@ void on_sighup(uv_signal_t* handle, int) noexcept {
     return;
   }
   // systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
-  rt->notify->send(fmt::format(FMT_STRING("RELOADING=1\nMONOTONIC_USEC={}"),
-                               inboxd::app::monotonic_usec()));
+  rt->notify->send(
+      fmt::format(FMT_STRING("RELOADING=1\nMONOTONIC_USEC={}"), inboxd::app::monotonic_usec()));
   start_reload(rt);
 }
 

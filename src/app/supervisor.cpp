@@ -37,8 +37,8 @@ bool bind_worker_sockets(const server_config& cfg, unsigned workers,
         shared(fd, kind);
       } else if (address.starts_with("unix:")) {
         std::string path = address.substr(5), note;
-        int fd = net::make_unix_socket(path, cfg.unix_socket_mode, cfg.unix_socket_owner, note,
-                                       error);
+        int fd =
+            net::make_unix_socket(path, cfg.unix_socket_mode, cfg.unix_socket_owner, note, error);
         if (!note.empty()) notes.push_back(note);
         if (fd < 0) return false;
         unix_paths.push_back(path);
@@ -92,7 +92,8 @@ struct worker {
 };
 
 std::string describe(int status) {
-  if (WIFEXITED(status)) return fmt::format(FMT_STRING("exited with status {}"), WEXITSTATUS(status));
+  if (WIFEXITED(status))
+    return fmt::format(FMT_STRING("exited with status {}"), WEXITSTATUS(status));
   if (WIFSIGNALED(status))
     return fmt::format(FMT_STRING("was killed by signal {} ({})"), WTERMSIG(status),
                        ::strsignal(WTERMSIG(status)));
@@ -113,8 +114,7 @@ void put_decimal(char* out, long n) {
 
 class supervisor {
  public:
-  supervisor(uv_loop_t* loop, supervisor_options options)
-      : loop_(loop), opt_(std::move(options)) {}
+  supervisor(uv_loop_t* loop, supervisor_options options) : loop_(loop), opt_(std::move(options)) {}
 
   int run() {
     parent_pid_ = ::getpid();
@@ -128,10 +128,9 @@ class supervisor {
       exe_.assign(path, static_cast<std::size_t>(n));
     base_env_.clear();
     // What systemd gave the supervisor is not the workers'; each gets its own.
-    static constexpr std::string_view ours[] = {"LISTEN_PID=",     "LISTEN_FDS=",
-                                                "LISTEN_FDNAMES=", "NOTIFY_SOCKET=",
-                                                "WATCHDOG_USEC=",  "WATCHDOG_PID=",
-                                                "INBOXD_SUPERVISOR_FD="};
+    static constexpr std::string_view ours[] = {
+        "LISTEN_PID=",    "LISTEN_FDS=",   "LISTEN_FDNAMES=",      "NOTIFY_SOCKET=",
+        "WATCHDOG_USEC=", "WATCHDOG_PID=", "INBOXD_SUPERVISOR_FD="};
     for (char** e = environ; *e; ++e) {
       std::string_view v = *e;
       if (std::none_of(std::begin(ours), std::end(ours),
@@ -192,6 +191,7 @@ class supervisor {
     std::vector<int> from;
     for (const auto& s : set) from.push_back(s.fd);
     from.push_back(sv[1]);
+    std::vector<int> moved(from.size());  // Filled in by the child, which may not allocate.
     int above = channel_fd + 1;
     for (int fd : from) above = std::max(above, fd + 1);
     pid_t parent = parent_pid_;
@@ -203,8 +203,7 @@ class supervisor {
       // The child: only async-signal-safe calls until execve.
       ::setpgid(0, 0);  // A terminal's ^C reaches the supervisor alone, which passes it on.
       if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) ::_exit(1);
-      int moved[64];
-      std::size_t n = std::min<std::size_t>(from.size(), 64);
+      std::size_t n = from.size();
       // First above every target, then into place: no target overwrites a source.
       for (std::size_t i = 0; i < n; ++i) moved[i] = ::fcntl(from[i], F_DUPFD_CLOEXEC, above);
       for (std::size_t i = 0; i < n; ++i)
@@ -304,8 +303,8 @@ class supervisor {
     }
     if (w.ready) return;
     w.ready = w.ever_ready = true;
-    if (announced_ || std::any_of(workers_.begin(), workers_.end(),
-                                  [](const auto& x) { return !x->ready; }))
+    if (announced_ ||
+        std::any_of(workers_.begin(), workers_.end(), [](const auto& x) { return !x->ready; }))
       return;
     announced_ = true;
     say(log_level::info, "supervisor: all {} workers ready", workers_.size());
@@ -409,8 +408,7 @@ class supervisor {
       say(log_level::info, "{}: stopping the workers", name);
       notify("STOPPING=1");
     } else {
-      say(log_level::warning, "{} again: passed on, the workers close every connection now",
-          name);
+      say(log_level::warning, "{} again: passed on, the workers close every connection now", name);
     }
     for (auto& w : workers_) {
       uv_timer_stop(&w->restart);

@@ -43,8 +43,8 @@ struct supervisor_options {
   unsigned workers = 2;
   std::vector<std::vector<inherited_socket>> sockets{};  // from bind_worker_sockets
   std::vector<std::string> unix_paths{};                 // removed at exit
-  char** argv = nullptr;                               // each worker runs it again
-  notifier* notify = nullptr;                          // to systemd; may be disabled
+  char** argv = nullptr;                                 // each worker runs it again
+  notifier* notify = nullptr;                            // to systemd; may be disabled
 };
 
 // Starts the workers and runs the loop until they have all exited after a

@@ -196,8 +196,8 @@ std::string notifier::open_from_environment() {
   } else if (path && path[0]) {
     std::string_view p = path;
     if ((p[0] != '/' && p[0] != '@') || p.size() >= sizeof addr_.sun_path) {
-      note = fmt::format(FMT_STRING("NOTIFY_SOCKET '{}' is not a unix socket path: not notifying"),
-                         p);
+      note =
+          fmt::format(FMT_STRING("NOTIFY_SOCKET '{}' is not a unix socket path: not notifying"), p);
     } else {
       addr_.sun_family = AF_UNIX;
       std::memcpy(addr_.sun_path, p.data(), p.size());
@@ -207,8 +207,8 @@ std::string notifier::open_from_environment() {
                                          (p[0] == '@' ? 0 : 1));
       fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
       if (fd_ < 0)
-        note = fmt::format(FMT_STRING("cannot notify the service manager: {}"),
-                           std::strerror(errno));
+        note =
+            fmt::format(FMT_STRING("cannot notify the service manager: {}"), std::strerror(errno));
     }
   }
   for (const char* v : {"NOTIFY_SOCKET", "INBOXD_SUPERVISOR_FD", "WATCHDOG_USEC", "WATCHDOG_PID"})

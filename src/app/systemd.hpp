@@ -48,9 +48,8 @@ struct inherited_socket {
 // matched against cfg's listen lists (a wildcard address there matches any
 // address with its port). One that matches nothing is plain SMTP, and a
 // note says so. On success the lists of cfg hold "fd:N" entries only.
-[[nodiscard]] bool assign_sockets(const std::vector<inherited_socket>& sockets,
-                                  server_config& cfg, std::vector<std::string>& notes,
-                                  std::string& error);
+[[nodiscard]] bool assign_sockets(const std::vector<inherited_socket>& sockets, server_config& cfg,
+                                  std::vector<std::string>& notes, std::string& error);
 
 // The kind names assign_sockets knows, as the supervisor passes them on.
 inline constexpr std::string_view kind_smtp = "smtp";

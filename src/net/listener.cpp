@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
-#include <sys/socket.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -76,7 +76,8 @@ listener* listener::open(server::state& srv, std::string_view address, bool impl
                          std::string& error) {
   if (address.starts_with("unix:") || address.starts_with("fd:")) {
     auto* l = new listener(srv, implicit_tls, lmtp);
-    bool ok = address.starts_with("fd:") ? l->open_fd(address, error) : l->open_unix(address, error);
+    bool ok =
+        address.starts_with("fd:") ? l->open_fd(address, error) : l->open_unix(address, error);
     if (!ok) return nullptr;  // open_unix and open_fd close it
     srv.listeners.push_back(l);
     return l;
@@ -237,8 +238,8 @@ bool listener::open_fd(std::string_view address, std::string& error) {
             ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM &&
             (len = sizeof listening,
              ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0) &&
-            listening && (len = sizeof domain,
-                          ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0) &&
+            listening &&
+            (len = sizeof domain, ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0) &&
             (domain == AF_INET || domain == AF_INET6 || domain == AF_UNIX);
   is_pipe_ = ok && domain == AF_UNIX;
   if (is_pipe_) {
@@ -256,8 +257,8 @@ bool listener::open_fd(std::string_view address, std::string& error) {
       error = fmt::format(FMT_STRING("cannot listen on {}: {} ({})"), address, uv_strerror(rc),
                           uv_err_name(rc));
   } else {
-    error = fmt::format(FMT_STRING("cannot listen on {}: not a listening TCP or unix stream socket"),
-                        address);
+    error = fmt::format(
+        FMT_STRING("cannot listen on {}: not a listening TCP or unix stream socket"), address);
   }
   if (!ok || rc != 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);

@@ -7,11 +7,14 @@ flight is still stored), a worker dies with its supervisor, and a worker
 whose loop stalls is killed by the supervisor's watchdog.
 """
 import os
+import pwd
 import re
+import shutil
 import signal
 import socket
 import tempfile
 import time
+import unittest
 
 import harness
 from harness import TIMEOUT, Client
@@ -136,6 +139,42 @@ class WorkersTest(harness.InboxdTestCase):
             time.sleep(0.02)
 
 
+@unittest.skipUnless(os.geteuid() == 0, "needs root")
+class WorkersAsUserTest(harness.InboxdTestCase):
+    """Started as root with --user: the supervisor binds, then it and every
+    worker run as the user; what start-up made is the user's."""
+
+    def setUp(self):
+        self.clients = []
+        self.nobody = pwd.getpwnam("nobody")
+        self.top = tempfile.mkdtemp(prefix="inboxd-it-workers-")
+        self.addCleanup(shutil.rmtree, self.top, True)
+        os.chmod(self.top, 0o755)
+        self.maildir = os.path.join(self.top, "maildir")
+        self.server = self.start_server(
+            "--workers", "2", "--user", "nobody", "--state-dir", os.path.join(self.top, "state"),
+            "--maildir", self.maildir, maildir=False, allow_root=False)
+        self.assertIsNotNone(self.server.wait_log(r"supervisor: all 2 workers ready"),
+                             self.server.log())
+
+    def test_supervisor_and_workers_run_as_the_user(self):
+        uid = self.nobody.pw_uid
+        self.assertIn(f"supervisor running as uid {uid} ", self.server.log())
+        self.assertEqual(self.server.status("Uid").split()[:2], [str(uid)] * 2)
+        pids = [int(p) for _, p in re.findall(STARTED_RE, self.server.log())]
+        for pid in pids:
+            with open(f"/proc/{pid}/status") as f:
+                self.assertRegex(f.read(), rf"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        c = self.ehlo()
+        self.deliver(c, "a@example.org", ["b@example.net"], BODY)
+        self.assertEqual(os.stat(self.maildir).st_uid, uid)
+        self.assertEqual(len(self.stored(self.maildir)), 1)
+        self.server.proc.send_signal(signal.SIGHUP)
+        self.assertIsNotNone(self.server.wait_log(r"supervisor: every worker reloaded"),
+                             self.server.log())
+        self.assertEqual(self.server.stop(), 0)
+
+
 class WorkerWatchdogTest(harness.InboxdTestCase):
     """With WATCHDOG_USEC the supervisor pings systemd and kills a worker
     whose loop stops pinging it (here: a stopped process)."""
@@ -147,7 +186,7 @@ class WorkerWatchdogTest(harness.InboxdTestCase):
         self.notify.bind(self.notify_path)
         self.addCleanup(self.notify.close)
         os.environ["NOTIFY_SOCKET"] = self.notify_path
-        os.environ["WATCHDOG_USEC"] = "300000"
+        os.environ["WATCHDOG_USEC"] = "1000000"
         try:
             self.server = self.start_server("--workers", "2")
         finally:
