@@ -582,10 +582,14 @@ std::string status_lines(const runtime& rt) {
 void status_cb(uv_timer_t* t) noexcept {
   auto* rt = static_cast<runtime*>(t->data);
   if (rt->reloading) return;  // The reload's READY=1 brings its own STATUS=.
-  std::string s = status_lines(*rt);
-  if (s == rt->last_status) return;
-  rt->last_status = std::move(s);
-  rt->notify->send(rt->last_status);
+  try {
+    std::string s = status_lines(*rt);
+    if (s == rt->last_status) return;
+    rt->last_status = std::move(s);
+    rt->notify->send(rt->last_status);
+  } catch (...) {
+    // Out of memory: no STATUS= this time.
+  }
 }
 
 // From the loop, so that a stalled loop stops the pings and systemd (or

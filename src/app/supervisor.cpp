@@ -271,7 +271,11 @@ class supervisor {
         uv_poll_stop(handle);
         return;
       }
-      s.on_message(*w, std::string_view(buf, static_cast<std::size_t>(n)));
+      try {
+        s.on_message(*w, std::string_view(buf, static_cast<std::size_t>(n)));
+      } catch (...) {
+        // Out of memory: that message is lost, the channel goes on.
+      }
     }
   }
 
@@ -335,10 +339,14 @@ class supervisor {
   static void status_cb(uv_timer_t* t) noexcept {
     auto* s = static_cast<supervisor*>(t->data);
     if (s->reloading_) return;  // The reload's own STATUS comes with its READY=1.
-    std::string text = s->status_text();
-    if (text == s->last_status_) return;
-    s->last_status_ = text;
-    s->notify("STATUS=" + text);
+    try {
+      std::string text = s->status_text();
+      if (text == s->last_status_) return;
+      s->last_status_ = text;
+      s->notify("STATUS=" + text);
+    } catch (...) {
+      // Out of memory: no STATUS= this time.
+    }
   }
 
   // A ready worker that has not pinged for a whole interval has a stalled
@@ -378,10 +386,16 @@ class supervisor {
 
   static void signal_cb(uv_signal_t* handle, int signum) noexcept {
     auto* s = static_cast<supervisor*>(handle->data);
-    switch (signum) {
-      case SIGCHLD: return s->reap();
-      case SIGHUP: return s->reload();
-      default: return s->stop(signum);
+    // What allocates here is log lines and state lines; out of memory loses
+    // them, not the signal's effect on the workers (kill and waitpid come
+    // first in each path).
+    try {
+      switch (signum) {
+        case SIGCHLD: return s->reap();
+        case SIGHUP: return s->reload();
+        default: return s->stop(signum);
+      }
+    } catch (...) {
     }
   }
 
@@ -403,16 +417,17 @@ class supervisor {
   }
 
   void stop(int signum) {
-    const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
-    if (++stop_signals_ == 1) {
-      say(log_level::info, "{}: stopping the workers", name);
-      notify("STOPPING=1");
-    } else {
-      say(log_level::warning, "{} again: passed on, the workers close every connection now", name);
-    }
+    ++stop_signals_;
     for (auto& w : workers_) {
       uv_timer_stop(&w->restart);
       if (w->pid != 0) ::kill(w->pid, signum);
+    }
+    const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (stop_signals_ == 1) {
+      notify("STOPPING=1");
+      say(log_level::info, "{}: stopping the workers", name);
+    } else {
+      say(log_level::warning, "{} again: passed on, the workers close every connection now", name);
     }
     maybe_done();
   }
