@@ -293,27 +293,40 @@ class SocketActivationTest(harness.InboxdTestCase):
 class UnitFilesTest(unittest.TestCase):
     def test_units_verify(self):
         """systemd-analyze verify of copies whose ExecStart is the built binary
-        (verify wants the program to exist)."""
+        (verify wants the program to exist; meson puts the installed path
+        where inboxd.service.in says @bindir@)."""
         d = tempfile.mkdtemp(prefix="inboxd-units-")
         self.addCleanup(shutil.rmtree, d, True)
-        names = sorted(n for n in os.listdir(UNITS) if n.endswith((".service", ".socket")))
-        self.assertEqual(names, ["inboxd-submissions.socket", "inboxd.service", "inboxd.socket"])
-        for n in names:
+        sources = sorted(n for n in os.listdir(UNITS) if n.endswith((".service.in", ".socket")))
+        self.assertEqual(sources, ["inboxd-submissions.socket", "inboxd.service.in",
+                                   "inboxd.socket"])
+        names = []
+        for n in sources:
             with open(os.path.join(UNITS, n)) as f:
                 text = f.read()
+            if n.endswith(".in"):
+                self.assertIn("\nExecStart=@bindir@/inboxd -c /etc/inboxd/inboxd.toml\n", text)
+                text = text.replace("@bindir@/inboxd", os.path.abspath(BIN))
+                n = n[:-3]
+            self.assertNotIn("@bindir@", text, f"{n}: a placeholder is left")
             with open(os.path.join(d, n), "w") as f:
-                f.write(text.replace("/usr/sbin/inboxd", os.path.abspath(BIN)))
+                f.write(text)
+            names.append(n)
         r = subprocess.run([ANALYZE, "verify", "--man=no", *[os.path.join(d, n) for n in names]],
                            capture_output=True, text=True, timeout=60, cwd=d)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(r.stderr.strip(), "", r.stderr)
-        with open(os.path.join(UNITS, "inboxd.service")) as f:
+        with open(os.path.join(d, "inboxd.service")) as f:
             service = f.read()
         for line in ("Type=notify", "NotifyAccess=main", "KillMode=mixed",
-                     "ExecStart=/usr/sbin/inboxd -c /etc/inboxd/inboxd.toml",
                      "ExecReload=/bin/kill -HUP $MAINPID", "ProtectSystem=strict",
                      "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"):
             self.assertIn("\n" + line + "\n", service)
+        for unit, name in (("inboxd.socket", "smtp"), ("inboxd-submissions.socket", "smtps")):
+            with open(os.path.join(d, unit)) as f:
+                text = f.read()
+            self.assertIn(f"\nFileDescriptorName={name}\n", text)
+            self.assertIn("\nService=inboxd.service\n", text)
 
 
 if __name__ == "__main__":
