@@ -82,7 +82,10 @@ struct server_config {
   // matched against the client (the one a PROXY header named). Default none.
   std::vector<std::string> xclient_from;
   // Every listen list also takes "unix:/path", a unix socket made with this
-  // mode and owner (a stale socket file is replaced; it is removed at exit).
+  // mode and owner (a stale socket file is replaced; it is removed at exit),
+  // and "fd:N", a listening TCP or unix socket already open as descriptor N
+  // (systemd's socket activation): the server adopts and closes it, and
+  // never unlinks its file.
   unsigned unix_socket_mode = 0660;
   file_owner unix_socket_owner;  // unset: the server's own user
   // Certificates (load_tls_credentials): STARTTLS is offered when set.

@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 
 #include <toml++/toml.h>
+#include <uv.h>
+
 #include <algorithm>
+#include <charconv>
 #include <set>
 
 namespace inboxd::app {
@@ -148,6 +151,19 @@ server_config::listener_config read_listener(const toml::table& t) {
   return l;
 }
 
+// workers = 4, or workers = "auto".
+void read_workers(reader& r, std::string& out) {
+  const toml::node* n = r.find("workers");
+  if (!n) return;
+  if (auto count = n->value<std::int64_t>()) {
+    out = std::to_string(*count);
+  } else if (auto word = n->value<std::string>()) {
+    out = *word;
+  }
+  if (parse_workers(out) == 0)
+    throw config_error{n->source(), "workers must be \"auto\" or a whole number from 1 to 1024"};
+}
+
 void read_file(const toml::table& root, app_config& cfg) {
   reader r(root);
   session_config& s = cfg.server.session;
@@ -215,6 +231,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("user", cfg.user);
   r.get("group", cfg.group);
   r.get("allow-root", cfg.allow_root);
+  read_workers(r, cfg.workers);
   if (const toml::node* n = r.find("domain")) {
     const toml::array* a = n->as_array();
     if (!a) throw config_error{n->source(), "domain must be a list of tables: [[domain]]"};
@@ -250,6 +267,14 @@ bool load_config_file(const std::string& path, app_config& cfg, std::string& err
     error = fmt::format(FMT_STRING("{}: {}"), position(path, e.where), e.what);
   }
   return false;
+}
+
+unsigned parse_workers(const std::string& text) {
+  if (text == "auto") return std::max(1u, uv_available_parallelism());
+  unsigned n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc{} || end != text.data() + text.size() || n < 1 || n > 1024) return 0;
+  return n;
 }
 
 bool parse_socket_mode(const std::string& text, unsigned& mode) {

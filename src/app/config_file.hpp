@@ -20,7 +20,7 @@ struct app_config {
   std::string sink = "maildir";  // maildir | mbox | null
   std::string maildir = "var/maildir";
   std::string maildir_sync = "fsync";  // fsync | syncfs (maildir_sync in sinks.hpp)
-  std::string mbox;  // a path template; selects the mbox sink on the command line
+  std::string mbox;                    // a path template; selects the mbox sink on the command line
   std::string spool_dir = "var/spool";
   std::string tls_cert;  // PEM files; none: a self-signed pair in state_dir
   std::string tls_key;
@@ -36,6 +36,9 @@ struct app_config {
   // Message bytes all deliveries together may hold in memory (memory_budget
   // in sinks.hpp): past it, data goes to disk sooner or reading pauses.
   std::size_t memory_budget = 64 * 1024 * 1024;
+  // Worker processes (app/supervisor.hpp): "auto" (one per core) or a
+  // count; 1 is one process and no supervisor. Read at start-up only.
+  std::string workers = "1";
 };
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).
@@ -45,6 +48,10 @@ struct app_config {
 
 // Checks what no single key can: the names of the sink, a path for it.
 [[nodiscard]] bool validate(const app_config& cfg, std::string& error);
+
+// "auto" or a whole number from 1 to 1024: the worker count it means
+// (auto: the cores this process may run on), or 0 when it is neither.
+[[nodiscard]] unsigned parse_workers(const std::string& text);
 
 // unix-socket-mode as a number: false unless it is octal and at most 0777.
 [[nodiscard]] bool parse_socket_mode(const std::string& text, unsigned& mode);

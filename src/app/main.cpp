@@ -3,7 +3,10 @@
 // Reads the command line and the config file, opens the sink, runs the
 // server on the default libuv loop. SIGHUP reloads the config file (on the
 // thread pool; a bad file keeps the old settings); SIGTERM/SIGINT drain, and
-// a second one closes every connection at once.
+// a second one closes every connection at once. With --workers N it is the
+// supervisor of N such processes instead (app/supervisor.hpp). Under
+// systemd it takes socket-activated listeners and reports its state
+// (app/systemd.hpp).
 #include <grp.h>
 #include <pwd.h>
 #include <sys/resource.h>
@@ -22,6 +25,8 @@
 
 #include "app/config_file.hpp"
 #include "app/log_writer.hpp"
+#include "app/supervisor.hpp"
+#include "app/systemd.hpp"
 #include "inboxd/auth.hpp"
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
@@ -43,12 +48,25 @@ struct command_line {
   bool prepare_config = false;
   // The flags that were given, applied over the config file (again on reload).
   std::vector<std::function<void(app_config&)>> overrides;
+  std::string workers;  // --workers, when given
 };
 
 std::string default_hostname() {
   char name[256] = {};
   if (::gethostname(name, sizeof name - 1) != 0 || !name[0]) return "localhost";
   return name;
+}
+
+// --workers N|auto: read at start-up (a reload does not change it).
+void add_worker_flags(CLI::App& app, command_line& cl) {
+  app.add_option("--workers", cl.workers,
+                 "N or auto (one per core): a supervisor and N worker processes (default 1: "
+                 "one process, no supervisor); per-address limits are per worker")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            return inboxd::app::parse_workers(s) ? "" : "want auto or a number from 1 to 1024";
+          },
+          "N|auto"));
 }
 
 // Returns the exit code to use now, or -1 to go on.
@@ -173,6 +191,7 @@ int parse(int argc, char** argv, command_line& cl) {
                  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT: loopback)");
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
+  add_worker_flags(app, cl);
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION + " (" +
                                         inboxd::tls_library_version() + ")");
   app.footer("Also: inboxd passwd   (reads a password on stdin, prints a hash for --auth-users)");
@@ -193,6 +212,7 @@ int parse(int argc, char** argv, command_line& cl) {
   auto& o = cl.overrides;
   auto given = [&](const char* flag) { return app.count(flag) > 0; };
   if (given("--listen")) o.push_back([=](app_config& c) { c.server.listen = listen; });
+  if (given("--workers")) o.push_back([w = cl.workers](app_config& c) { c.workers = w; });
   if (given("--domain"))
     o.push_back([=](app_config& c) {
       c.server.recipients.domains.clear();
@@ -531,6 +551,11 @@ struct runtime {
   uv_signal_t sigterm{};
   uv_signal_t sigint{};
   uv_signal_t sighup{};
+  // What systemd (or the supervisor) is told: app/systemd.hpp.
+  inboxd::app::notifier* notify = nullptr;
+  uv_timer_t status_timer{};
+  uv_timer_t watchdog_timer{};
+  std::string last_status{};
   int stop_signals = 0;
   bool reloading = false;
   bool reload_again = false;  // a SIGHUP came during a reload
@@ -556,6 +581,83 @@ void reload_work_cb(uv_work_t* req) noexcept {
   }
 }
 
+// Messages accepted, for STATUS=: counted from the one line each message
+// gets in the log ("status=sent"), so the library keeps no counter for it.
+std::uint64_t messages_accepted = 0;
+
+// The library's logger: the log writer, counting accepted messages on the way.
+inboxd::logger counting_logger() {
+  return {[](void*, inboxd::log_level level, std::string_view line) {
+            if (line.find(" status=sent (") != line.npos) ++messages_accepted;
+            the_log().write(level, line);
+          },
+          nullptr};
+}
+
+// STATUS= for systemd (sd_notify(3)); to the supervisor also the counts it
+// adds up over its workers.
+std::string status_lines(const runtime& rt) {
+  std::size_t connections = rt.srv->connection_count();
+  std::string s = fmt::format(FMT_STRING("STATUS={} connections, {} messages accepted"),
+                              connections, messages_accepted);
+  if (rt.notify->to_supervisor())
+    s += fmt::format(FMT_STRING("\nX_INBOXD_CONNECTIONS={}\nX_INBOXD_MESSAGES={}"), connections,
+                     messages_accepted);
+  return s;
+}
+
+// STATUS= at most every 2 s, and only when it changed.
+void status_cb(uv_timer_t* t) noexcept {
+  auto* rt = static_cast<runtime*>(t->data);
+  if (rt->reloading) return;  // The reload's READY=1 brings its own STATUS=.
+  try {
+    std::string s = status_lines(*rt);
+    if (s == rt->last_status) return;
+    rt->last_status = std::move(s);
+    rt->notify->send(rt->last_status);
+  } catch (...) {
+    // Out of memory: no STATUS= this time.
+  }
+}
+
+// From the loop, so that a stalled loop stops the pings and systemd (or
+// the supervisor) sees it.
+void watchdog_cb(uv_timer_t* t) noexcept {
+  static_cast<runtime*>(t->data)->notify->send("WATCHDOG=1");
+}
+
+// Listening, and as the user it runs as: READY=1, then STATUS= and the
+// watchdog's pings (at half its interval, as sd_watchdog_enabled(3) asks).
+void start_notifying(runtime& rt) {
+  for (uv_timer_t* t : {&rt.status_timer, &rt.watchdog_timer}) {
+    uv_timer_init(rt.loop, t);
+    t->data = &rt;
+  }
+  if (!rt.notify->enabled()) return;
+  rt.last_status = status_lines(rt);
+  rt.notify->send("READY=1\n" + rt.last_status);
+  uv_timer_start(&rt.status_timer, status_cb, 2000, 2000);
+  if (std::uint64_t usec = rt.notify->watchdog_usec()) {
+    std::uint64_t half_ms = std::max<std::uint64_t>(1, usec / 2000);
+    uv_timer_start(&rt.watchdog_timer, watchdog_cb, half_ms, half_ms);
+  }
+}
+
+// A reload (or a run of them, SIGHUPs coalesced) is over: READY=1 again,
+// with STATUS= saying whether it was applied.
+void reload_done(runtime* rt, const std::string& error) {
+  if (rt->stop_signals) return;  // STOPPING=1 was said: no READY=1 after it.
+  if (error.empty()) {
+    rt->last_status = status_lines(*rt);
+    rt->notify->send("READY=1\nSTATUS=reloaded; " + rt->last_status.substr(7));
+    return;
+  }
+  std::string state = "READY=1\nSTATUS=reload failed, the old config stays: " + error;
+  if (rt->notify->to_supervisor()) state += "\nX_INBOXD_RELOAD_FAILED=" + error;
+  rt->last_status.clear();
+  rt->notify->send(state);
+}
+
 void start_reload(runtime* rt);
 
 void reload_after_cb(uv_work_t* req, int) noexcept {
@@ -564,16 +666,16 @@ void reload_after_cb(uv_work_t* req, int) noexcept {
   rt->reloading = false;
   // The file may have changed since this reload read it: read it again.
   if (std::exchange(rt->reload_again, false) && !rt->stop_signals) start_reload(rt);
-  if (!job->sink) {
+  bool ok = job->sink && job->rt->srv->reconfigure(job->cfg.server, job->sink, job->error);
+  if (!ok) {
     say(inboxd::log_level::error, "reload failed, the old config stays: {}", job->error);
-    return;
+  } else {
+    rt->memory->limit = job->cfg.memory_budget;  // Here: the budget is the loop thread's.
+    if (!job->note.empty()) say(inboxd::log_level::info, "{}", job->note);
+    say(inboxd::log_level::info, "reloaded {}",
+        job->rt->cl->config_file.empty() ? "(no config file)" : job->rt->cl->config_file);
   }
-  if (!job->rt->srv->reconfigure(job->cfg.server, job->sink, job->error))
-    return say(inboxd::log_level::error, "reload failed, the old config stays: {}", job->error);
-  rt->memory->limit = job->cfg.memory_budget;  // Here: the budget is the loop thread's.
-  if (!job->note.empty()) say(inboxd::log_level::info, "{}", job->note);
-  say(inboxd::log_level::info, "reloaded {}",
-      job->rt->cl->config_file.empty() ? "(no config file)" : job->rt->cl->config_file);
+  if (!rt->reloading) reload_done(rt, ok ? std::string() : job->error);
 }
 
 void on_sighup(uv_signal_t* handle, int) noexcept {
@@ -583,6 +685,9 @@ void on_sighup(uv_signal_t* handle, int) noexcept {
     rt->reload_again = true;
     return;
   }
+  // systemd.service(5), Type=notify-reload: RELOADING=1 with the time it began.
+  rt->notify->send(
+      fmt::format(FMT_STRING("RELOADING=1\nMONOTONIC_USEC={}"), inboxd::app::monotonic_usec()));
   start_reload(rt);
 }
 
@@ -598,11 +703,14 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
   auto* rt = static_cast<runtime*>(handle->data);
   if (++rt->stop_signals == 1) {
     say(inboxd::log_level::info, "{}: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    rt->notify->send("STOPPING=1");
     rt->srv->shutdown(
         [](void* ctx) {
           auto* r = static_cast<runtime*>(ctx);
           for (uv_signal_t* h : {&r->sigterm, &r->sigint, &r->sighup})
             uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
+          for (uv_timer_t* t : {&r->status_timer, &r->watchdog_timer})
+            uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
           the_log().stop();
         },
         rt);
@@ -610,6 +718,59 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
     say(inboxd::log_level::warning, "second signal: closing every connection now");
     rt->srv->abort();
   }
+}
+
+// Socket activation (sd_listen_fds(3)): the passed sockets become the
+// listen lists, as "fd:N" entries sorted by name or address, and stay so on
+// every reload (the same override). False with the reason in error.
+bool adopt_sockets(command_line& cl, app_config& cfg, std::vector<std::string>& notes,
+                   std::string& error) {
+  std::vector<inboxd::app::inherited_socket> inherited;
+  if (!inboxd::app::take_listen_fds(inherited, error)) return false;
+  if (inherited.empty()) return true;
+  inboxd::server_config lists = cfg.server;
+  if (!inboxd::app::assign_sockets(inherited, lists, notes, error)) return false;
+  auto apply = [plain = lists.listen, tls = lists.listen_tls,
+                lmtp = lists.listen_lmtp](app_config& c) {
+    c.server.listen = plain;
+    c.server.listen_tls = tls;
+    c.server.listen_lmtp = lmtp;
+  };
+  apply(cfg);
+  cl.overrides.push_back(apply);
+  return true;
+}
+
+// --workers N: binds the sockets once (as root, for port 25), becomes the
+// user, and supervises N workers that run this program again as that user.
+// open_parts has already made what the workers will use, owned by the user.
+int run_supervisor(uv_loop_t* loop, const command_line& cl, app_config& cfg, unsigned workers,
+                   const run_as& who, inboxd::app::notifier& notify, char** argv,
+                   std::vector<std::string> notes) {
+  std::string error;
+  inboxd::app::supervisor_options opt{.workers = workers, .argv = argv, .notify = &notify};
+  if (!inboxd::app::bind_worker_sockets(cfg.server, workers, opt.sockets, opt.unix_paths, notes,
+                                        error)) {
+    fmt::print(stderr, "inboxd: {}\n", error);
+    return 2;
+  }
+  std::vector<std::string> warnings;
+  if (!drop_privileges(cfg, who, error) ||
+      (who.owner.set() && !check_usable(cl, cfg, who.name, error, warnings))) {
+    fmt::print(stderr, "inboxd: {}\n", error);
+    for (const auto& path : opt.unix_paths) ::unlink(path.c_str());
+    return 2;
+  }
+  the_log().start(loop);
+  for (const auto& w : warnings) say(inboxd::log_level::warning, "{}", w);
+  for (const auto& n : notes) say(inboxd::log_level::info, "{}", n);
+  if (::geteuid() != 0 || !cfg.user.empty())
+    say(inboxd::log_level::info, "supervisor running as uid {} gid {}", ::getuid(), ::getgid());
+  int rc = inboxd::app::supervise(loop, std::move(opt));
+  if (int closed = uv_loop_close(loop); closed != 0)
+    say(inboxd::log_level::error, "loop not empty at exit: {}", uv_err_name(closed));
+  say(inboxd::log_level::info, "stopped");
+  return rc;
 }
 
 }  // namespace
@@ -628,6 +789,17 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}: ok\n", cl.config_file.empty() ? "(command line)" : cl.config_file);
     return 0;
   }
+  // Sockets from systemd (or from our supervisor, for a worker) replace the
+  // listen lists; the notifier tells the one or the other how we are.
+  std::vector<std::string> notes;
+  inboxd::app::notifier notify;
+  if (std::string note = notify.open_from_environment(); !note.empty()) notes.push_back(note);
+  if (!adopt_sockets(cl, cfg, notes, error)) {
+    fmt::print(stderr, "inboxd: {}\n", error);
+    return 2;
+  }
+  // A worker is one process whatever --workers says.
+  unsigned workers = notify.to_supervisor() ? 1 : inboxd::app::parse_workers(cfg.workers);
   std::signal(SIGPIPE, SIG_IGN);
   // fsync-bound deliveries wait on the thread pool; give it more than libuv's 4.
   ::setenv("UV_THREADPOOL_SIZE", "16", 0);
@@ -649,9 +821,18 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;
   }
+  if (workers > 1) {
+    // The supervisor holds no mail: what open_parts made stays, for the
+    // workers to open, and its objects go.
+    sink.reset();
+    cfg.server.tls.reset();
+    cfg.server.auth.reset();
+    if (!note.empty()) notes.push_back(note);
+    return run_supervisor(loop, cl, cfg, workers, who, notify, argv, notes);
+  }
   the_log().start(loop);
   cfg.server.memory = memory;  // Reported in the metrics.
-  inboxd::server srv(loop, cfg.server, sink, the_log().logger());
+  inboxd::server srv(loop, cfg.server, sink, counting_logger());
   sink.reset();
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
@@ -669,13 +850,15 @@ int main(int argc, char** argv) {
     say(inboxd::log_level::info, "running as uid {} gid {}", ::getuid(), ::getgid());
   say(inboxd::log_level::info, "open files limit: {}", raise_fd_limit());
   if (!note.empty()) say(inboxd::log_level::info, "{}", note);
-  runtime rt{.loop = loop, .cl = &cl, .srv = &srv, .memory = memory};
+  for (const auto& n : notes) say(inboxd::log_level::info, "{}", n);
+  runtime rt{.loop = loop, .cl = &cl, .srv = &srv, .memory = memory, .notify = &notify};
   for (auto [h, sig] : {std::pair{&rt.sigterm, SIGTERM}, std::pair{&rt.sigint, SIGINT},
                         std::pair{&rt.sighup, SIGHUP}}) {
     uv_signal_init(loop, h);
     h->data = &rt;
     uv_signal_start(h, sig == SIGHUP ? on_sighup : on_stop_signal, sig);
   }
+  start_notifying(rt);
   uv_run(loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(loop);
   if (rc != 0) say(inboxd::log_level::error, "loop not empty at exit: {}", uv_err_name(rc));

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -127,9 +129,11 @@ bool in_networks(const std::vector<network>& nets, const sockaddr* sa) {
 
 listener* listener::open(server::state& srv, std::string_view address, bool implicit_tls, bool lmtp,
                          bool proxy, std::string& error) {
-  if (address.starts_with("unix:")) {
+  if (address.starts_with("unix:") || address.starts_with("fd:")) {
     auto* l = new listener(srv, implicit_tls, lmtp, proxy);
-    if (!l->open_unix(address, error)) return nullptr;  // open_unix closes it
+    bool ok =
+        address.starts_with("fd:") ? l->open_fd(address, error) : l->open_unix(address, error);
+    if (!ok) return nullptr;  // open_unix and open_fd close it
     srv.listeners.push_back(l);
     return l;
   }
@@ -170,21 +174,41 @@ bool socket_answers(const std::string& path) {
   return answers;
 }
 
+std::string sys_error(int err) {
+  int rc = uv_translate_sys_error(err);
+  return fmt::format(FMT_STRING("{} ({})"), uv_strerror(rc), uv_err_name(rc));
+}
+
 }  // namespace
 
-// "unix:/path": a stale socket file from a crash is removed first, but only
-// a socket that no server answers on; the socket gets its mode and owner
-// before it listens, so no client connects to it under other permissions.
-bool listener::open_unix(std::string_view address, std::string& error) {
-  std::string path(address.substr(5));
+int make_tcp_socket(std::string_view address, bool reuseport, std::string& error) {
+  sockaddr_storage addr{};
+  if (!parse_address(address, addr)) {
+    error = fmt::format(FMT_STRING("bad listen address '{}': want ADDR:PORT"), address);
+    return -1;
+  }
+  int fd = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int on = 1;
+  bool ok = fd >= 0 && ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == 0 &&
+            (!reuseport || ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == 0) &&
+            ::bind(fd, reinterpret_cast<const sockaddr*>(&addr),
+                   addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in)) == 0 &&
+            ::listen(fd, 4096) == 0;
+  if (ok) return fd;
+  error = fmt::format(FMT_STRING("cannot listen on {}: {}"), address, sys_error(errno));
+  if (fd >= 0) ::close(fd);
+  return -1;
+}
+
+int make_unix_socket(const std::string& path, unsigned mode, file_owner owner, std::string& note,
+                     std::string& error) {
   auto fail = [&](std::string why) {
-    error = fmt::format(FMT_STRING("cannot listen on {}: {}"), address, why);
-    uv_close(reinterpret_cast<uv_handle_t*>(&pipe_), close_cb);
-    return false;
+    error = fmt::format(FMT_STRING("cannot listen on unix:{}: {}"), path, why);
+    return -1;
   };
-  uv_pipe_init(srv_.loop, &pipe_, 0);
-  pipe_.data = this;
+  sockaddr_un sun{};
   if (path.empty() || path.front() != '/') return fail("want unix:/absolute/path");
+  if (path.size() >= sizeof sun.sun_path) return fail("the path is too long");
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return fail("the file exists and is not a socket");
@@ -192,32 +216,120 @@ bool listener::open_unix(std::string_view address, std::string& error) {
     if (::unlink(path.c_str()) != 0)
       return fail(
           fmt::format(FMT_STRING("cannot remove the stale socket: {}"), std::strerror(errno)));
-    srv_.logf(log_level::info, "removed a stale socket {}", path);
+    note = fmt::format(FMT_STRING("removed a stale socket {}"), path);
   }
-  int rc = uv_pipe_bind(&pipe_, path.c_str());
-  if (rc != 0) return fail(fmt::format(FMT_STRING("{} ({})"), uv_strerror(rc), uv_err_name(rc)));
-  unix_path_ = path;
-  const server_config& cfg = srv_.config;
-  if (::chmod(path.c_str(), static_cast<mode_t>(cfg.unix_socket_mode)) != 0 ||
-      (cfg.unix_socket_owner.set() &&
-       ::lchown(path.c_str(), cfg.unix_socket_owner.uid, cfg.unix_socket_owner.gid) != 0)) {
-    std::string why =
-        fmt::format(FMT_STRING("cannot set its mode or owner: {}"), std::strerror(errno));
-    ::unlink(path.c_str());
-    unix_path_.clear();
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(sys_error(errno));
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) != 0) {
+    std::string why = sys_error(errno);
+    ::close(fd);
     return fail(why);
   }
-  rc = uv_listen(reinterpret_cast<uv_stream_t*>(&pipe_), 4096, connection_cb);
-  if (rc != 0) {
+  std::string why;
+  if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0 ||
+      (owner.set() && ::lchown(path.c_str(), owner.uid, owner.gid) != 0))
+    why = fmt::format(FMT_STRING("cannot set its mode or owner: {}"), std::strerror(errno));
+  else if (::listen(fd, 4096) != 0)
+    why = sys_error(errno);
+  if (why.empty()) return fd;
+  ::unlink(path.c_str());
+  ::close(fd);
+  return fail(why);
+}
+
+std::string socket_address(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return {};
+  if (addr.ss_family == AF_INET || addr.ss_family == AF_INET6)
+    return format_address(reinterpret_cast<const sockaddr*>(&addr));
+  if (addr.ss_family != AF_UNIX) return {};
+  const auto* sun = reinterpret_cast<const sockaddr_un*>(&addr);
+  std::size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+  std::string path(sun->sun_path, strnlen(sun->sun_path, n));
+  return path.empty() ? std::string() : "unix:" + path;
+}
+
+// "unix:/path": made by make_unix_socket, then served by a uv_pipe_t.
+bool listener::open_unix(std::string_view address, std::string& error) {
+  std::string path(address.substr(5));
+  uv_pipe_init(srv_.loop, &pipe_, 0);
+  pipe_.data = this;
+  is_pipe_ = true;
+  const server_config& cfg = srv_.config;
+  std::string note;
+  int fd = make_unix_socket(path, cfg.unix_socket_mode, cfg.unix_socket_owner, note, error);
+  if (!note.empty()) srv_.logf(log_level::info, "{}", note);
+  int rc = fd < 0 ? 0 : uv_pipe_open(&pipe_, fd);
+  if (fd >= 0 && rc == 0) {
+    unix_path_ = path;
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&pipe_), 4096, connection_cb);
+  }
+  if (fd >= 0 && rc != 0) {
+    error = fmt::format(FMT_STRING("cannot listen on {}: {} ({})"), address, uv_strerror(rc),
+                        uv_err_name(rc));
     ::unlink(path.c_str());
     unix_path_.clear();
-    return fail(fmt::format(FMT_STRING("{} ({})"), uv_strerror(rc), uv_err_name(rc)));
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&pipe_), &fd) != 0) ::close(fd);
+  }
+  if (fd < 0 || rc != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&pipe_), close_cb);
+    return false;
+  }
+  return true;
+}
+
+// "fd:N": a listening socket made by someone else (systemd, the supervisor),
+// TCP or unix. Its file, if any, is theirs: it is never unlinked here.
+bool listener::open_fd(std::string_view address, std::string& error) {
+  std::string_view digits = address.substr(3);
+  int fd = -1;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), fd);
+  int type = 0, listening = 0, domain = 0;
+  socklen_t len = sizeof type;
+  bool ok = ec == std::errc{} && end == digits.data() + digits.size() && fd >= 0 &&
+            ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM &&
+            (len = sizeof listening,
+             ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0) &&
+            listening &&
+            (len = sizeof domain, ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0) &&
+            (domain == AF_INET || domain == AF_INET6 || domain == AF_UNIX);
+  is_pipe_ = ok && domain == AF_UNIX;
+  if (is_pipe_) {
+    uv_pipe_init(srv_.loop, &pipe_, 0);
+  } else {
+    uv_tcp_init(srv_.loop, &tcp_);
+  }
+  tcp_.data = this;
+  int rc = 0;
+  if (ok) {
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // Not for the programs a worker might start.
+    rc = is_pipe_ ? uv_pipe_open(&pipe_, fd) : uv_tcp_open(&tcp_, fd);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&tcp_), 4096, connection_cb);
+    if (rc != 0)
+      error = fmt::format(FMT_STRING("cannot listen on {}: {} ({})"), address, uv_strerror(rc),
+                          uv_err_name(rc));
+  } else {
+    error = fmt::format(
+        FMT_STRING("cannot listen on {}: not a listening TCP or unix stream socket"), address);
+  }
+  if (!ok || rc != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);
+    return false;
   }
   return true;
 }
 
 std::string listener::bound_address() const {
   if (!unix_path_.empty()) return "unix:" + unix_path_;
+  if (is_pipe_) {
+    char path[256];
+    std::size_t n = sizeof path;
+    if (uv_pipe_getsockname(&pipe_, path, &n) != 0) return "unix:?";
+    return "unix:" + std::string(path, n);
+  }
   sockaddr_storage addr{};
   int len = sizeof addr;
   if (uv_tcp_getsockname(&tcp_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
@@ -250,7 +362,7 @@ void listener::connection_cb(uv_stream_t* server, int status) noexcept {
     return;
   }
   connection::accept(self->srv_, server, self->implicit_tls_, self->lmtp_, self->proxy_,
-                     !self->unix_path_.empty());
+                     self->is_pipe_);
 }
 
 void listener::close_cb(uv_handle_t* handle) noexcept {
