@@ -207,6 +207,21 @@ class BenchCorpusTest(InboxdTestCase):
         self.assertEqual(d["bytes_accepted"],
                          2 * sum(len(as_stored(m).replace(b"\n", b"\r\n")) for m in CORPUS))
 
+    def test_bdat_sends_the_corpus_unstuffed(self):
+        """With --bdat the chunk is the text itself (RFC 3030 2: no
+        dot-stuffing), and BDAT's count is its size."""
+        root = self.corpus_dir()
+        os.mkdir(os.path.join(root, "new"))
+        for i, m in enumerate(CORPUS):
+            with open(os.path.join(root, "new", f"{i}.corpus.test"), "wb") as f:
+                f.write(m)
+        for pipelining in ("on", "off"):
+            d = bench(self.server.port, "--corpus", root, "--bdat", "-c", "1", "-m",
+                      str(len(CORPUS)), "--pipelining", pipelining)
+            self.assertEqual(d["accepted"], len(CORPUS))
+        got = sorted(parse_stored(m)["body"] for m in self.stored())
+        self.assertEqual(got, sorted(as_stored(m) for m in CORPUS for _ in range(2)))
+
     def test_mboxrd_replayed_byte_for_byte(self):
         root = self.corpus_dir()
         path = os.path.join(root, "corpus.mbox")
