@@ -218,7 +218,7 @@ void print_json(std::FILE* out, const options& opt, const outcome& r, const cpu_
   field("duration_requested", opt.duration > 0 ? number(opt.duration) : "null");
   field("warmup", number(opt.warmup));
   field("rate", opt.rate > 0 ? number(opt.rate) : "null");
-  field("sizes", "[" + sizes + "]");
+  field("sizes", fmt::format("[{}]", sizes));
   field("recipients", std::to_string(opt.recipients));
   field("pipelining", json_string(pipelining_name(opt)));
   field("bdat", opt.bdat ? "true" : "false");
@@ -233,9 +233,11 @@ void print_json(std::FILE* out, const options& opt, const outcome& r, const cpu_
   field("failed", std::to_string(st.failed));
   field("warmup_messages", std::to_string(st.warmup));
   field("recipients_refused", std::to_string(st.recipients_refused));
-  field("codes", "{" + code_list(st.codes, true) + "}");
-  field("session_codes", "{" + code_list(st.session_codes, true) + "}");
-  field("connection_errors", "{" + error_list(st, true) + "}");
+  // fmt, not "{" + …: GCC 12's -Wrestrict misfires on operator+ (a false
+  // positive that -Dwerror=true builds would stop at).
+  field("codes", fmt::format("{{{}}}", code_list(st.codes, true)));
+  field("session_codes", fmt::format("{{{}}}", code_list(st.session_codes, true)));
+  field("connection_errors", fmt::format("{{{}}}", error_list(st, true)));
   field("sessions", std::to_string(live.sessions));
   field("sessions_pipelining", std::to_string(live.sessions_pipelined));
   field("messages_per_second", number(per_second(st.accepted, measured)));
