@@ -28,11 +28,16 @@ constexpr std::string_view crlf = "\r\n";
 
 }  // namespace
 
-client::client(run& r, unsigned index) : run_(r), index_(index) {
+client::client(run& r, unsigned index) : run_(r), index_(r.opt().connection_base + index) {
   // Room for a whole pipelined batch, so that appending never allocates.
   std::size_t batch = 64 + (r.opt().recipients + 1) * 96;
   out_.reserve(batch);
   sending_.reserve(batch);
+  if (!r.from().uses_message() && !r.to().uses_message()) {
+    append_group(0);
+    group_.swap(out_);
+    out_.reserve(batch + group_.size());
+  }
   if (r.opt().tls != tls_mode::none) tls_ = std::make_unique<tls_client_stream>(*r.tls_config());
 }
 
@@ -485,6 +490,10 @@ void client::finish() {
 // RFC 2920 3.1: MAIL and RCPT may be followed by more commands; DATA ends
 // the group, since the text may go only after its 354.
 void client::append_group(std::uint64_t number) {
+  if (!group_.empty()) {
+    out_.append(group_);
+    return;
+  }
   append_mail(number);
   for (unsigned r = 1; r <= run_.opt().recipients; ++r) append_rcpt(number, r);
   out_.append("DATA\r\n");
@@ -594,20 +603,21 @@ void client::chain_next() {
 }
 
 void client::write_text() {
-  auto slices = run_.text().slices(tx_.size_index);
   std::array<uv_buf_t, 4> bufs;
   unsigned count = 0;
   if (bdat_) {
-    // The commands, BDAT last, then the text without DATA's final ".\r\n".
+    // The commands, BDAT last, then the text as it is (no dot-stuffing, no
+    // final ".\r\n").
+    auto slices = run_.text().chunk_slices(tx_.size_index);
     bdat_head_.swap(out_);
     out_.clear();
-    slices[2].remove_suffix(3);
     bufs[count++] = uv_buf_init(bdat_head_.data(), static_cast<unsigned>(bdat_head_.size()));
     for (auto slice : slices)
       bufs[count++] =
           uv_buf_init(const_cast<char*>(slice.data()), static_cast<unsigned>(slice.size()));
     return write_bufs(bufs.data(), count, false);
   }
+  auto slices = run_.text().slices(tx_.size_index);
   for (auto slice : slices)
     bufs[count++] =
         uv_buf_init(const_cast<char*>(slice.data()), static_cast<unsigned>(slice.size()));

@@ -189,6 +189,11 @@ class client {
   bool writing_ = false;
   bool text_queued_ = false;
 
+  // MAIL, every RCPT and DATA of this slot, made once when the --from and
+  // --to templates do not use {n} (then every transaction's group is the
+  // same bytes); empty otherwise.
+  std::string group_;
+
   // Replies: complete lines are handled straight from here.
   static constexpr std::size_t in_capacity = 8192;
   std::size_t in_len_ = 0;

@@ -62,6 +62,11 @@ void histogram::merge(const histogram& other) noexcept {
   sum_ += other.sum_;
 }
 
+std::size_t histogram::used_buckets() const noexcept {
+  if (total_ == 0) return 0;
+  return bucket_index(max_) + 1;
+}
+
 void histogram::reset() noexcept {
   std::fill(counts_.begin(), counts_.end(), 0);
   total_ = 0;

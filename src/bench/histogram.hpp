@@ -44,6 +44,28 @@ class histogram {
   // percentile in [0, 100]; 0 while the histogram is empty.
   [[nodiscard]] std::uint64_t value_at_percentile(double percentile) const noexcept;
 
+  // Exact sum of every value counted: with min() and max(), what an exact
+  // merge of serialized histograms needs besides the counts.
+  [[nodiscard]] long double sum() const noexcept { return sum_; }
+  // The count of bucket index (below bucket_count()), for encoders.
+  [[nodiscard]] std::uint64_t count_at_index(std::size_t index) const noexcept {
+    return counts_[index];
+  }
+  // One past the highest bucket with a count; 0 while empty.
+  [[nodiscard]] std::size_t used_buckets() const noexcept;
+  // Counts n values in bucket index, as its lowest value (for decoders).
+  void record_index(std::size_t index, std::uint64_t n) noexcept {
+    record_n(bucket_lowest(index), n);
+  }
+  // After decoding counts, puts back the exact min, max and sum that the
+  // encoding did not carry. Only on a non-empty histogram.
+  void restore_exact(std::uint64_t min, std::uint64_t max, long double sum) noexcept {
+    if (total_ == 0) return;
+    min_ = min;
+    max_ = max;
+    sum_ = sum;
+  }
+
   // The bucket arithmetic, public for the unit test.
   [[nodiscard]] static std::size_t bucket_index(std::uint64_t value) noexcept;
   [[nodiscard]] static std::uint64_t bucket_lowest(std::size_t index) noexcept;

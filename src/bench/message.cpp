@@ -68,9 +68,24 @@ message_text::message_text(const std::vector<std::size_t>& sizes) {
   for (std::size_t i = 0; lines_.size() < longest; ++i) append_line(lines_, i, line_chars);
 }
 
+message_text::message_text(std::vector<corpus_message> corpus) : corpus_(std::move(corpus)) {}
+
 std::array<std::string_view, 3> message_text::slices(std::size_t index) const noexcept {
+  if (!corpus_.empty()) {
+    const corpus_message& m = corpus_[index];
+    return {m.stuffed.empty() ? std::string_view(m.text) : std::string_view(m.stuffed),
+            {},
+            end_of_data};
+  }
   const entry& e = entries_[index];
   return {header_block, std::string_view(lines_).substr(0, e.body), tails_[e.tail]};
+}
+
+std::array<std::string_view, 3> message_text::chunk_slices(std::size_t index) const noexcept {
+  if (!corpus_.empty()) return {corpus_[index].text, {}, {}};
+  auto s = slices(index);
+  s[2].remove_suffix(end_of_data.size());
+  return s;
 }
 
 bool address_template::parse(std::string_view text, std::string& error) {
@@ -105,6 +120,12 @@ address_template::address_template(std::string text) : text_(std::move(text)) {
     literal = i;
   }
   if (literal < text_.size()) parts_.push_back({field::literal, literal, text_.size() - literal});
+}
+
+bool address_template::uses_message() const noexcept {
+  for (const part& p : parts_)
+    if (p.kind == field::message) return true;
+  return false;
 }
 
 void address_template::append(std::string& out, std::uint64_t n, std::uint64_t c,

@@ -20,6 +20,8 @@
 #include <string_view>
 #include <vector>
 
+#include "bench/corpus.hpp"
+
 namespace inboxd::bench {
 
 // The largest message size accepted on the command line: it is held in memory.
@@ -30,13 +32,24 @@ class message_text {
   // Prepares every size in sizes (in bytes of message text, without the
   // final ".\r\n"). Sizes below min_size() are raised to it.
   explicit message_text(const std::vector<std::size_t>& sizes);
+  // --corpus: the messages as loaded (see corpus.hpp), replayed in order.
+  explicit message_text(std::vector<corpus_message> corpus);
 
-  // The message for sizes[index]: the slices to write in order, the last
-  // one ending with ".\r\n".
+  // The message for sizes[index] (or corpus message index): the slices to
+  // write after DATA's 354, in order, the last one ending with ".\r\n".
   [[nodiscard]] std::array<std::string_view, 3> slices(std::size_t index) const noexcept;
-  // The size actually sent for sizes[index], without the ".\r\n".
-  [[nodiscard]] std::size_t size(std::size_t index) const noexcept { return entries_[index].size; }
-  [[nodiscard]] std::size_t count() const noexcept { return entries_.size(); }
+  // The same text as one BDAT chunk (RFC 3030 2): not dot-stuffed, no ".\r\n".
+  [[nodiscard]] std::array<std::string_view, 3> chunk_slices(std::size_t index) const noexcept;
+  // The size of the message, without dot-stuffing and the ".\r\n": the
+  // BDAT chunk's size, and what the server stores (with CRLF).
+  [[nodiscard]] std::size_t size(std::size_t index) const noexcept {
+    return corpus_.empty() ? entries_[index].size : corpus_[index].text.size();
+  }
+  [[nodiscard]] std::size_t count() const noexcept {
+    return corpus_.empty() ? entries_.size() : corpus_.size();
+  }
+  // A corpus is replayed in its order, cycling; sizes are drawn at random.
+  [[nodiscard]] bool sequential() const noexcept { return !corpus_.empty(); }
   [[nodiscard]] static std::size_t min_size() noexcept;
 
  private:
@@ -48,6 +61,7 @@ class message_text {
   std::vector<entry> entries_;
   std::string lines_;               // whole 78-byte lines
   std::vector<std::string> tails_;  // tails_[k]: a k-byte last line, then ".\r\n"
+  std::vector<corpus_message> corpus_;
 };
 
 // Small and fast: xorshift64*, for drawing sizes. Not for anything secret.
@@ -77,6 +91,9 @@ class address_template {
 
   // Appends the address for message n, connection c and recipient r.
   void append(std::string& out, std::uint64_t n, std::uint64_t c, std::uint64_t r) const;
+  // True when the address changes with the message ({n}): else a client can
+  // make its commands once.
+  [[nodiscard]] bool uses_message() const noexcept;
 
  private:
   enum class field : unsigned char { literal, message, connection, recipient };

@@ -138,6 +138,22 @@ int parse_options(int argc, char** argv, options& opt) {
       ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--auth", auth, "AUTH PLAIN with these credentials after EHLO")
       ->type_name("USER:PASS");
+  app.add_option("--histogram-log", opt.histogram_log,
+                 "write the latency histogram of each interval to FILE in HdrHistogram's "
+                 "interval log format (microseconds)")
+      ->type_name("FILE");
+  app.add_option("--histogram-interval", opt.histogram_interval,
+                 "seconds per interval of --histogram-log (default 1)")
+      ->check(CLI::Range(0.1, 86400.0));
+  app.add_option("--workers", opt.workers,
+                 "generator processes sharing --connections, --messages and --rate; "
+                 "one merged report (default 1)")
+      ->check(CLI::Range(1u, 1024u));
+  auto* corpus = app.add_option("--corpus", opt.corpus,
+                                "replay the messages of a Maildir (cur/ and new/) or an mbox file, "
+                                "in order, cycling, instead of synthetic ones")
+                     ->type_name("DIR|FILE");
+  corpus->excludes(size)->excludes(size_file_opt);
   app.set_version_flag("--version", "inboxd-bench 0.1.0");
   try {
     app.parse(argc, argv);
@@ -163,6 +179,16 @@ int parse_options(int argc, char** argv, options& opt) {
     }
     opt.auth_user = auth.substr(0, colon);
     opt.auth_password = auth.substr(colon + 1);
+  }
+  if (opt.workers > opt.connections) {
+    print_error(fmt::format("--workers {}: at most one worker per connection (-c {})", opt.workers,
+                            opt.connections));
+    return 2;
+  }
+  if (opt.messages && opt.workers > opt.messages) {
+    print_error(
+        fmt::format("--workers {}: more workers than --messages {}", opt.workers, opt.messages));
+    return 2;
   }
   opt.pipelining = pipelining != "off";
   opt.chain = pipelining == "on";

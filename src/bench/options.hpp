@@ -58,6 +58,21 @@ struct options {
   // user: no AUTH.
   std::string auth_user;
   std::string auth_password;
+  // --histogram-log FILE: the latency histogram of every interval of
+  // histogram_interval seconds, in HdrHistogram's interval log format.
+  std::string histogram_log;
+  double histogram_interval = 1;
+  // --workers N: N processes share connections, messages and rate.
+  unsigned workers = 1;
+  // --corpus DIR|FILE: replay a Maildir's or an mbox's messages.
+  std::string corpus;
+
+  // Set for each worker process, not by a flag: its first connection's {c}
+  // and its message numbers ({n} = number_base + k * number_stride, k from
+  // 0), so that {c} and {n} stay unique across the workers.
+  unsigned connection_base = 0;
+  std::uint64_t number_base = 0;
+  std::uint64_t number_stride = 1;
 };
 
 // Returns -1 to run, or the exit code to exit with now: 0 after --help or

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <iterator>
 #include <string>
 
@@ -93,27 +94,37 @@ const char* tls_name(const options& opt) {
 }
 
 std::string sizes_text(const options& opt) {
+  if (!opt.corpus.empty()) return fmt::format("messages of {}", opt.corpus);
   if (opt.sizes.size() == 1) return fmt::format("{}-byte messages", opt.sizes[0]);
   return fmt::format("{} sizes from --size-file", opt.sizes.size());
 }
 
 }  // namespace
 
-cpu_usage measure_cpu() {
+cpu_usage measure_cpu(bool children) {
   rusage ru{};
   ::getrusage(RUSAGE_SELF, &ru);
-  return {.user_seconds = seconds(ru.ru_utime),
-          .system_seconds = seconds(ru.ru_stime),
-          .max_rss_kib = ru.ru_maxrss};
+  cpu_usage cpu{.user_seconds = seconds(ru.ru_utime),
+                .system_seconds = seconds(ru.ru_stime),
+                .max_rss_kib = ru.ru_maxrss};
+  if (children) {
+    rusage kids{};
+    ::getrusage(RUSAGE_CHILDREN, &kids);
+    cpu.user_seconds += seconds(kids.ru_utime);
+    cpu.system_seconds += seconds(kids.ru_stime);
+    // The largest worker's peak: the workers do not peak together.
+    cpu.max_rss_kib = std::max(cpu.max_rss_kib, kids.ru_maxrss);
+  }
+  return cpu;
 }
 
-int exit_code(const run& r) {
-  return r.live().completed > 0 ? 0 : 1;
+int exit_code(const outcome& r) {
+  return r.live.completed > 0 ? 0 : 1;
 }
 
-void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usage& cpu) {
-  const stats& st = r.results();
-  const live_counters& live = r.live();
+void print_text(std::FILE* out, const options& opt, const outcome& r, const cpu_usage& cpu) {
+  const stats& st = r.st;
+  const live_counters& live = r.live;
   double measured = r.measured_seconds(), wall = r.wall_seconds();
   std::string mode = opt.rate > 0 ? fmt::format("open loop at {:g}/s", opt.rate) : "closed loop";
   fmt::print(out,
@@ -155,8 +166,9 @@ void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usag
   double writes = live.completed ? static_cast<double>(live.writes) / live.completed : 0;
   if (opt.tls != tls_mode::none) {
     const histogram& hs = st.handshake;
-    std::string negotiated = r.tls_version() ? fmt::format("{} {}", r.tls_version(), r.tls_cipher())
-                                             : std::string("no handshake completed");
+    std::string negotiated = !r.tls_version.empty()
+                                 ? fmt::format("{} {}", r.tls_version, r.tls_cipher)
+                                 : std::string("no handshake completed");
     fmt::print(out, "  tls         {}, {}, resumption {}\n", tls_name(opt), negotiated,
                opt.tls_resume ? "on" : "off");
     fmt::print(out,
@@ -176,13 +188,18 @@ void print_text(std::FILE* out, const options& opt, const run& r, const cpu_usag
              "(user {:.3f}, sys {:.3f}) = {:.0f}% of one core, max RSS {} KiB\n",
              wall, measured, cpu_total, cpu.user_seconds, cpu.system_seconds,
              wall > 0 ? 100 * cpu_total / wall : 0.0, cpu.max_rss_kib);
-  if (!r.stopped_because().empty()) fmt::print(out, "  stopped     {}\n", r.stopped_because());
+  if (r.workers > 1)
+    fmt::print(out, "  workers     {} processes, merged (CPU: all of them)\n", r.workers);
+  if (!opt.histogram_log.empty())
+    fmt::print(out, "  histograms  {} intervals of {:g} s in {}\n", r.intervals_written,
+               opt.histogram_interval, opt.histogram_log);
+  if (!r.stopped_because.empty()) fmt::print(out, "  stopped     {}\n", r.stopped_because);
   std::fflush(out);
 }
 
-void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usage& cpu) {
-  const stats& st = r.results();
-  const live_counters& live = r.live();
+void print_json(std::FILE* out, const options& opt, const outcome& r, const cpu_usage& cpu) {
+  const stats& st = r.st;
+  const live_counters& live = r.live;
   double measured = r.measured_seconds(), wall = r.wall_seconds();
   std::string sizes;
   for (std::size_t s : opt.sizes)
@@ -201,7 +218,7 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("duration_requested", opt.duration > 0 ? number(opt.duration) : "null");
   field("warmup", number(opt.warmup));
   field("rate", opt.rate > 0 ? number(opt.rate) : "null");
-  field("sizes", "[" + sizes + "]");
+  field("sizes", fmt::format("[{}]", sizes));
   field("recipients", std::to_string(opt.recipients));
   field("pipelining", json_string(pipelining_name(opt)));
   field("bdat", opt.bdat ? "true" : "false");
@@ -216,9 +233,11 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("failed", std::to_string(st.failed));
   field("warmup_messages", std::to_string(st.warmup));
   field("recipients_refused", std::to_string(st.recipients_refused));
-  field("codes", "{" + code_list(st.codes, true) + "}");
-  field("session_codes", "{" + code_list(st.session_codes, true) + "}");
-  field("connection_errors", "{" + error_list(st, true) + "}");
+  // fmt, not "{" + …: GCC 12's -Wrestrict misfires on operator+ (a false
+  // positive that -Dwerror=true builds would stop at).
+  field("codes", fmt::format("{{{}}}", code_list(st.codes, true)));
+  field("session_codes", fmt::format("{{{}}}", code_list(st.session_codes, true)));
+  field("connection_errors", fmt::format("{{{}}}", error_list(st, true)));
   field("sessions", std::to_string(live.sessions));
   field("sessions_pipelining", std::to_string(live.sessions_pipelined));
   field("messages_per_second", number(per_second(st.accepted, measured)));
@@ -232,8 +251,8 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("latency_us", latency_json(st.latency));
   field("setup_latency_us", latency_json(st.setup));
   field("start_lag_us", opt.rate > 0 ? latency_json(st.start_lag) : "null");
-  field("tls_version", r.tls_version() ? json_string(r.tls_version()) : "null");
-  field("tls_cipher", r.tls_cipher() ? json_string(r.tls_cipher()) : "null");
+  field("tls_version", !r.tls_version.empty() ? json_string(r.tls_version) : "null");
+  field("tls_cipher", !r.tls_cipher.empty() ? json_string(r.tls_cipher) : "null");
   field("handshakes", std::to_string(st.handshakes));
   field("handshakes_resumed", std::to_string(st.handshakes_resumed));
   field("handshakes_per_second", number(per_second(st.handshakes, measured)));
@@ -244,8 +263,12 @@ void print_json(std::FILE* out, const options& opt, const run& r, const cpu_usag
   field("cpu_user_seconds", number(cpu.user_seconds));
   field("cpu_system_seconds", number(cpu.system_seconds));
   field("max_rss_kib", std::to_string(cpu.max_rss_kib));
-  field("stopped_because", r.stopped_because().empty() ? "null" : json_string(r.stopped_because()));
-  field("last_error", r.last_error().empty() ? "null" : json_string(r.last_error()));
+  field("workers", std::to_string(r.workers));
+  field("corpus", opt.corpus.empty() ? "null" : json_string(opt.corpus));
+  field("histogram_log", opt.histogram_log.empty() ? "null" : json_string(opt.histogram_log));
+  field("histogram_intervals", std::to_string(r.intervals_written));
+  field("stopped_because", r.stopped_because.empty() ? "null" : json_string(r.stopped_because));
+  field("last_error", r.last_error.empty() ? "null" : json_string(r.last_error));
   field("exit_code", std::to_string(exit_code(r)));
   o += "}\n";
   std::fputs(o.c_str(), out);

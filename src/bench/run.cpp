@@ -67,14 +67,17 @@ bool resolve(const std::string& host, std::uint16_t port, sockaddr_storage& addr
 
 }  // namespace
 
-run::run(uv_loop_t* loop, const options& opt)
+run::run(uv_loop_t* loop, const options& opt, const message_text& text, hdr_log_writer* log)
     : loop_(loop),
       opt_(opt),
-      text_(opt.sizes),
+      text_(text),
       from_(opt.from),
       to_(opt.to),
       random_(opt.seed),
-      timeout_ms_(static_cast<std::uint64_t>(std::ceil(opt.timeout * 1000))) {
+      timeout_ms_(static_cast<std::uint64_t>(std::ceil(opt.timeout * 1000))),
+      intervals_on_(!opt.histogram_log.empty()),
+      log_(log),
+      hist_interval_ns_(seconds_to_ns(opt.histogram_interval)) {
   if (!opt.auth_user.empty()) {
     // RFC 4616 2: authzid NUL authcid NUL passwd, the authzid empty.
     std::string plain;
@@ -96,6 +99,12 @@ bool run::start(std::string& error) {
   }
   t0_ns_ = uv_hrtime();
   warmup_end_ns_ = t0_ns_ + seconds_to_ns(opt_.warmup);
+  // The wall-clock time of the end of the warm-up: the log's base time.
+  timespec wall{};
+  ::clock_gettime(CLOCK_REALTIME, &wall);
+  base_epoch_s_ =
+      static_cast<double>(wall.tv_sec) + static_cast<double>(wall.tv_nsec) / 1e9 + opt_.warmup;
+  if (log_) log_->write_header(base_epoch_s_);
   if (opt_.duration > 0) {
     end_ns_ = warmup_end_ns_ + seconds_to_ns(opt_.duration);
     // The last message may start just before the end and then wait one
@@ -158,8 +167,10 @@ run::next run::next_message(message_plan& plan) {
     plan.start_ns = now;
   }
   plan.measured = plan.start_ns >= warmup_end_ns_;
-  plan.number = ++numbered_;
-  plan.size_index = random_.below(text_.count());
+  plan.number = opt_.number_base + numbered_++ * opt_.number_stride + 1;
+  // A corpus goes round in order; with workers, each takes every Nth message.
+  plan.size_index =
+      text_.sequential() ? (plan.number - 1) % text_.count() : random_.below(text_.count());
   if (plan.measured)
     ++stats_.started;
   else
@@ -254,7 +265,9 @@ void run::message_accepted(bool measured, std::uint64_t start_ns, int code, std:
   ++stats_.codes[static_cast<std::size_t>(code)];
   stats_.bytes_accepted += size;
   stats_.recipients_refused += recipients_refused;
-  stats_.latency.record(now > start_ns ? (now - start_ns) / 1000 : 0);
+  std::uint64_t us = now > start_ns ? (now - start_ns) / 1000 : 0;
+  stats_.latency.record(us);
+  if (intervals_on_) interval_.record(us);
   last_answer_ns_ = now;
 }
 
@@ -352,6 +365,7 @@ void run::tick() {
     for (auto& c : clients_) c->abort(conn_error::timeout);
   }
   if (done) stop_idle_clients();
+  if (intervals_on_) close_intervals(now, false);
   if (progress_ && ++ticks_ % progress_ticks == 0) print_progress(now);
   if (active_ == 0) finish();
 }
@@ -398,6 +412,7 @@ void run::finish() {
   if (!handles_open_) return;
   handles_open_ = false;
   finish_ns_ = uv_hrtime();
+  if (intervals_on_) close_intervals(finish_ns_, true);
   if (progress_) {
     fmt::print(stderr, "\r\x1b[K");
     std::fflush(stderr);
@@ -405,6 +420,50 @@ void run::finish() {
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
   if (rate_fd_ >= 0) uv_close(reinterpret_cast<uv_handle_t*>(&rate_poll_), rate_close_cb);
   uv_close(reinterpret_cast<uv_handle_t*>(&signal_), nullptr);
+}
+
+// Interval k covers [k, k + 1) × interval after the end of the warm-up. The
+// 100 ms tick closes it up to 100 ms late, so an answer may land in the
+// interval after its own; the totals are exact. At the end, the last
+// interval is cut at the end of the run (and written only when it holds an
+// answer, or is the only one).
+void run::close_intervals(std::uint64_t now_ns, bool final) {
+  if (now_ns < warmup_end_ns_) return;
+  auto emit = [this](std::uint64_t length_ns) {
+    double start_s = static_cast<double>(interval_number_ * hist_interval_ns_) / 1e9;
+    double length_s = static_cast<double>(length_ns) / 1e9;
+    if (log_)
+      log_->write_interval(start_s, length_s, interval_.max(), hdr_encode_compressed(interval_));
+    else
+      intervals_.push_back(hdr_encode(interval_));
+    last_interval_s_ = length_s;
+    interval_.reset();
+    ++interval_number_;
+  };
+  while (now_ns >= warmup_end_ns_ + (interval_number_ + 1) * hist_interval_ns_)
+    emit(hist_interval_ns_);
+  if (final && (interval_.count() > 0 || interval_number_ == 0)) {
+    std::uint64_t start = warmup_end_ns_ + interval_number_ * hist_interval_ns_;
+    emit(std::max<std::uint64_t>(now_ns - start, 1'000'000));
+  }
+}
+
+outcome run::result() const {
+  outcome o;
+  o.st = stats_;
+  o.live = live_;
+  o.t0_ns = t0_ns_;
+  o.warmup_end_ns = warmup_end_ns_;
+  o.last_answer_ns = last_answer_ns_;
+  o.finish_ns = finish_ns_;
+  o.base_epoch_s = base_epoch_s_;
+  o.stopped_because = stopped_because_;
+  o.last_error = last_error_;
+  if (tls_version_) o.tls_version = tls_version_;
+  if (tls_cipher_) o.tls_cipher = tls_cipher_;
+  o.intervals = intervals_;
+  o.last_interval_s = last_interval_s_;
+  return o;
 }
 
 double run::wall_seconds() const noexcept {

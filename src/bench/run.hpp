@@ -25,8 +25,10 @@
 #include <vector>
 
 #include "bench/client.hpp"
+#include "bench/hdr_log.hpp"
 #include "bench/message.hpp"
 #include "bench/options.hpp"
+#include "bench/outcome.hpp"
 #include "bench/stats.hpp"
 #include "bench/tls_client.hpp"
 
@@ -41,7 +43,10 @@ struct message_plan {
 
 class run {
  public:
-  run(uv_loop_t* loop, const options& opt);
+  // text outlives the run. With --histogram-log, each interval's histogram
+  // goes to log when it is given (open, header not yet written), else it is
+  // kept in the outcome (a worker's, for the parent to merge).
+  run(uv_loop_t* loop, const options& opt, const message_text& text, hdr_log_writer* log = nullptr);
   ~run();
   run(const run&) = delete;
   run& operator=(const run&) = delete;
@@ -92,6 +97,9 @@ class run {
   [[nodiscard]] std::uint64_t now_ms() const noexcept { return uv_now(loop_); }
   [[nodiscard]] std::uint64_t timeout_ms() const noexcept { return timeout_ms_; }
 
+  // Everything measured, once uv_run() has returned.
+  [[nodiscard]] outcome result() const;
+
   // Results, once uv_run() has returned.
   [[nodiscard]] const stats& results() const noexcept { return stats_; }
   [[nodiscard]] const live_counters& live() const noexcept { return live_; }
@@ -116,6 +124,9 @@ class run {
   void tick();
   void print_progress(std::uint64_t now_ns);
   void finish();
+  // --histogram-log: ends the intervals that are over by now_ns (all of
+  // them, the last one partial, when final).
+  void close_intervals(std::uint64_t now_ns, bool final);
 
   static void tick_cb(uv_timer_t* timer) noexcept;
   static void rate_cb(uv_poll_t* poll, int status, int events) noexcept;
@@ -124,7 +135,7 @@ class run {
 
   uv_loop_t* loop_;
   const options& opt_;
-  message_text text_;
+  const message_text& text_;
   address_template from_, to_;
   random_source random_;
   sockaddr_storage address_{};
@@ -168,6 +179,16 @@ class run {
 
   stats stats_;
   live_counters live_;
+  // --histogram-log: the current interval's latencies, its number, and
+  // what was closed (in the outcome when there is no log to write to).
+  bool intervals_on_ = false;
+  hdr_log_writer* log_ = nullptr;
+  histogram interval_;
+  std::uint64_t hist_interval_ns_ = 0;
+  std::uint64_t interval_number_ = 0;
+  double base_epoch_s_ = 0;
+  std::vector<std::string> intervals_;
+  double last_interval_s_ = 0;
   // The live progress line.
   bool progress_ = false;
   std::uint64_t progress_ns_ = 0;
