@@ -15,7 +15,9 @@
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -720,6 +722,29 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
   }
 }
 
+// With --workers, worker i (INBOXD_WORKER, from 1) serves its own metrics
+// on the configured port + i - 1: a scrape must reach every worker, which
+// one SO_REUSEPORT port would not do (it reaches one at random). Prometheus
+// lists the N targets and sums them. Port 0 stays 0: each worker picks one.
+void worker_metrics_port(command_line& cl, app_config& cfg) {
+  const char* index = std::getenv("INBOXD_WORKER");
+  unsigned worker = 0;
+  if (!index || std::from_chars(index, index + std::strlen(index), worker).ec != std::errc{} ||
+      worker <= 1)
+    return;
+  auto shift = [worker](app_config& c) {
+    std::string& m = c.server.metrics_listen;
+    std::size_t colon = m.rfind(':');
+    std::size_t digits = colon == std::string::npos ? 0 : colon + 1;
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(m.data() + digits, m.data() + m.size(), port);
+    if (m.empty() || ec != std::errc{} || end != m.data() + m.size() || port == 0) return;
+    m = m.substr(0, digits) + std::to_string(std::min(port + worker - 1, 65535u));
+  };
+  shift(cfg);
+  cl.overrides.push_back(shift);
+}
+
 // Socket activation (sd_listen_fds(3)): the passed sockets become the
 // listen lists, as "fd:N" entries sorted by name or address, and stay so on
 // every reload (the same override). False with the reason in error.
@@ -730,11 +755,13 @@ bool adopt_sockets(command_line& cl, app_config& cfg, std::vector<std::string>& 
   if (inherited.empty()) return true;
   inboxd::server_config lists = cfg.server;
   if (!inboxd::app::assign_sockets(inherited, lists, notes, error)) return false;
-  auto apply = [plain = lists.listen, tls = lists.listen_tls,
-                lmtp = lists.listen_lmtp](app_config& c) {
-    c.server.listen = plain;
-    c.server.listen_tls = tls;
-    c.server.listen_lmtp = lmtp;
+  auto apply = [lists](app_config& c) {
+    c.server.listen = lists.listen;
+    c.server.listen_tls = lists.listen_tls;
+    c.server.listen_lmtp = lists.listen_lmtp;
+    c.server.listen_proxy = lists.listen_proxy;
+    c.server.listen_tls_proxy = lists.listen_tls_proxy;
+    c.server.listeners = lists.listeners;
   };
   apply(cfg);
   cl.overrides.push_back(apply);
@@ -794,6 +821,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> notes;
   inboxd::app::notifier notify;
   if (std::string note = notify.open_from_environment(); !note.empty()) notes.push_back(note);
+  worker_metrics_port(cl, cfg);
   if (!adopt_sockets(cl, cfg, notes, error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
     return 2;

@@ -56,8 +56,9 @@ bool bind_worker_sockets(const server_config& cfg, unsigned workers,
     }
     return true;
   };
-  return bind_list(cfg.listen, kind_smtp) && bind_list(cfg.listen_tls, kind_smtps) &&
-         bind_list(cfg.listen_lmtp, kind_lmtp);
+  for (const auto& e : listen_entries(cfg))
+    if (!bind_list({e.address}, kind_name(e.kind))) return false;
+  return true;
 }
 
 namespace {
@@ -129,8 +130,8 @@ class supervisor {
     base_env_.clear();
     // What systemd gave the supervisor is not the workers'; each gets its own.
     static constexpr std::string_view ours[] = {
-        "LISTEN_PID=",    "LISTEN_FDS=",   "LISTEN_FDNAMES=",      "NOTIFY_SOCKET=",
-        "WATCHDOG_USEC=", "WATCHDOG_PID=", "INBOXD_SUPERVISOR_FD="};
+        "LISTEN_PID=",    "LISTEN_FDS=",   "LISTEN_FDNAMES=",       "NOTIFY_SOCKET=",
+        "WATCHDOG_USEC=", "WATCHDOG_PID=", "INBOXD_SUPERVISOR_FD=", "INBOXD_WORKER="};
     for (char** e = environ; *e; ++e) {
       std::string_view v = *e;
       if (std::none_of(std::begin(ours), std::end(ours),
@@ -181,6 +182,7 @@ class supervisor {
     env.push_back(fmt::format(FMT_STRING("LISTEN_FDS={}"), set.size()));
     env.push_back("LISTEN_FDNAMES=" + names);
     env.push_back(fmt::format(FMT_STRING("INBOXD_SUPERVISOR_FD={}"), channel_fd));
+    env.push_back(fmt::format(FMT_STRING("INBOXD_WORKER={}"), w.index));
     if (opt_.notify && opt_.notify->watchdog_usec())
       env.push_back(fmt::format(FMT_STRING("WATCHDOG_USEC={}"), opt_.notify->watchdog_usec()));
     char listen_pid[40] = "LISTEN_PID=";

@@ -27,7 +27,7 @@
 namespace inboxd::app {
 
 // The sockets for the workers: sets[i] are worker i's (each socket named by
-// its kind: kind_smtp, kind_smtps, kind_lmtp). TCP addresses are bound once
+// its kind: kind_name(), e.g. smtp, smtps-proxy). TCP addresses are bound once
 // per worker with SO_REUSEPORT (port 0 is resolved by the first bind and the
 // others take that port), so the kernel spreads connections over them
 // evenly and each worker accepts from its own queue. Unix sockets and "fd:N"

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -122,9 +123,73 @@ bool same_address(const std::string& configured, const std::string& bound) {
 
 }  // namespace
 
+std::string kind_name(socket_kind kind) {
+  std::string name = kind.lmtp ? "lmtp" : "smtp";
+  if (kind.implicit_tls) name += 's';
+  if (kind.proxy) name += "-proxy";
+  return name;
+}
+
+bool parse_kind(std::string_view name, socket_kind& kind) {
+  kind = {};
+  if (name.ends_with("-proxy")) {
+    kind.proxy = true;
+    name.remove_suffix(6);
+  }
+  if (name == "submissions") name = "smtps";
+  if (name == "smtp" || name == "smtps") {
+    kind.implicit_tls = name.size() == 5;
+  } else if (name == "lmtp" || name == "lmtps") {
+    kind.lmtp = true;
+    kind.implicit_tls = name.size() == 5;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+std::vector<listen_entry> listen_entries(const server_config& cfg) {
+  std::vector<listen_entry> out;
+  auto add = [&](const std::vector<std::string>& list, socket_kind kind) {
+    for (const auto& a : list) out.push_back({a, kind});
+  };
+  add(cfg.listen, {});
+  add(cfg.listen_tls, {.implicit_tls = true});
+  add(cfg.listen_lmtp, {.lmtp = true});
+  add(cfg.listen_proxy, {.proxy = true});
+  add(cfg.listen_tls_proxy, {.implicit_tls = true, .proxy = true});
+  for (const auto& l : cfg.listeners)
+    out.push_back({l.address, {.implicit_tls = l.implicit_tls, .lmtp = l.lmtp, .proxy = l.proxy}});
+  return out;
+}
+
+void clear_listen_lists(server_config& cfg) {
+  cfg.listen.clear();
+  cfg.listen_tls.clear();
+  cfg.listen_lmtp.clear();
+  cfg.listen_proxy.clear();
+  cfg.listen_tls_proxy.clear();
+  cfg.listeners.clear();
+}
+
+void add_listen_entry(server_config& cfg, const std::string& address, socket_kind k) {
+  if (!k.proxy && !k.lmtp) {
+    (k.implicit_tls ? cfg.listen_tls : cfg.listen).push_back(address);
+  } else if (!k.proxy && !k.implicit_tls) {
+    cfg.listen_lmtp.push_back(address);
+  } else if (!k.lmtp) {
+    (k.implicit_tls ? cfg.listen_tls_proxy : cfg.listen_proxy).push_back(address);
+  } else {
+    cfg.listeners.push_back(
+        {.address = address, .implicit_tls = k.implicit_tls, .lmtp = k.lmtp, .proxy = k.proxy});
+  }
+}
+
 bool assign_sockets(const std::vector<inherited_socket>& sockets, server_config& cfg,
                     std::vector<std::string>& notes, std::string& error) {
-  std::vector<std::string> plain, tls, lmtp;
+  const std::vector<listen_entry> configured = listen_entries(cfg);
+  server_config out = cfg;
+  clear_listen_lists(out);
   for (const auto& s : sockets) {
     std::string entry = fmt::format(FMT_STRING("fd:{}"), s.fd);
     std::string bound = net::socket_address(s.fd);
@@ -134,35 +199,24 @@ bool assign_sockets(const std::vector<inherited_socket>& sockets, server_config&
                           s.fd, s.name);
       return false;
     }
-    std::string_view name = s.name;
-    if (name == kind_smtp) {
-      plain.push_back(entry);
-    } else if (name == kind_smtps || name == "submissions") {
-      tls.push_back(entry);
-    } else if (name == kind_lmtp) {
-      lmtp.push_back(entry);
-    } else {
-      auto in = [&](const std::vector<std::string>& list) {
-        for (const auto& a : list)
-          if (same_address(a, bound)) return true;
-        return false;
-      };
-      if (in(cfg.listen_tls)) {
-        tls.push_back(entry);
-      } else if (in(cfg.listen_lmtp)) {
-        lmtp.push_back(entry);
+    socket_kind kind;
+    if (!parse_kind(s.name, kind)) {
+      // No name we know: the kind of the configured entry bound there.
+      auto it = std::find_if(configured.begin(), configured.end(),
+                             [&](const listen_entry& e) { return same_address(e.address, bound); });
+      if (it != configured.end()) {
+        kind = it->kind;
       } else {
-        if (!in(cfg.listen))
-          notes.push_back(fmt::format(FMT_STRING("socket {} (name {}) matches no listen address "
-                                                 "and no name (smtp, smtps, lmtp): plain SMTP"),
-                                      bound, s.name));
-        plain.push_back(entry);
+        kind = {};
+        notes.push_back(fmt::format(FMT_STRING("socket {} (name {}) matches no listen address "
+                                               "and no name (smtp, smtps, lmtp, ...-proxy): "
+                                               "plain SMTP"),
+                                    bound, s.name));
       }
     }
+    add_listen_entry(out, entry, kind);
   }
-  cfg.listen = std::move(plain);
-  cfg.listen_tls = std::move(tls);
-  cfg.listen_lmtp = std::move(lmtp);
+  cfg = std::move(out);
   return true;
 }
 

@@ -44,8 +44,8 @@ struct inherited_socket {
 [[nodiscard]] bool take_listen_fds(std::vector<inherited_socket>& out, std::string& error);
 
 // Which listen list a passed socket serves: by its name (smtp; smtps or
-// submissions for implicit TLS; lmtp), else by the address it is bound to,
-// matched against cfg's listen lists (a wildcard address there matches any
+// submissions for implicit TLS; lmtp; each with "-proxy": parse_kind), else
+// by the address it is bound to, matched against cfg's listen lists (a wildcard address there matches any
 // address with its port). One that matches nothing is plain SMTP, and a
 // note says so. On success the lists of cfg hold "fd:N" entries only.
 [[nodiscard]] bool assign_sockets(const std::vector<inherited_socket>& sockets, server_config& cfg,
@@ -55,6 +55,34 @@ struct inherited_socket {
 inline constexpr std::string_view kind_smtp = "smtp";
 inline constexpr std::string_view kind_smtps = "smtps";
 inline constexpr std::string_view kind_lmtp = "lmtp";
+
+// What a listening socket speaks: implicit TLS, LMTP, a PROXY header first.
+// Its name is the base (smtp, smtps, lmtp, lmtps) with "-proxy" after it
+// for a PROXY listener: "smtp-proxy" is --listen-proxy, "smtps-proxy"
+// --listen-tls-proxy. "submissions" is smtps too (RFC 8314's service name).
+struct socket_kind {
+  bool implicit_tls = false;
+  bool lmtp = false;
+  bool proxy = false;
+};
+[[nodiscard]] std::string kind_name(socket_kind kind);
+// False for a name that is none of these.
+[[nodiscard]] bool parse_kind(std::string_view name, socket_kind& kind);
+
+// Every listen entry of cfg with its kind, in the order the server opens
+// them: listen, listen-tls, listen-lmtp, listen-proxy, listen-tls-proxy,
+// then the [[listener]] tables.
+struct listen_entry {
+  std::string address;
+  socket_kind kind;
+};
+[[nodiscard]] std::vector<listen_entry> listen_entries(const server_config& cfg);
+
+// Empties every listen list of cfg, then puts address where a listener of
+// that kind is configured (the plain lists where one fits, else a
+// [[listener]] entry).
+void clear_listen_lists(server_config& cfg);
+void add_listen_entry(server_config& cfg, const std::string& address, socket_kind kind);
 
 // CLOCK_MONOTONIC in microseconds, for RELOADING=1's MONOTONIC_USEC.
 [[nodiscard]] std::uint64_t monotonic_usec();

@@ -294,7 +294,7 @@ class UnitFilesTest(unittest.TestCase):
     def test_units_verify(self):
         """systemd-analyze verify of copies whose ExecStart is the built binary
         (verify wants the program to exist; meson puts the installed path
-        where inboxd.service.in says @bindir@)."""
+        where inboxd.service.in says @sbindir@)."""
         d = tempfile.mkdtemp(prefix="inboxd-units-")
         self.addCleanup(shutil.rmtree, d, True)
         sources = sorted(n for n in os.listdir(UNITS) if n.endswith((".service.in", ".socket")))
@@ -305,10 +305,10 @@ class UnitFilesTest(unittest.TestCase):
             with open(os.path.join(UNITS, n)) as f:
                 text = f.read()
             if n.endswith(".in"):
-                self.assertIn("\nExecStart=@bindir@/inboxd -c /etc/inboxd/inboxd.toml\n", text)
-                text = text.replace("@bindir@/inboxd", os.path.abspath(BIN))
+                self.assertIn("\nExecStart=@sbindir@/inboxd -c /etc/inboxd/inboxd.toml\n", text)
+                text = text.replace("@sbindir@/inboxd", os.path.abspath(BIN))
                 n = n[:-3]
-            self.assertNotIn("@bindir@", text, f"{n}: a placeholder is left")
+            self.assertNotIn("@sbindir@", text, f"{n}: a placeholder is left")
             with open(os.path.join(d, n), "w") as f:
                 f.write(text)
             names.append(n)

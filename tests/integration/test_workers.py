@@ -15,6 +15,7 @@ import socket
 import tempfile
 import time
 import unittest
+import urllib.request
 
 import harness
 from harness import TIMEOUT, Client
@@ -203,6 +204,76 @@ class WorkerWatchdogTest(harness.InboxdTestCase):
         # The supervisor itself kept pinging.
         self.notify.settimeout(TIMEOUT)
         self.assertIn(b"WATCHDOG=1", self.notify.recv(4096) + self.notify.recv(4096))
+        self.assertEqual(self.server.stop(), 0)
+
+
+def two_free_ports():
+    """A port P with P and P+1 free, below the ephemeral range (32768 and up
+    on Linux), where a client's outgoing connection could take one meanwhile."""
+    import random
+    for _ in range(100):
+        port = random.randrange(20000, 32000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free ports in 20000-32000")
+
+
+class WorkersWithProxyAndMetricsTest(harness.InboxdTestCase):
+    """Every kind of listener reaches the workers (a PROXY listener too), and
+    each worker serves its own metrics on the configured port + its index - 1,
+    since a scrape of one shared port would reach one worker at random."""
+
+    def setUp(self):
+        self.metrics_port = two_free_ports()
+        self.server_args = ("--workers", "2", "--listen-proxy", "127.0.0.1:0",
+                            "--metrics", f"127.0.0.1:{self.metrics_port}")
+        super().setUp()
+        self.assertIsNotNone(self.server.wait_log(r"supervisor: all 2 workers ready"),
+                             self.server.log())
+
+    def test_proxy_listener_and_one_metrics_port_per_worker(self):
+        log = self.server.log()
+        ports = set(re.findall(r"listening on 127\.0\.0\.1:(\d+) \(PROXY protocol\)", log))
+        self.assertEqual(len(ports), 1, log)  # both workers, one port (SO_REUSEPORT)
+        port = int(ports.pop())
+        metrics = sorted(int(p) for p in re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/", log))
+        self.assertEqual(metrics, [self.metrics_port, self.metrics_port + 1], log)
+        # A client behind the proxy: the header names 203.0.113.9, and the
+        # Received header says so, whichever worker took it.
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+            s.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n")
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"220 "))
+            for cmd in (b"EHLO client.test", b"MAIL FROM:<a@example.org>",
+                        b"RCPT TO:<b@example.net>", b"DATA"):
+                s.sendall(cmd + b"\r\n")
+                line = f.readline()
+                while line[3:4] == b"-":
+                    line = f.readline()
+                self.assertIn(line[:1], (b"2", b"3"), (cmd, line))
+            s.sendall(BODY + b".\r\n")
+            self.assertTrue(f.readline().startswith(b"250 "))
+            s.sendall(b"QUIT\r\n")
+        new = os.path.join(self.server.maildir, "new")
+        deadline = time.monotonic() + TIMEOUT
+        while not os.listdir(new) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (name,) = os.listdir(new)
+        with open(os.path.join(new, name), "rb") as f:
+            self.assertIn(b"[203.0.113.9]", f.read())
+        # Both metrics ports answer, and between them they count the message.
+        total = 0.0
+        for p in metrics:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=TIMEOUT) as r:
+                text = r.read().decode()
+            m = re.search(r'^inboxd_messages_total\{status="accepted"\} (\S+)$', text, re.M)
+            total += float(m.group(1)) if m else 0.0
+        self.assertEqual(total, 1.0)
         self.assertEqual(self.server.stop(), 0)
 
 
