@@ -18,29 +18,6 @@ constexpr std::uint64_t tick_ms = 100;
 constexpr unsigned progress_ticks = 5;  // one line every 0.5 s
 constexpr std::uint64_t reconnect_backoff_ns = 100'000'000;
 
-// RFC 4648 4, with padding.
-std::string base64(std::string_view in) {
-  static constexpr char alphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  std::size_t i = 0;
-  for (; i + 3 <= in.size(); i += 3) {
-    unsigned v = (static_cast<unsigned char>(in[i]) << 16) |
-                 (static_cast<unsigned char>(in[i + 1]) << 8) |
-                 static_cast<unsigned char>(in[i + 2]);
-    for (int shift : {18, 12, 6, 0}) out += alphabet[(v >> shift) & 63];
-  }
-  if (std::size_t rest = in.size() - i; rest > 0) {
-    unsigned v = static_cast<unsigned char>(in[i]) << 16;
-    if (rest == 2) v |= static_cast<unsigned char>(in[i + 1]) << 8;
-    out += alphabet[(v >> 18) & 63];
-    out += alphabet[(v >> 12) & 63];
-    out += rest == 2 ? alphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
 std::uint64_t seconds_to_ns(double s) {
   return static_cast<std::uint64_t>(std::llround(s * 1e9));
 }
@@ -82,7 +59,7 @@ run::run(uv_loop_t* loop, const options& opt, const message_text& text, hdr_log_
     // RFC 4616 2: authzid NUL authcid NUL passwd, the authzid empty.
     std::string plain;
     plain.append(1, '\0').append(opt.auth_user).append(1, '\0').append(opt.auth_password);
-    auth_line_ = "AUTH PLAIN " + base64(plain) + "\r\n";
+    auth_line_ = "AUTH PLAIN " + base64_encode(plain) + "\r\n";
   }
 }
 
