@@ -11,7 +11,8 @@
 //           random points; bit 6 an IPv6 client.
 //   byte 2: bits 0-1 the recipient rules (any, domains with users and
 //           aliases, case-sensitive with odd aliases, one catch-all domain);
-//           bit 2 an LMTP session (LHLO; a reply per recipient after the data).
+//           bit 2 an LMTP session (LHLO; a reply per recipient after the data);
+//           bit 3 XCLIENT allowed (the client is in xclient_from).
 //   byte 3: bit 0 AUTH offered (alice/secret is right); bit 1 STARTTLS
 //           offered; bit 2 allow_plaintext_auth; bit 3 require_tls; bit 4
 //           require_auth; bits 5-6 max_auth_failures; bit 7 accept_dsn (DSN
@@ -517,6 +518,7 @@ struct plan {
   unsigned rules = 0;
   std::uint8_t features = 0;
   bool lmtp = false;
+  bool xclient = false;
   behaviour how;
   std::string client;
   bool dribble = false;  // pieces and sink callbacks at random points, else all at once
@@ -537,6 +539,7 @@ summary drive(const plan& p, std::string_view wire) {
     proto::settings_ptr current = make_settings(w, p.limits, p.rules, p.features);
     test_connection c(w, current, p.client);
     c.s.set_lmtp(p.lmtp);
+    c.s.set_xclient_allowed(p.xclient);
     if (p.inject_shutdown && r.chance(1, 8)) {
       // A connection accepted while the server shuts down gets only the 421.
       c.s.shutdown();
@@ -648,6 +651,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       .rules = b2,
       .features = b3,
       .lmtp = (b2 & 0x04) != 0,
+      .xclient = (b2 & 0x08) != 0,
       .how = {.pause_in_8 = pauses[b1 & 3], .commit = ((b1 >> 2) & 3) % 3, .seed = seed},
       .client = (b1 & 0x40) ? "2001:db8::25" : "192.0.2.25",
       .dribble = true,

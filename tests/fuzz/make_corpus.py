@@ -139,13 +139,13 @@ RCPT = {0: 0, 1: 1, 2: 2, 3: 3, 5: 4, 100: 5, 1000: 6}
 def control(reject=False, size=10240000, rcpts=1000, disconnect_end=False, pauses=0,
             commit=0, shutdown=False, disconnect=False, v6=False, reload=False, rules=0,
             auth=False, tls=False, plain_auth=False, need_tls=False, need_auth=False, failures=2,
-            lmtp=False, dsn=False):
+            lmtp=False, dsn=False, xclient=False):
     b0 = (1 if reject else 0) | SIZE[size] << 1 | RCPT[rcpts] << 4 | (0x80 if disconnect_end else 0)
     b1 = (pauses | commit << 2 | (0x10 if shutdown else 0) | (0x20 if disconnect else 0)
           | (0x40 if v6 else 0) | (0x80 if reload else 0))
     b3 = ((1 if auth else 0) | (2 if tls else 0) | (4 if plain_auth else 0) | (8 if need_tls else 0)
           | (16 if need_auth else 0) | failures << 5 | (0x80 if dsn else 0))
-    return bytes([b0, b1, rules | (4 if lmtp else 0), b3])
+    return bytes([b0, b1, rules | (4 if lmtp else 0) | (8 if xclient else 0), b3])
 
 
 def tx(sender=b"<alice@example.com>", rcpts=(b"<bob@example.org>",), body=b"Subject: t\r\n\r\nhi\r\n"):
@@ -262,6 +262,17 @@ def session():
                  + bdat_tx(rcpts=(b"<bob@example.com>", b"<carol@example.com>"),
                            chunks=(b"Subject: l\r\n\r\nx\r", b"\n"))
                  + b"MAIL FROM:<a@example.com> RET=HDRS ENVID=a+2Bb\r\nQUIT\r\n"),
+        # XCLIENT (Postfix's XCLIENT_README) from a trusted client: a new 220,
+        # EHLO again, the new identity in the Received header; refused in a
+        # transaction and with a bad attribute.
+        "xclient": (control(xclient=True, pauses=1, rules=1),
+                    b"EHLO proxy.example\r\n"
+                    b"XCLIENT ADDR=203.0.113.7 NAME=client.example HELO=[UNAVAILABLE]\r\n"
+                    b"EHLO c.example\r\nMAIL FROM:<a@example.com>\r\n"
+                    b"XCLIENT ADDR=1.2.3.4\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nx\r\n.\r\n"
+                    b"XCLIENT ADDR=IPV6:2001:db8::1 PROTO=ESMTP LOGIN=u+2Bv PORT=99999\r\n"
+                    b"XCLIENT BOGUS=1\r\nXCLIENT ADDR=[TEMPUNAVAIL] DESTADDR=192.0.2.1 DESTPORT=25\r\n"
+                    b"EHLO d\r\n" + tx(rcpts=(b"<bob@example.com>",)) + b"QUIT\r\n"),
     }
     for i, (name, (ctl, wire)) in enumerate(cases.items()):
         write("session", name, ctl + seed(i + 200) + wire)
