@@ -142,8 +142,23 @@ void session::start() {
       fmt::format(FMT_STRING("220 {} {} inboxd\r\n"), limits().hostname, lmtp_ ? "LMTP" : "ESMTP");
 }
 
+// A reply is printable US-ASCII (RFC 5321 2.4, 4.2): a detail that echoes
+// what the client sent (an XCLIENT attribute name, say) is escaped as the
+// log escapes it. Clean details, such as the queue id, are appended as
+// they are, with no copy.
+void session::append_safe_reply(std::string& out, reply_id id, std::string_view detail) {
+  bool clean = std::all_of(detail.begin(), detail.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u >= 32 && u < 127;
+  });
+  if (clean) return append_reply(out, id, detail);
+  std::string escaped;
+  append_printable(escaped, detail);
+  append_reply(out, id, escaped);
+}
+
 void session::reply(reply_id id, std::string_view detail) {
-  append_reply(out_, id, detail);
+  append_safe_reply(out_, id, detail);
 }
 
 // A refusal is a reply and a log line that says why (docs/DESIGN.md, rule 6).
@@ -166,7 +181,7 @@ void session::refuse(reply_id id, std::string_view detail) {
 // Holds a reply back for a while; feed() stops meanwhile, so replies keep
 // their order. A timer of the connection, never a sleep.
 void session::reply_after(std::uint32_t milliseconds, reply_id id, std::string_view detail) {
-  append_reply(x().held, id, detail);
+  append_safe_reply(x().held, id, detail);
   sleeping_ = true;
   events_.session_sleep(milliseconds);
 }

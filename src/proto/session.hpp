@@ -273,6 +273,7 @@ class session final : delivery_listener, auth_listener {
   void do_starttls(std::string_view arg);
   void do_auth(std::string_view arg);
   void do_xclient(std::string_view arg);
+  static void append_safe_reply(std::string& out, reply_id id, std::string_view detail);
   void sasl_response(std::string_view line);
   void sasl_plain(std::string_view response);
   void check_credentials(std::string user, std::string_view password);
