@@ -739,7 +739,8 @@ TEST_CASE("sync stage: over LMTP a failed fsync of one new/ fails that mailbox a
   inboxd::envelope env;
   env.queue_id = "TESTID";
   env.reverse_path = "a@example.net";
-  env.recipients = users({"alice", "bob"});
+  auto rcpts = users({"alice", "bob"});  // the envelope's span points into it
+  env.recipients = rcpts;
   env.independent_outcomes = true;
   recorder r;
   inboxd::delivery* d = s->begin(env, r);
@@ -818,11 +819,12 @@ TEST_CASE("sync stage: many deliveries at once, each answered after a sync begun
   constexpr int n = 60;
   std::vector<checking_recorder> r(n);
   std::vector<inboxd::envelope> env(n);
+  const auto alice = users({"alice"});  // every envelope's span points into it
   for (int i = 0; i < n; ++i) {
     r[i].probe = &probe;
     r[i].body = "message " + std::to_string(i) + "\n";
     env[i].reverse_path = "a@example.net";
-    env[i].recipients = users({"alice"});
+    env[i].recipients = alice;
     inboxd::delivery* d = s->begin(env[i], r[i]);
     d->write(r[i].body);
     d->commit();
