@@ -95,9 +95,13 @@ class InstallTest(unittest.TestCase):
         work = os.path.join(self.dest, "embedder")
         os.mkdir(work)
         shutil.copy(os.path.join(SOURCE, "examples", "embed.cpp"), work)
-        # The headers are C++20 (std::span, designated initialisers).
-        r = run(["c++", "-std=c++20", "-o", "embed", "embed.cpp", *flags], COMPILE_TIMEOUT,
-                cwd=work)
+        # The headers are C++20 (std::span, designated initialisers). A
+        # sanitized build installs a sanitized libinboxd.a, which links only
+        # with the same -fsanitize flags (an embedder's own choice).
+        sanitize = os.environ.get("INBOXD_SANITIZE", "none")
+        extra = [] if sanitize in ("", "none") else [f"-fsanitize={sanitize}"]
+        r = run(["c++", "-std=c++20", *extra, "-o", "embed", "embed.cpp", *flags],
+                COMPILE_TIMEOUT, cwd=work)
         self.assertEqual(r.returncode, 0, f"the embedder does not build:\n{r.stderr}")
         r = run([os.path.join(work, "embed")], 30, cwd=work)
         self.assertEqual(r.returncode, 0, f"{r.stdout}\n{r.stderr}")
