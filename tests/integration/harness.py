@@ -51,6 +51,22 @@ def run_cli(*args, timeout=TIMEOUT):
 
 
 
+def read_log(path):
+    """A log file's text so far."""
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def wait_log(path, pattern, timeout=TIMEOUT):
+    """Wait until a line of the log file matches the regex; the match or None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(pattern, read_log(path), re.M)
+        if m or time.monotonic() > deadline:
+            return m
+        time.sleep(0.02)
+
+
 def attach_strace(case, pid, path, *trace_args):
     """strace -f -qq -yy -o path TRACE_ARGS -p pid, for the rest of the test case.
 
@@ -191,17 +207,11 @@ class Server:
                            f"log:\n{log}")
 
     def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return read_log(self.log_path)
 
     def wait_log(self, pattern, timeout=TIMEOUT):
         """Wait until a log line matches the regex; return the match or None."""
-        deadline = time.monotonic() + timeout
-        while True:
-            m = re.search(pattern, self.log(), re.M)
-            if m or time.monotonic() > deadline:
-                return m
-            time.sleep(0.02)
+        return wait_log(self.log_path, pattern, timeout)
 
     def alive(self):
         return self.proc.poll() is None

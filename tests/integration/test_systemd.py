@@ -136,16 +136,10 @@ class SocketActivationTest(harness.InboxdTestCase):
             time.sleep(0.02)
 
     def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return harness.read_log(self.log_path)
 
     def wait_log(self, pattern, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while True:
-            m = re.search(pattern, self.log(), re.M)
-            if m or time.monotonic() > deadline:
-                return m
-            time.sleep(0.02)
+        return harness.wait_log(self.log_path, pattern, timeout)
 
     def client(self, port, tls=None):
         # The first connection is what makes systemd-socket-activate start inboxd.
