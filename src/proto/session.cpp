@@ -1219,7 +1219,8 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
     events_.session_log(
         log_level::info,
         fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({}{})"), tx.queue_id,
-                    tx.reverse_path, tx.lmtp_rcpts[k], tx.size, status, reply_line(id), detail));
+                    printable(tx.reverse_path), printable(tx.lmtp_rcpts[k]), tx.size, status,
+                    reply_line(id), printable(detail)));
     reply(id, detail);
     count_messages(id, 1);
   }
