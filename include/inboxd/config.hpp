@@ -46,6 +46,7 @@ struct session_config {
 };
 
 class tls_credentials;
+class filter;
 class authenticator;
 struct memory_budget;
 
@@ -96,6 +97,10 @@ struct server_config {
   recipient_rules recipients;  // the default accepts every recipient
   // An embedder's own policy; when set, `recipients` is not used.
   std::shared_ptr<const recipient_policy> policy;
+  // Milters, policy services or an embedder's own filters (filter.hpp),
+  // asked in this order at every stage of each session. A reload applies
+  // new filters to new connections; a session keeps those it began with.
+  std::vector<std::shared_ptr<filter>> filters;
   // Serve Prometheus metrics (GET /metrics) on this "ADDR:PORT"; empty: no
   // listener (server::metrics() counts all the same). Like the listen
   // addresses, fixed at start(): reconfigure() keeps it.

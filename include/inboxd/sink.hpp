@@ -103,6 +103,16 @@ enum class store_result : std::uint8_t {
 struct store_outcome {
   store_result result = store_result::stored;
   int error = 0;  // an errno value, or 0
+  // What another program answered for this mailbox, for a sink that hands
+  // the message on (the next hop's "550 5.1.1 <a@b>: unknown user"), a
+  // pipe's first line of standard error, or a filter's refusal; empty for
+  // a local store. Borrowed for the committed() call. On a failure whose
+  // text is a reply line (three digits of the class result says, then an
+  // optional enhanced code and text), the client gets that reply, escaped
+  // to printable ASCII, instead of the session's own (the truth travels
+  // back, as with Postfix's smtpd_proxy_filter); any other text goes only
+  // to the log.
+  std::string_view reply = {};
 };
 
 // Implemented by the session; called by the sink on the loop thread.

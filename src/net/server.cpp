@@ -25,6 +25,7 @@ proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink
   s->policy = cfg.policy ? cfg.policy : make_rules_policy(cfg.recipients);
   s->store = std::move(store);
   s->auth = cfg.auth;
+  s->filters = cfg.filters;
   s->tls = cfg.tls;
   return s;
 }

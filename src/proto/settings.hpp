@@ -11,6 +11,7 @@
 
 #include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
+#include "inboxd/filter.hpp"
 #include "inboxd/metrics.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
@@ -23,6 +24,7 @@ struct settings {
   std::shared_ptr<sink> store;                     // never null
   std::shared_ptr<const authenticator> auth;       // null: no AUTH
   std::shared_ptr<const tls_credentials> tls;      // null: no STARTTLS
+  std::vector<std::shared_ptr<filter>> filters;    // asked in order (filter.hpp)
   // The server's counters, which outlive every snapshot (a reload keeps
   // them); null: nothing is counted (tests that run a bare session).
   server_metrics* metrics = nullptr;
