@@ -29,11 +29,12 @@ namespace inboxd {
 
 // The connection, as filters see it; borrowed for filter::open() only.
 struct filter_client {
-  std::string_view address;  // the client's IP ("192.0.2.1", "2001:db8::1"); empty on a unix socket
-  std::uint16_t port = 0;    // its port; 0 when unknown
-  std::string_view name;     // its host name as known (XCLIENT NAME), else "unknown"
-  std::string_view server_name;  // our host name (session_config::hostname)
-  bool lmtp = false;             // the client speaks LMTP
+  std::string_view address =
+      {};                  // the client's IP ("192.0.2.1", "2001:db8::1"); empty on a unix socket
+  std::uint16_t port = 0;  // its port; 0 when unknown
+  std::string_view name = {};         // its host name as known (XCLIENT NAME), else "unknown"
+  std::string_view server_name = {};  // our host name (session_config::hostname)
+  bool lmtp = false;                  // the client speaks LMTP
 };
 
 enum class filter_stage : std::uint8_t {
@@ -47,17 +48,17 @@ enum class filter_stage : std::uint8_t {
 // What the session knows when it asks; each view is borrowed for the ask()
 // call only. Later stages carry what earlier ones learnt.
 struct filter_state {
-  std::string_view helo;          // the HELO/EHLO/LHLO name; empty before
-  std::string_view tls;           // how TLS was negotiated ("TLSv1.3 with cipher ..."); empty: none
-  std::string_view sasl_method;   // "PLAIN" or "LOGIN" once AUTH succeeded
-  std::string_view sasl_user;     // the authenticated user; empty: none
-  std::string_view queue_id;      // from MAIL on
-  std::string_view reverse_path;  // from MAIL on; without brackets, empty for <>
-  std::string_view mail_params;   // MAIL's ESMTP parameters as sent ("SIZE=100 BODY=8BITMIME")
-  std::string_view recipient;     // at RCPT: its forward-path, without brackets
-  std::string_view rcpt_params;   // at RCPT: its ESMTP parameters as sent
-  std::size_t recipients = 0;     // RCPTs accepted so far in this transaction
-  std::size_t size = 0;           // MAIL's SIZE=, or 0
+  std::string_view helo = {};  // the HELO/EHLO/LHLO name; empty before
+  std::string_view tls = {};   // how TLS was negotiated ("TLSv1.3 with cipher ..."); empty: none
+  std::string_view sasl_method = {};   // "PLAIN" or "LOGIN" once AUTH succeeded
+  std::string_view sasl_user = {};     // the authenticated user; empty: none
+  std::string_view queue_id = {};      // from MAIL on
+  std::string_view reverse_path = {};  // from MAIL on; without brackets, empty for <>
+  std::string_view mail_params = {};   // MAIL's ESMTP parameters as sent ("SIZE=100 BODY=8BITMIME")
+  std::string_view recipient = {};     // at RCPT: its forward-path, without brackets
+  std::string_view rcpt_params = {};   // at RCPT: its ESMTP parameters as sent
+  std::size_t recipients = 0;          // RCPTs accepted so far in this transaction
+  std::size_t size = 0;                // MAIL's SIZE=, or 0
 };
 
 enum class filter_action : std::uint8_t {
@@ -77,13 +78,13 @@ struct filter_verdict {
   // The reply the filter asks for ("550 5.7.1 Go away"): used for reject and
   // tempfail when it is a well-formed reply of the right class, escaped to
   // printable ASCII; otherwise the session's own reply.
-  std::string_view reply;
+  std::string_view reply = {};
   // A header field to add at the top of the message ("X-Greylist: delayed"),
   // as a policy service's PREPEND does; empty: none. Kept only on proceed.
-  std::string_view prepend;
+  std::string_view prepend = {};
   // A line for the log ("milter 127.0.0.1:8891: continue", "policy: WARN
   // text"); empty: nothing is logged but a refusal.
-  std::string_view note;
+  std::string_view note = {};
 };
 
 class filter_listener {

@@ -138,6 +138,15 @@ session::~session() {
 
 void session::start() {
   if (auto* m = metrics()) ++m->sessions;
+  // The filters hear of the connection first; the greeting waits for them.
+  if (!cfg_->filters.empty()) {
+    open_filters();
+    return ask_filters(filter_stage::connect, then::greet);
+  }
+  greet();
+}
+
+void session::greet() {
   out_ +=
       fmt::format(FMT_STRING("220 {} {} inboxd\r\n"), limits().hostname, lmtp_ ? "LMTP" : "ESMTP");
 }
@@ -176,6 +185,26 @@ void session::refuse(reply_id id, std::string_view detail) {
   if (delay == 0 || errors_ < 2) return reply(id, detail);
   reply_after(std::min<std::uint32_t>(delay * static_cast<std::uint32_t>(errors_ - 1), 10'000), id,
               detail);
+}
+
+// The same for a reply line made elsewhere (foreign_reply(): a filter's).
+void session::refuse_line(std::string_view line) {
+  events_.session_log(log_level::info, fmt::format(FMT_STRING("refused: {}"), line));
+  std::uint32_t delay = limits().error_delay_ms;
+  std::string* to = &out_;
+  if (++errors_ >= limits().max_errors) {
+    out_ += line;
+    out_ += "\r\n";
+    events_.session_log(log_level::warning, fmt::format(FMT_STRING("{} errors: closing"), errors_));
+    return close_with(reply_id::too_many_errors);
+  }
+  if (delay != 0 && errors_ >= 2) to = &x().held;
+  *to += line;
+  *to += "\r\n";
+  if (to == &out_) return;
+  sleeping_ = true;
+  events_.session_sleep(
+      std::min<std::uint32_t>(delay * static_cast<std::uint32_t>(errors_ - 1), 10'000));
 }
 
 // Holds a reply back for a while; feed() stops meanwhile, so replies keep
@@ -241,6 +270,10 @@ void session::handle_line(std::string_view line, bool bare_lf) {
   if (!tx_ && cfg_ != current_) cfg_ = current_;
   command cmd = parse_command(line);
   if (draining_ && !tx_ && cmd.v != verb::quit) return close_with(reply_id::shutting_down);
+  // RFC 5321 3.1: after a 554 greeting, 503 to all but QUIT. A BDAT is
+  // refused by do_bdat(), which reads its octets (no MAIL can open).
+  if (f_ && f_->refused_at_connect && cmd.v != verb::quit && cmd.v != verb::bdat)
+    return refuse(reply_id::refused_at_connect);
   switch (cmd.v) {
     case verb::helo:
     case verb::ehlo:
@@ -275,13 +308,18 @@ void session::do_helo(std::string_view arg, bool esmtp) {
                                                 : "HELO hostname");
   // RFC 5321 4.1.4: HELO/EHLO also clears any transaction.
   drop_delivery();  // Between BDAT chunks a message is open.
-  tx_.reset();
+  end_transaction();
   // The name goes into the Received header: keep it to printable ASCII.
   helo_.assign(name.substr(0, 255));
   for (char& c : helo_)
     if (c < 33 || c > 126) c = '?';
   esmtp_ = esmtp;
-  if (!esmtp) {
+  if (f_) return ask_filters(filter_stage::helo, then::helo);
+  helo_reply();
+}
+
+void session::helo_reply() {
+  if (!esmtp_) {
     out_ += fmt::format(FMT_STRING("250 {}\r\n"), limits().hostname);
     return;
   }
@@ -326,6 +364,7 @@ void session::do_mail(std::string_view arg) {
         return refuse(reply_id::bad_syntax, "SIZE=<number>");
       if (ec == std::errc::result_out_of_range || size > limits().max_message_size)
         return refuse(reply_id::size_declared);
+      tx.declared_size = size;
     } else if (iequals(param->keyword, "BODY")) {
       // RFC 6152: BODY=7BIT or BODY=8BITMIME.
       if (iequals(param->value, "8BITMIME"))
@@ -369,6 +408,15 @@ void session::do_mail(std::string_view arg) {
     return refuse(*why);
   tx.reverse_path.assign(p.value.mailbox);
   ids_.next(tx.queue_id);
+  if (f_) {
+    f_->mail_params.assign(p.value.params);
+    return ask_filters(filter_stage::mail, then::mail);
+  }
+  mail_accepted();
+}
+
+void session::mail_accepted() {
+  if (f_ && f_->discard_all) tx_->discard = true;
   tx_.open();
   reply(reply_id::mail_ok);
 }
@@ -445,6 +493,18 @@ void session::do_rcpt(std::string_view arg) {
       r.orcpt = orcpt;
     }
   }
+  if (f_) {
+    f_->rcpt.assign(p.value.mailbox);
+    f_->rcpt_params.assign(p.value.params);
+    return ask_filters(filter_stage::rcpt, then::rcpt);
+  }
+  rcpt_accepted(p.value.mailbox);
+}
+
+// The RCPT passed every check (and every filter): its mailboxes join the
+// transaction.
+void session::rcpt_accepted(std::string_view mailbox) {
+  recipient_list& found = tx_->found;
   // A mailbox named twice (an alias and its user) gets one copy. Few
   // recipients are scanned; past linear_dedup an index finds repeats in
   // O(1), so that the work stays linear in them. A fresh mailbox is moved
@@ -465,7 +525,7 @@ void session::do_rcpt(std::string_view arg) {
     if (at == kept.size()) kept.adopt(r);
   }
   if (lmtp_) {
-    tx_->lmtp_rcpts.emplace_back(p.value.mailbox);
+    tx_->lmtp_rcpts.emplace_back(mailbox);
     tx_->lmtp_ends.push_back(static_cast<std::uint32_t>(tx_->lmtp_boxes.size()));
   }
   ++tx_->rcpt_accepted;
@@ -520,19 +580,59 @@ void session::do_data(std::string_view arg, bool bare_lf) {
   if (!tx_->rcpt_seen) return refuse(reply_id::need_rcpt);
   if (tx_->recipients.empty()) return refuse(reply_id::no_valid_rcpts);
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "DATA");
+  if (f_ && !tx_->data_asked) {
+    tx_->data_asked = true;
+    f_->bare_lf = bare_lf;
+    return ask_filters(filter_stage::data, then::data);
+  }
+  data_accepted(bare_lf);
+}
+
+void session::data_accepted(bool bare_lf) {
   envelope env = make_envelope();
-  if (!guard_sink([&] { tx_->sink_delivery = cfg_->store->begin(env, *this); }))
+  if (!guard_sink([&] { tx_->sink_delivery = begin_delivery(env); }))
     return finish_transaction(reply_id::store_failed, {}, "deferred");
   reply(reply_id::start_data);
   tx_->data_started = true;
   mode_ = mode::data;
   decoder_.reset(!bare_lf);
-  // The trace header goes first (RFC 5321 4.4); it is not counted in the size.
-  // One buffer for every session of the thread: the header leaves at once.
+  start_message();
+}
+
+// The trace header goes first (RFC 5321 4.4), below what filters prepend
+// (Postfix puts PREPEND "above our own Received: header"); neither is
+// counted in the size. One buffer for every session of the thread: the
+// header leaves at once.
+void session::start_message() {
   thread_local std::string header;
   header.clear();
+  header += tx_->prepend;
   append_received_header(header);
   write_to_sink(header);
+}
+
+// The delivery the message is written to: through every filter's
+// message(), the first filter outermost, to the store.
+delivery* session::begin_delivery(const envelope& env) {
+  if (!f_) return cfg_->store->begin(env, *this);
+  if (tx_->discard || f_->discard_all) {
+    f_->discarded.listener = this;
+    f_->discarded.mailboxes = env.recipients.size();
+    return &f_->discarded;
+  }
+  return message_from(0, env, *this);
+}
+
+delivery* session::message_from(std::size_t k, const envelope& env, delivery_listener& listener) {
+  for (; f_ && k < f_->sessions.size(); ++k)
+    if (filter_session* fs = f_->sessions[k])
+      if (delivery* d = fs->message(env, *f_->hops[k + 1], listener)) return d;
+  return cfg_->store->begin(env, listener);
+}
+
+void session::discard_delivery::commit() {
+  outcomes.assign(mailboxes, store_outcome{});
+  if (delivery_listener* l = std::exchange(listener, nullptr)) l->committed(outcomes);
 }
 
 // An embedder's sink may throw. The exception stops here: the log says what,
@@ -575,7 +675,7 @@ void session::write_to_sink(std::string_view bytes) {
 void session::do_rset(std::string_view arg) {
   if (!arg.empty()) return refuse(reply_id::bad_syntax, "RSET");
   drop_delivery();  // Between BDAT chunks a message is open: RSET drops it.
-  tx_.reset();
+  end_transaction();
   reply(reply_id::ok);
 }
 
@@ -600,7 +700,7 @@ void session::tls_started(std::string description) {
   helo_.clear();
   esmtp_ = false;
   x().user.clear();
-  tx_.reset();
+  end_transaction();
   reader_.reset();
   events_.session_log(log_level::info, fmt::format(FMT_STRING("tls: {}"), tls()));
 }
@@ -668,6 +768,7 @@ void session::do_auth(std::string_view arg) {
   std::string_view mechanism = arg.substr(0, arg.find(' '));
   std::string_view initial = mechanism.size() < arg.size() ? arg.substr(mechanism.size() + 1) : "";
   if (iequals(mechanism, "PLAIN")) {
+    x().sasl_method = "PLAIN";
     if (initial.empty()) {
       x().step = sasl::plain;
       out_ += "334 \r\n";
@@ -676,6 +777,7 @@ void session::do_auth(std::string_view arg) {
     return sasl_plain(initial == "=" ? "" : initial);
   }
   if (iequals(mechanism, "LOGIN")) {
+    x().sasl_method = "LOGIN";
     if (initial.empty()) {
       x().step = sasl::login_user;
       out_ += "334 VXNlcm5hbWU6\r\n";  // "Username:"
@@ -852,21 +954,35 @@ void session::do_bdat(std::string_view arg) {
   } else {
     x_->chunk.refused = false;
   }
+  x_->chunk.refusal_line.clear();
   if (x_->chunk.refused) {
     // RFC 3030 2: the client sends no more chunks after a failed one; those
     // already pipelined are read and refused too.
     if (tx_) tx_->chunk_failed = true;
-  } else {
-    transaction& tx = *tx_;
-    if (!tx.chunked) begin_chunks();
-    // The message's size is the sum of its chunks, checked as they come:
-    // past the limit the rest is read and dropped (RFC 1870 with RFC 3030).
-    std::uint64_t room = SIZE_MAX - tx.size;
-    tx.size = b->size > room ? SIZE_MAX : tx.size + static_cast<std::size_t>(b->size);
-    if (!tx.too_big && tx.size > limits().max_message_size) {
-      tx.too_big = true;
-      drop_delivery();
-    }
+    mode_ = mode::chunk;
+    if (x_->chunk.left == 0) end_of_chunk();
+    return;
+  }
+  // The first BDAT stands for DATA: the filters are asked before its octets
+  // are read (feed() stops meanwhile, leaving them unread).
+  if (f_ && !tx_->chunked && !tx_->data_asked) {
+    tx_->data_asked = true;
+    return ask_filters(filter_stage::data, then::bdat);
+  }
+  bdat_accepted();
+}
+
+void session::bdat_accepted() {
+  transaction& tx = *tx_;
+  if (!tx.chunked) begin_chunks();
+  // The message's size is the sum of its chunks, checked as they come:
+  // past the limit the rest is read and dropped (RFC 1870 with RFC 3030).
+  std::uint64_t room = SIZE_MAX - tx.size;
+  std::uint64_t size = x_->chunk.size;
+  tx.size = size > room ? SIZE_MAX : tx.size + static_cast<std::size_t>(size);
+  if (!tx.too_big && tx.size > limits().max_message_size) {
+    tx.too_big = true;
+    drop_delivery();
   }
   mode_ = mode::chunk;
   if (x_->chunk.left == 0) end_of_chunk();
@@ -881,11 +997,8 @@ void session::begin_chunks() {
   envelope env = make_envelope();
   // A sink that throws marks the message failed: its chunks are read and
   // dropped, and the client hears 451.
-  if (!guard_sink([&] { tx.sink_delivery = cfg_->store->begin(env, *this); })) return;
-  thread_local std::string header;
-  header.clear();
-  append_received_header(header);
-  write_to_sink(header);
+  if (!guard_sink([&] { tx.sink_delivery = begin_delivery(env); })) return;
+  start_message();
 }
 
 std::size_t session::feed_chunk(std::span<char> input) {
@@ -919,9 +1032,12 @@ void session::end_of_chunk() {
     bool ended = x_->chunk.last && tx_;
     if (ended) {
       drop_delivery();
-      tx_.reset();
+      end_transaction();
     }
-    refuse(x_->chunk.refusal);
+    if (x_->chunk.refusal_line.empty())
+      refuse(x_->chunk.refusal);
+    else
+      refuse_line(x_->chunk.refusal_line);
     if (ended && draining_ && !closing_) close_with(reply_id::shutting_down);
     return;
   }
@@ -1005,7 +1121,11 @@ void session::committed(std::span<const store_outcome> per_recipient) noexcept {
 
 void session::lost_memory() noexcept {
   committing_ = false;
-  if (tx_) tx_.reset();
+  if (tx_) {
+    tx_.reset();
+    filters_tx_over();
+  }
+  if (f_) f_->asking = false;
   if (x_) x_->checking = false;
   closing_ = true;
 }
@@ -1017,24 +1137,47 @@ void session::on_committed(std::span<const store_outcome> per_recipient) {
   count_committed(per_recipient);
   if (lmtp_) return lmtp_committed(per_recipient);
   // One failed mailbox fails the message, so the sender retries it whole.
+  // The reply behind the worst outcome (a next hop's, a filter's) is the
+  // client's when it is one (the truth travels back).
   reply_id id = reply_id::queued;
+  std::string_view why, answer;
   for (std::size_t i = 0; i < per_recipient.size(); ++i) {
     store_outcome o = per_recipient[i];
-    if (o.result == store_result::stored) continue;
-    if (o.result == store_result::permanent_fail) id = reply_id::store_rejected;
-    if (o.result == store_result::no_space && id == reply_id::queued) id = reply_id::no_space;
-    if (o.result == store_result::temporary_fail && id != reply_id::store_rejected)
-      id = reply_id::store_failed;
+    if (o.result == store_result::stored) {
+      if (answer.empty()) answer = o.reply;
+      continue;
+    }
+    reply_id was = id;
+    id = worse(id, o.result, reply_id::queued);
+    if (id != was || why.empty()) why = o.reply;
     const recipient* r = i < tx_->recipients.size() ? &tx_->recipients[i] : nullptr;
-    events_.session_log(log_level::warning,
-                        fmt::format(FMT_STRING("id={} mailbox={}@{} not stored: {}"), tx_->queue_id,
-                                    r ? printable(r->user) : "?", r ? printable(r->domain) : "?",
-                                    o.error ? std::strerror(o.error) : "sink failure"));
+    events_.session_log(
+        log_level::warning,
+        fmt::format(FMT_STRING("id={} mailbox={}@{} not stored: {}{}{}"), tx_->queue_id,
+                    r ? printable(r->user) : "?", r ? printable(r->domain) : "?",
+                    o.error ? std::strerror(o.error) : "sink failure", o.reply.empty() ? "" : ": ",
+                    printable(o.reply)));
   }
-  if (id == reply_id::queued)
-    finish_transaction(id, tx_->queue_id, "sent");
-  else
-    finish_transaction(id, {}, id == reply_id::store_rejected ? "bounced" : "deferred");
+  if (id == reply_id::queued) {
+    append_printable(tx_->hop_reply, answer.substr(0, 400));
+    bool discarded = tx_->discard || (f_ && f_->discard_all);
+    return finish_transaction(id, tx_->queue_id, discarded ? "discarded" : "sent");
+  }
+  append_printable(tx_->hop_reply, why.substr(0, 400));
+  std::string line;
+  foreign_for(why, id, line);
+  finish_transaction(id, {}, id == reply_id::store_rejected ? "bounced" : "deferred", line);
+}
+
+// The reply for a message so far (`id`, `ok` while every mailbox is
+// stored) after one more mailbox's result: a permanent failure beats a
+// temporary one, which beats a full disk.
+reply_id session::worse(reply_id id, store_result result, reply_id ok) noexcept {
+  if (result == store_result::permanent_fail) return reply_id::store_rejected;
+  if (result == store_result::no_space && id == ok) return reply_id::no_space;
+  if (result == store_result::temporary_fail && id != reply_id::store_rejected)
+    return reply_id::store_failed;
+  return id;
 }
 
 void session::writable() noexcept {
@@ -1042,7 +1185,8 @@ void session::writable() noexcept {
   if (!in_feed_) events_.session_ready();
 }
 
-void session::finish_transaction(reply_id id, std::string_view detail, std::string_view status) {
+void session::finish_transaction(reply_id id, std::string_view detail, std::string_view status,
+                                 std::string_view foreign) {
   const transaction& tx = *tx_;
   // The one log line of a message, written with appends into a buffer of
   // the thread (it is made for every message; a format cost 3k instructions):
@@ -1075,17 +1219,42 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
   line += " status=";
   line += status;
   line += " (";
-  line += reply_line(id);
-  line += detail;
+  if (foreign.empty()) {
+    line += reply_line(id);
+    line += detail;
+  } else {
+    line += foreign;
+  }
   line += ')';
+  append_filter_fields(line, tx);
   events_.session_log(log_level::info, line);
-  reply(id, detail);
+  auto answer = [&] {
+    if (foreign.empty()) return reply(id, detail);
+    out_ += foreign;
+    out_ += "\r\n";
+  };
+  answer();
   count_messages(id, lmtp_ && tx.data_started ? std::max<std::size_t>(tx.rcpt_accepted, 1) : 1);
   // RFC 2033 4.2: after the data, LMTP answers once for each accepted RCPT.
   if (lmtp_ && tx.data_started)
-    for (std::size_t i = 1; i < tx.rcpt_accepted; ++i) reply(id, detail);
-  tx_.reset();
+    for (std::size_t i = 1; i < tx.rcpt_accepted; ++i) answer();
+  end_transaction();
   if (draining_) close_with(reply_id::shutting_down);
+}
+
+// What filters and a next hop said of the message, for its log line:
+// " hop=(<its reply>) filters=(<their notes>)", each where there is one.
+void session::append_filter_fields(std::string& line, const transaction& tx) {
+  if (!tx.hop_reply.empty()) {
+    line += " hop=(";
+    line += tx.hop_reply;
+    line += ')';
+  }
+  if (!tx.filter_notes.empty()) {
+    line += " filters=(";
+    line += tx.filter_notes;
+    line += ')';
+  }
 }
 
 // The DSN parameters of a message for its log line, where any came:
@@ -1162,10 +1331,10 @@ void session::append_received_header(std::string& h) const {
   // 4.3: UTF8SMTP (UTF8LMTP) for SMTPUTF8, with the same S and A.
   // XCLIENT PROTO=SMTP or ESMTP stands for what the client itself said.
   bool esmtp = x_ && !x_->xclient_proto.empty() ? x_->xclient_proto == "ESMTP" : esmtp_;
-  h += lmtp_           ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
-       : !esmtp        ? " (inboxd) with SMTP"
-       : tx.smtputf8   ? " (inboxd) with UTF8SMTP"
-                       : " (inboxd) with ESMTP";
+  h += lmtp_         ? (tx.smtputf8 ? " (inboxd) with UTF8LMTP" : " (inboxd) with LMTP")
+       : !esmtp      ? " (inboxd) with SMTP"
+       : tx.smtputf8 ? " (inboxd) with UTF8SMTP"
+                     : " (inboxd) with ESMTP";
   if (esmtp && !tls().empty()) h += 'S';
   if (esmtp && !user().empty()) h += 'A';
   h += " id ";
@@ -1196,35 +1365,54 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
                                     o.error ? std::strerror(o.error) : "sink failure"));
   }
   std::uint32_t begin = 0;
+  bool discarded = tx.discard || (f_ && f_->discard_all);
   for (std::size_t k = 0; k < tx.lmtp_rcpts.size(); ++k) {
     reply_id id = reply_id::lmtp_delivered;
+    std::string_view why;
     for (std::uint32_t b = begin; b < tx.lmtp_ends[k]; ++b) {
       std::uint32_t box = tx.lmtp_boxes[b];
       // A sink that gave fewer outcomes than mailboxes stored nothing it did not report.
-      store_result result =
-          box < per_recipient.size() ? per_recipient[box].result : store_result::temporary_fail;
-      if (result == store_result::permanent_fail) id = reply_id::store_rejected;
-      if (result == store_result::no_space && id == reply_id::lmtp_delivered)
-        id = reply_id::no_space;
-      if (result == store_result::temporary_fail && id != reply_id::store_rejected)
-        id = reply_id::store_failed;
+      store_outcome o = box < per_recipient.size()
+                            ? per_recipient[box]
+                            : store_outcome{.result = store_result::temporary_fail};
+      if (o.result == store_result::stored) continue;
+      reply_id was = id;
+      id = worse(id, o.result, reply_id::lmtp_delivered);
+      if (id != was || why.empty()) why = o.reply;
     }
     begin = tx.lmtp_ends[k];
-    std::string detail;
+    std::string detail, foreign;
     if (id == reply_id::lmtp_delivered)
       detail = fmt::format(FMT_STRING("<{}> as {}"), tx.lmtp_rcpts[k], tx.queue_id);
-    const char* status = id == reply_id::lmtp_delivered   ? "sent"
+    else
+      foreign_for(why, id, foreign);
+    const char* status = id == reply_id::lmtp_delivered   ? (discarded ? "discarded" : "sent")
                          : id == reply_id::store_rejected ? "bounced"
                                                           : "deferred";
-    events_.session_log(
-        log_level::info,
-        fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({}{})"), tx.queue_id,
+    std::string line =
+        fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({})"), tx.queue_id,
                     printable(tx.reverse_path), printable(tx.lmtp_rcpts[k]), tx.size, status,
-                    reply_line(id), printable(detail)));
-    reply(id, detail);
+                    foreign.empty() ? std::string(reply_line(id)) + printable(detail) : foreign);
+    if (!why.empty()) {
+      line += " hop=(";
+      append_printable(line, why.substr(0, 400));
+      line += ')';
+    }
+    if (!tx.filter_notes.empty()) {
+      line += " filters=(";
+      line += tx.filter_notes;
+      line += ')';
+    }
+    events_.session_log(log_level::info, line);
+    if (foreign.empty()) {
+      reply(id, detail);
+    } else {
+      out_ += foreign;
+      out_ += "\r\n";
+    }
     count_messages(id, 1);
   }
-  tx_.reset();
+  end_transaction();
   if (draining_) close_with(reply_id::shutting_down);
 }
 
@@ -1298,6 +1486,264 @@ void session::disconnect() noexcept {
   sleeping_ = false;
   committing_ = false;
   closing_ = true;
+  close_filters();
+}
+
+// --- Filters (inboxd/filter.hpp) ---
+
+void session::open_filters() {
+  close_filters();
+  auto f = std::make_unique<filter_run>();
+  f->cfg = cfg_;
+  const auto& filters = cfg_->filters;
+  for (std::size_t k = 0; k <= filters.size(); ++k)
+    f->hops.push_back(std::make_unique<filter_hop>(*this, k));
+  std::string_view name =
+      x_ && !x_->xclient_name.empty() ? std::string_view(x_->xclient_name) : "unknown";
+  filter_client client{.address = client_address_,
+                       .port = 0,
+                       .name = name,
+                       .server_name = limits().hostname,
+                       .lmtp = lmtp_};
+  for (const auto& filter : filters) {
+    filter_session* fs = nullptr;
+    // An embedder's filter may throw: it then answers every question with
+    // a temporary failure (run_filters()).
+    try {
+      fs = filter->open(client);
+    } catch (const std::exception& e) {
+      events_.session_log(log_level::error, fmt::format(FMT_STRING("filter failed to open: {}"),
+                                                        printable(e.what())));
+    } catch (...) {
+      events_.session_log(log_level::error, "filter failed to open");
+    }
+    f->sessions.push_back(fs);
+  }
+  f_ = std::move(f);
+}
+
+void session::close_filters() noexcept {
+  if (!f_) return;
+  for (filter_session* fs : f_->sessions)
+    if (fs) fs->close();
+  f_.reset();
+}
+
+void session::filters_tx_over() noexcept {
+  if (!f_ || !f_->tx_known) return;
+  f_->tx_known = false;
+  for (filter_session* fs : f_->sessions)
+    if (fs) fs->reset();
+}
+
+void session::ask_filters(filter_stage stage, then next) {
+  filter_run& f = *f_;
+  f.stage = stage;
+  f.next_step = next;
+  f.next = 0;
+  if (stage >= filter_stage::mail) f.tx_known = true;
+  run_filters();
+}
+
+// Asks each filter in turn; an answer inside ask() goes on in this loop,
+// a later one from filtered().
+void session::run_filters() {
+  filter_run& f = *f_;
+  while (f.next < f.sessions.size()) {
+    filter_session* fs = f.sessions[f.next];
+    f.asking = true;
+    f.answered = false;
+    f.action = filter_action::tempfail;
+    f.reply.clear();
+    f.prepend.clear();
+    f.note.clear();
+    if (!fs) {
+      f.note = "filter unavailable";
+      f.answered = true;
+    } else {
+      const transaction* tx = f.stage >= filter_stage::mail ? &*tx_ : nullptr;
+      filter_state st{
+          .helo = helo_,
+          .tls = tls(),
+          .sasl_method = user().empty() || !x_ ? "" : x_->sasl_method,
+          .sasl_user = user(),
+          .queue_id = tx ? std::string_view(tx->queue_id) : std::string_view(),
+          .reverse_path = tx ? std::string_view(tx->reverse_path) : std::string_view(),
+          .mail_params = tx ? std::string_view(f.mail_params) : std::string_view(),
+          .recipient =
+              f.stage == filter_stage::rcpt ? std::string_view(f.rcpt) : std::string_view(),
+          .rcpt_params =
+              f.stage == filter_stage::rcpt ? std::string_view(f.rcpt_params) : std::string_view(),
+          .recipients = tx ? tx->rcpt_accepted : 0,
+          .size = tx ? tx->declared_size : 0,
+      };
+      f.in_ask = true;
+      try {
+        fs->ask(f.stage, st, *this);
+      } catch (const std::exception& e) {
+        if (!f.answered) {
+          f.note = fmt::format(FMT_STRING("filter failed: {}"), e.what());
+          f.answered = true;
+        }
+      } catch (...) {
+        if (!f.answered) {
+          f.note = "filter failed";
+          f.answered = true;
+        }
+      }
+      f.in_ask = false;
+    }
+    if (!f.answered) return;  // filtered() goes on from here.
+    if (!take_answer()) return;
+  }
+  f.asking = false;
+  filters_passed();
+}
+
+void session::filtered(const filter_verdict& verdict) noexcept {
+  // Exactly one answer per question (filter.hpp); a stray one is ignored.
+  if (!f_ || !f_->asking || f_->answered) return;
+  try {
+    filter_run& f = *f_;
+    f.action = verdict.action;
+    f.reply.assign(verdict.reply.substr(0, 1024));
+    f.prepend.assign(verdict.prepend.substr(0, 1024));
+    f.note.assign(verdict.note.substr(0, 1024));
+    f.answered = true;
+    if (f.in_ask) return;
+    if (take_answer()) run_filters();
+  } catch (...) {
+    lost_memory();
+  }
+  if (!in_feed_) events_.session_ready();
+}
+
+// A header field a filter prepends: "Name: value", one line of printable
+// ASCII (tabs too), the name without a colon (RFC 5322 2.2).
+static bool header_field(std::string_view h) {
+  std::size_t colon = h.find(':');
+  if (colon == 0 || colon == h.npos || h.size() > 998) return false;
+  for (std::size_t i = 0; i < h.size(); ++i) {
+    auto u = static_cast<unsigned char>(h[i]);
+    bool ok = i < colon ? u > 32 && u < 127 : (u >= 32 && u < 127) || u == '\t';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Takes the answer in f_: true to ask the next filter.
+bool session::take_answer() {
+  filter_run& f = *f_;
+  bool in_tx = tx_ && f.stage >= filter_stage::mail;
+  if (!f.note.empty()) {
+    events_.session_log(log_level::info, fmt::format(FMT_STRING("id={} filter: {}"),
+                                                     in_tx ? std::string_view(tx_->queue_id) : "-",
+                                                     printable(f.note)));
+    // The message's log line names what the filters said, up to a bound.
+    if (in_tx && tx_->filter_notes.size() < 512) {
+      if (!tx_->filter_notes.empty()) tx_->filter_notes += "; ";
+      append_printable(tx_->filter_notes, std::string_view(f.note).substr(0, 200));
+    }
+  }
+  switch (f.action) {
+    case filter_action::proceed:
+      if (!f.prepend.empty()) {
+        if (!in_tx || !header_field(f.prepend) || tx_->prepend.size() + f.prepend.size() > 8192) {
+          events_.session_log(
+              log_level::warning,
+              fmt::format(FMT_STRING("filter: header not prepended: {}"), printable(f.prepend)));
+        } else {
+          tx_->prepend += f.prepend;
+          tx_->prepend += '\n';
+        }
+      }
+      ++f.next;
+      return true;
+    case filter_action::discard:
+      if (in_tx)
+        tx_->discard = true;
+      else
+        f.discard_all = true;
+      events_.session_log(log_level::info,
+                          fmt::format(FMT_STRING("id={} filter: discard"),
+                                      in_tx ? std::string_view(tx_->queue_id) : "-"));
+      f.next = f.sessions.size();  // Nothing more to ask: the message goes nowhere.
+      return true;
+    default:
+      f.asking = false;
+      filters_refused();
+      return false;
+  }
+}
+
+void session::filters_passed() {
+  switch (f_->next_step) {
+    case then::greet: return greet();
+    case then::helo: return helo_reply();
+    case then::mail: return mail_accepted();
+    case then::rcpt: return rcpt_accepted(f_->rcpt);
+    case then::data: return data_accepted(f_->bare_lf);
+    case then::bdat: return bdat_accepted();
+  }
+}
+
+bool session::foreign_for(std::string_view text, reply_id id, std::string& out) {
+  const reply_entry& e = reply_of(id);
+  if (text.empty() || !foreign_reply(text, static_cast<char>('0' + e.code / 100), e.enhanced, out))
+    return false;
+  // A 421 closes the channel it came on (RFC 5321 3.8), not this one.
+  if (out.starts_with("421")) out.replace(0, 3, "451");
+  return true;
+}
+
+void session::filters_refused() {
+  filter_run& f = *f_;
+  if (f.action == filter_action::disconnect) {
+    events_.session_log(log_level::info, "filter: the session is ended");
+    drop_delivery();
+    if (tx_) end_transaction();
+    filters_tx_over();  // MAIL was asked about before its transaction opened.
+    return close_with(reply_id::filter_shutdown);
+  }
+  bool temporary = f.action != filter_action::reject;
+  reply_id id = temporary ? reply_id::filter_tempfail : reply_id::filter_rejected;
+  std::string line;
+  if (!foreign_for(f.reply, id, line)) line = reply_line(id);
+  switch (f.next_step) {
+    case then::greet:
+      // RFC 5321 3.1: a greeting is 220, or 554 (then 503 to all but QUIT);
+      // a temporary refusal is 421 and the end.
+      line.replace(0, 3, temporary ? "421" : "554");
+      events_.session_log(log_level::info, fmt::format(FMT_STRING("refused at connect: {}"), line));
+      out_ += line;
+      out_ += "\r\n";
+      if (temporary) {
+        closing_ = true;
+      } else {
+        f.refused_at_connect = true;
+      }
+      return;
+    case then::helo:
+      helo_.clear();
+      esmtp_ = false;
+      return refuse_line(line);
+    case then::mail:
+      filters_tx_over();  // The transaction never opened.
+      return refuse_line(line);
+    case then::rcpt: return refuse_line(line);
+    case then::data:
+      tx_->data_asked = false;  // A DATA again asks again.
+      return refuse_line(line);
+    case then::bdat:
+      // The chunk's octets are read and dropped, then its refusal; so are
+      // later chunks' (RFC 3030 2), until RSET or LAST.
+      x_->chunk.refused = true;
+      x_->chunk.refusal_line = std::move(line);
+      tx_->chunk_failed = true;
+      mode_ = mode::chunk;
+      if (x_->chunk.left == 0) end_of_chunk();
+      return;
+  }
 }
 
 }  // namespace inboxd::proto

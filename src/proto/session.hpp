@@ -21,6 +21,7 @@
 
 #include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
+#include "inboxd/filter.hpp"
 #include "inboxd/log.hpp"
 #include "inboxd/sink.hpp"
 #include "proto/command.hpp"
@@ -71,7 +72,7 @@ void append_printable(std::string& out, std::string_view s);
 [[nodiscard]] std::string rfc5322_date(std::int64_t unix_time);
 void append_rfc5322_date(std::string& out, std::int64_t unix_time);
 
-class session final : delivery_listener, auth_listener {
+class session final : delivery_listener, auth_listener, filter_listener {
  public:
   // current, events and ids must outlive the session. current is the
   // server's latest settings; the session takes a copy between transactions.
@@ -106,7 +107,8 @@ class session final : delivery_listener, auth_listener {
   // Waiting for the sink, a credentials check, a delay or STARTTLS: do not
   // feed until session_ready() (or tls_started()).
   [[nodiscard]] bool waiting() const noexcept {
-    return paused_ || committing_ || (x_ && x_->checking) || sleeping_ || starttls_;
+    return paused_ || committing_ || (x_ && x_->checking) || sleeping_ || starttls_ ||
+           (f_ && f_->asking);
   }
   // STARTTLS was answered with 220: send the output in plaintext, drop any
   // input after the command (CVE-2011-0411), and start the handshake.
@@ -145,15 +147,15 @@ class session final : delivery_listener, auth_listener {
     // Distinct mailboxes. Like found, a recycled list: its strings keep
     // their room from one transaction to the next (no allocation per RCPT).
     recipient_list recipients;
-    std::size_t rcpt_accepted = 0;                 // RCPT commands accepted
-    std::size_t rcpt_overshoot = 0;                // RCPTs past max_recipients
-    std::size_t mailboxes_resolved = 0;            // by the policy, repeats included
+    std::size_t rcpt_accepted = 0;       // RCPT commands accepted
+    std::size_t rcpt_overshoot = 0;      // RCPTs past max_recipients
+    std::size_t mailboxes_resolved = 0;  // by the policy, repeats included
     // Finds a repeated mailbox once there are more than linear_dedup of
     // them (below that a scan is cheaper); do_rcpt and LMTP share it.
     mailbox_index mailboxes;
-    recipient_list found;  // what the policy gave for this RCPT
+    recipient_list found;           // what the policy gave for this RCPT
     std::string orcpt_type, orcpt;  // this RCPT's ORCPT (RFC 3461 4.2), parsed here
-    bool rcpt_seen = false;                        // any RCPT, accepted or not
+    bool rcpt_seen = false;         // any RCPT, accepted or not
     bool body_8bit = false;
     bool smtputf8 = false;        // MAIL had SMTPUTF8 (RFC 6531)
     bool requiretls = false;      // RFC 8689, given inside TLS
@@ -176,6 +178,15 @@ class session final : delivery_listener, auth_listener {
     std::vector<std::string> lmtp_rcpts;
     std::vector<std::uint32_t> lmtp_boxes;
     std::vector<std::uint32_t> lmtp_ends;
+    // Filters (filter.hpp): header fields they asked to prepend, each with
+    // its LF; what they said, for the message's log line; a discard.
+    std::string prepend;
+    std::string filter_notes;
+    bool discard = false;
+    bool data_asked = false;        // the filters were asked at DATA or the first BDAT
+    std::size_t declared_size = 0;  // MAIL's SIZE=, for the filters
+    // The next hop's (or a filter's) reply to the message, for its log line.
+    std::string hop_reply;
 
     // As new, but keeping what the strings and containers have allocated.
     // Every field above is reset here.
@@ -206,6 +217,11 @@ class session final : delivery_listener, auth_listener {
       lmtp_rcpts.clear();
       lmtp_boxes.clear();
       lmtp_ends.clear();
+      prepend.clear();
+      filter_notes.clear();
+      hop_reply.clear();
+      discard = data_asked = false;
+      declared_size = 0;
       sink_delivery = nullptr;
     }
   };
@@ -256,9 +272,13 @@ class session final : delivery_listener, auth_listener {
   void sink_failed(const char* what) noexcept;
   void drop_delivery() noexcept;
 
+  void greet();
   void do_helo(std::string_view arg, bool esmtp);
+  void helo_reply();
   void do_mail(std::string_view arg);
+  void mail_accepted();
   void do_rcpt(std::string_view arg);
+  void rcpt_accepted(std::string_view mailbox);
   void too_many_recipients();
   // EHLO offers DSN (RFC 3461): the sink carries it on, or the operator
   // lets local delivery take the parameters (session_config::accept_dsn).
@@ -268,6 +288,10 @@ class session final : delivery_listener, auth_listener {
   [[nodiscard]] envelope make_envelope() const;
   void lmtp_committed(std::span<const store_outcome> per_recipient);
   void do_data(std::string_view arg, bool bare_lf);
+  void data_accepted(bool bare_lf);
+  void bdat_accepted();
+  void start_message();
+  delivery* begin_delivery(const envelope& env);
   void do_rset(std::string_view arg);
   void do_quit(std::string_view arg);
   void do_starttls(std::string_view arg);
@@ -281,16 +305,38 @@ class session final : delivery_listener, auth_listener {
   void reply(reply_id id, std::string_view detail = {});
   void reply_after(std::uint32_t milliseconds, reply_id id, std::string_view detail = {});
   void refuse(reply_id id, std::string_view detail = {});
-  void finish_transaction(reply_id id, std::string_view detail, std::string_view status);
+  void finish_transaction(reply_id id, std::string_view detail, std::string_view status,
+                          std::string_view foreign = {});
+  void refuse_line(std::string_view line);
+  static bool foreign_for(std::string_view text, reply_id id, std::string& out);
   void close_with(reply_id id);
   void append_received_header(std::string& out) const;
   static void append_dsn_fields(std::string& line, const transaction& tx);
+  static void append_filter_fields(std::string& line, const transaction& tx);
+  static reply_id worse(reply_id id, store_result result, reply_id ok) noexcept;
 
   // delivery_listener
   void writable() noexcept override;
   void committed(std::span<const store_outcome> per_recipient) noexcept override;
   // auth_listener
   void auth_checked(auth_result result) noexcept override;
+  // filter_listener, and the filters' side of the session (filter.hpp)
+  void filtered(const filter_verdict& verdict) noexcept override;
+  void open_filters();
+  void close_filters() noexcept;
+  void filters_tx_over() noexcept;
+  // The transaction is over: closed, and the filters told.
+  void end_transaction() noexcept {
+    tx_.reset();
+    filters_tx_over();
+  }
+  enum class then : std::uint8_t { greet, helo, mail, rcpt, data, bdat };
+  void ask_filters(filter_stage stage, then next);
+  void run_filters();
+  bool take_answer();
+  void filters_passed();
+  void filters_refused();
+  delivery* message_from(std::size_t k, const envelope& env, delivery_listener& listener);
   void on_committed(std::span<const store_outcome> per_recipient);
   void on_auth_checked(auth_result result);
   void lost_memory() noexcept;
@@ -358,9 +404,55 @@ class session final : delivery_listener, auth_listener {
       bool last = false;       // BDAT ... LAST
       bool refused = false;    // its octets are read and dropped, then refusal
       reply_id refusal = reply_id::ok;
+      std::string refusal_line;  // a filter's refusal, instead of refusal
     } chunk;
+    const char* sasl_method = "";  // the mechanism of the AUTH that succeeded
   };
   std::unique_ptr<extras> x_;
+  // The filters of this session, made at start() when any are configured
+  // (a session without stays small: issue 10).
+  class discard_delivery final : public delivery {
+   public:
+    delivery_listener* listener = nullptr;
+    std::size_t mailboxes = 0;
+    std::vector<store_outcome> outcomes;
+    bool write(std::string_view) override { return true; }
+    void commit() override;
+    void abort() noexcept override { listener = nullptr; }
+  };
+  class filter_hop final : public sink {
+   public:
+    filter_hop(session& s, std::size_t k) : s_(s), k_(k) {}
+    delivery* begin(const envelope& env, delivery_listener& listener) override {
+      return s_.message_from(k_, env, listener);
+    }
+
+   private:
+    session& s_;
+    std::size_t k_;
+  };
+  struct filter_run {
+    settings_ptr cfg;  // the filters came from these settings: they live while it does
+    std::vector<filter_session*> sessions;
+    std::vector<std::unique_ptr<filter_hop>> hops;  // hops[k]: what filter k - 1 hands on to
+    discard_delivery discarded;
+    filter_stage stage = filter_stage::connect;
+    then next_step = then::greet;
+    std::size_t next = 0;  // the filter asked now
+    bool asking = false;   // a question is open: the session waits
+    bool in_ask = false;   // inside filter_session::ask()
+    bool answered = false;
+    bool tx_known = false;  // the filters were told of a transaction: reset() at its end
+    bool refused_at_connect = false;
+    bool discard_all = false;  // discarded at connect or HELO: every message of the session
+    bool bare_lf = false;      // the DATA line ended in a bare LF (the decoder's start)
+    // The last answer, copied out of the borrowed verdict.
+    filter_action action = filter_action::proceed;
+    std::string reply, prepend, note;
+    // What the command being asked about said, kept over the wait.
+    std::string rcpt, rcpt_params, mail_params;
+  };
+  std::unique_ptr<filter_run> f_;
   extras& x() {
     if (!x_) x_ = std::make_unique<extras>();
     return *x_;

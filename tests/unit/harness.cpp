@@ -102,9 +102,10 @@ class memory_sink::record final : public delivery {
     std::vector<store_outcome> per_recipient;
     for (std::size_t i = 0; i < m.recipients.size(); ++i) {
       if (sink_.results.empty())
-        per_recipient.push_back({store_result::stored, 0});
+        per_recipient.push_back({store_result::stored, 0, sink_.reply});
       else
-        per_recipient.push_back({sink_.results[std::min(i, sink_.results.size() - 1)], 0});
+        per_recipient.push_back(
+            {sink_.results[std::min(i, sink_.results.size() - 1)], 0, sink_.reply});
     }
     listener_.committed(per_recipient);
   }
@@ -193,18 +194,21 @@ void event_recorder::session_sleep(std::uint32_t milliseconds) noexcept {
 namespace {
 
 proto::settings_ptr make_settings(session_config limits, recipient_rules rules,
-                                  std::shared_ptr<sink> store) {
+                                  std::shared_ptr<sink> store,
+                                  std::vector<std::shared_ptr<filter>> filters) {
   auto s = std::make_shared<proto::settings>();
   s->limits = std::move(limits);
   s->policy = make_rules_policy(std::move(rules));
   s->store = std::move(store);
+  s->filters = std::move(filters);
   return s;
 }
 
 }  // namespace
 
-test_connection::test_connection(session_config c, recipient_rules rules)
-    : settings(make_settings(std::move(c), std::move(rules), sink_owner)),
+test_connection::test_connection(session_config c, recipient_rules rules,
+                                 std::vector<std::shared_ptr<filter>> filters)
+    : settings(make_settings(std::move(c), std::move(rules), sink_owner, std::move(filters))),
       session(settings, events, ids, "192.0.2.1") {
   events.conn = this;
   session.start();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "inboxd/config.hpp"
+#include "inboxd/filter.hpp"
 #include "inboxd/sink.hpp"
 #include "proto/session.hpp"
 
@@ -79,6 +80,8 @@ class memory_sink final : public sink {
   commit_mode mode = commit_mode::now;
   // The outcome per recipient; the last entry repeats; empty means all stored.
   std::vector<store_result> results;
+  // What every outcome says another program answered (store_outcome::reply).
+  std::string reply;
   // write() returns false from this call on (1-based, per message).
   int pause_from_write = std::numeric_limits<int>::max();
   // An embedder's sink that throws: at the next begin(), write() or commit(),
@@ -129,7 +132,8 @@ class event_recorder final : public proto::session_events {
 // One session with its sink, events and input buffer.
 class test_connection {
  public:
-  explicit test_connection(session_config cfg = {}, recipient_rules rules = {});
+  explicit test_connection(session_config cfg = {}, recipient_rules rules = {},
+                           std::vector<std::shared_ptr<filter>> filters = {});
   test_connection(const test_connection&) = delete;
   test_connection& operator=(const test_connection&) = delete;
 
