@@ -12,7 +12,10 @@
 //   byte 2: bits 0-1 the recipient rules (any, domains with users and
 //           aliases, case-sensitive with odd aliases, one catch-all domain);
 //           bit 2 an LMTP session (LHLO; a reply per recipient after the data);
-//           bit 3 XCLIENT allowed (the client is in xclient_from).
+//           bit 3 XCLIENT allowed (the client is in xclient_from); bits 4-5
+//           how many filters (filter.hpp) the session asks, 0 to 3, with
+//           verdicts and hostile replies from the seed, answering at once or
+//           (dribbled, with deferred commits) at random points.
 //   byte 3: bit 0 AUTH offered (alice/secret is right); bit 1 STARTTLS
 //           offered; bit 2 allow_plaintext_auth; bit 3 require_tls; bit 4
 //           require_auth; bits 5-6 max_auth_failures; bit 7 accept_dsn (DSN
@@ -29,14 +32,13 @@
 // false, no write or commit after commit() or abort(), no abort after
 // committed(); a body within max_message_size and, under the reject policy,
 // no committed CR (but in a BINARYMIME body, whose CRs are data); BDAT
-// chunks of any size, pipelined, refused or split, keep the stream in step; the session waits only for something that will come, and
-// when it neither waits nor closes, what it left unconsumed is a partial line.
-// At the end every delivery has ended in commit (with committed()) or abort.
-// A reloaded-away sink is really freed, so a late use of it is an ASan report.
-// Without shutdown(), disconnect(), a reload or STARTTLS in the run, the same
-// input fed whole to a sink that never pauses and commits at once must give
-// identical replies, log lines, committed bodies and outcomes. INBOXD_FUZZ_VERBOSE=1 in
-// the environment prints each run's transcript.
+// chunks of any size, pipelined, refused or split, keep the stream in step; the session waits only
+// for something that will come, and when it neither waits nor closes, what it left unconsumed is a
+// partial line. At the end every delivery has ended in commit (with committed()) or abort. A
+// reloaded-away sink is really freed, so a late use of it is an ASan report. Without shutdown(),
+// disconnect(), a reload or STARTTLS in the run, the same input fed whole to a sink that never
+// pauses and commits at once must give identical replies, log lines, committed bodies and outcomes.
+// INBOXD_FUZZ_VERBOSE=1 in the environment prints each run's transcript.
 //
 // The connection's other duties are played too: a credentials check answers
 // later (never inside check()), a session_sleep() ends in wake(), and after
@@ -56,6 +58,7 @@
 #include "fuzz_util.hpp"
 #include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
+#include "inboxd/filter.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
 #include "inboxd/tls.hpp"
@@ -172,7 +175,42 @@ struct world {
   record* paused() const;
   record* committing() const;
   check* asking() const;
+  class question;
+  std::vector<std::unique_ptr<question>> questions;
+  question* filtering() const;
+  bool filters_later = false;       // filters may answer after ask() returned
+  std::size_t filter_sessions = 0;  // open, not yet closed
 };
+
+// One question to a filter: answered at once or when the test says, never
+// after the session closed the filter.
+class world::question {
+ public:
+  question(filter_listener& l, filter_verdict v, std::string reply, std::string prepend)
+      : listener_(l), reply_(std::move(reply)), prepend_(std::move(prepend)), v_(v) {
+    v_.reply = reply_;
+    v_.prepend = prepend_;
+    v_.note = reply_;  // a note is text from the filter too: the log escapes it
+  }
+  void answer() {
+    INBOXD_FUZZ_CHECK(pending);
+    pending = false;
+    listener_.filtered(v_);
+  }
+  bool pending = true;
+  const void* owner = nullptr;
+
+ private:
+  filter_listener& listener_;
+  std::string reply_, prepend_;
+  filter_verdict v_;
+};
+
+world::question* world::filtering() const {
+  for (const auto& q : questions)
+    if (q->pending) return q.get();
+  return nullptr;
+}
 
 // One credentials check: it answers when the test says so, unless cancelled.
 class world::check final : public auth_check {
@@ -241,7 +279,17 @@ class world::record final : public delivery {
     INBOXD_FUZZ_CHECK(!paused);            // never before writable()
     if (writes++ == 0) {
       // The trace header (RFC 5321 4.4) comes first, as one write of one header field.
-      INBOXD_FUZZ_CHECK(bytes.starts_with("Received: from ") && bytes.ends_with("\n"));
+      // Header fields filters prepended may come before it (filter.hpp),
+      // each "Name: value" on one line.
+      std::string_view h = bytes;
+      while (!h.starts_with("Received: from ")) {
+        std::size_t lf = h.find('\n');
+        INBOXD_FUZZ_CHECK(lf != std::string_view::npos);
+        std::size_t colon = h.find(':');
+        INBOXD_FUZZ_CHECK(colon != 0 && colon < lf && printable(h.substr(0, colon)));
+        h.remove_prefix(lf + 1);
+      }
+      INBOXD_FUZZ_CHECK(bytes.ends_with("\n"));
       INBOXD_FUZZ_CHECK(bytes.find('\r') == std::string_view::npos);
     } else {
       INBOXD_FUZZ_CHECK(!bytes.empty());
@@ -351,6 +399,153 @@ class fuzz_sink final : public sink {
   session_config limits_;
 };
 
+// Replies a filter may give: well-formed, of the wrong class, 421, with
+// control bytes, CRLF injection, UTF-8, long; and header fields to prepend,
+// good and bad.
+constexpr std::string_view filter_replies[] = {
+    "",
+    "550 5.7.1 <x@example.com>: Recipient address rejected: go away",
+    "450 4.2.0 Greylisted, see http://example.com/",
+    "250 2.0.0 not a refusal",
+    "421 4.3.2 going down",
+    "554 no enhanced code",
+    "551 5.7.1 two\r\n551 5.7.1 lines",
+    "550 5.7.1 caf\xc3\xa9 \x1b[31m",
+    "5",
+    "4xx junk",
+    "451 5.1.1 enhanced code of the other class",
+};
+constexpr std::string_view filter_prepends[] = {"",           "X-Greylist: delayed",
+                                                "Bad header", "X-Inject: a\r\nReceived: forged",
+                                                ": no name",  "X-Tab:\tvalue"};
+
+// Verdicts come from the seed and the question's number in the session,
+// so that a run fed whole and one dribbled get the same ones.
+class fuzz_filter final : public filter {
+ public:
+  fuzz_filter(world& w, std::size_t index) : world_(w), index_(index) {}
+  filter_session* open(const filter_client& client) override;
+
+ private:
+  friend class fuzz_filter_session;
+  world& world_;
+  std::size_t index_;
+};
+
+class fuzz_filter_session final : public filter_session {
+ public:
+  fuzz_filter_session(world& w, std::size_t index) : world_(w), index_(index) {
+    ++world_.filter_sessions;
+  }
+  void ask(filter_stage stage, const filter_state& st, filter_listener& l) override {
+    INBOXD_FUZZ_CHECK(!closed_);
+    // One question at a time (filter.hpp).
+    for (const auto& q : world_.questions) INBOXD_FUZZ_CHECK(!(q->pending && q->owner == this));
+    // What the session says it knows, it knows.
+    if (stage == filter_stage::rcpt) INBOXD_FUZZ_CHECK(!st.recipient.empty());
+    if (stage >= filter_stage::mail) INBOXD_FUZZ_CHECK(!st.queue_id.empty());
+    if (stage > filter_stage::connect) INBOXD_FUZZ_CHECK(!st.helo.empty());
+    rng g(world_.how.seed ^ (0x9e3779b97f4a7c15ULL * (++asked_ + 1)) ^ (index_ << 56));
+    filter_verdict v;
+    switch (g.below(16)) {
+      case 0: v.action = filter_action::reject; break;
+      case 1: v.action = filter_action::tempfail; break;
+      case 2: v.action = filter_action::discard; break;
+      case 3:
+        v.action =
+            stage == filter_stage::connect ? filter_action::proceed : filter_action::disconnect;
+        break;
+      default: v.action = filter_action::proceed; break;
+    }
+    // Fewer refusals at connect, or little else would be reached.
+    if (stage == filter_stage::connect && g.chance(3, 4)) v.action = filter_action::proceed;
+    std::string reply(filter_replies[g.below(std::size(filter_replies))]);
+    if (g.chance(1, 8)) reply.append(2000, 'x');
+    std::string prepend(filter_prepends[g.below(std::size(filter_prepends))]);
+    world_.questions.push_back(std::make_unique<world::question>(l, v, reply, prepend));
+    world::question& q = *world_.questions.back();
+    q.owner = this;
+    if (!world_.filters_later || world_.choices.chance(1, 2)) q.answer();
+  }
+  delivery* message(const envelope& env, sink& next, delivery_listener& l) override;
+  void reset() noexcept override { INBOXD_FUZZ_CHECK(!closed_); }
+  void close() noexcept override {
+    INBOXD_FUZZ_CHECK(!closed_);
+    closed_ = true;
+    // No answer after close(): the question is forgotten.
+    for (const auto& q : world_.questions)
+      if (q->owner == this) q->pending = false;
+    --world_.filter_sessions;
+    delete this;
+  }
+
+ private:
+  world& world_;
+  std::size_t index_;
+  std::size_t asked_ = 0;
+  std::size_t messages_ = 0;
+  bool closed_ = false;
+};
+
+filter_session* fuzz_filter::open(const filter_client& client) {
+  INBOXD_FUZZ_CHECK(!client.server_name.empty());
+  return new fuzz_filter_session(world_, index_);
+}
+
+// A filter's delivery: the bytes go through to next at once; at the end
+// it passes the store's outcomes back, or refuses the message with a
+// reply from the list above (then the stored copy is aborted).
+class fuzz_filter_delivery final : public delivery, delivery_listener {
+ public:
+  fuzz_filter_delivery(const envelope& env, sink& next, delivery_listener& l, bool refuse,
+                       std::string reply)
+      : listener_(l), refuse_(refuse), reply_(std::move(reply)), boxes_(env.recipients.size()) {
+    inner_ = next.begin(env, *this);
+  }
+  bool write(std::string_view bytes) override { return inner_->write(bytes); }
+  void commit() override {
+    if (!refuse_) return inner_->commit();
+    inner_->abort();
+    // The outcomes' reply is borrowed: it must outlive this delivery.
+    std::string reply = std::move(reply_);
+    std::vector<store_outcome> out(
+        boxes_, store_outcome{.result = store_result::permanent_fail, .reply = reply});
+    delivery_listener& l = listener_;
+    delete this;
+    l.committed(out);
+  }
+  void abort() noexcept override {
+    inner_->abort();
+    delete this;
+  }
+
+ private:
+  void writable() noexcept override { listener_.writable(); }
+  void committed(std::span<const store_outcome> per) noexcept override {
+    INBOXD_FUZZ_CHECK(per.size() == boxes_);
+    delivery_listener& l = listener_;
+    delete this;
+    l.committed(per);
+  }
+  delivery_listener& listener_;
+  bool refuse_;
+  std::string reply_;
+  std::size_t boxes_;
+  delivery* inner_ = nullptr;
+};
+
+delivery* fuzz_filter_session::message(const envelope& env, sink& next, delivery_listener& l) {
+  INBOXD_FUZZ_CHECK(!closed_);
+  rng g(world_.how.seed ^ (0xc2b2ae3d27d4eb4fULL * (++messages_ + 1)) ^ (index_ << 48));
+  switch (g.below(4)) {
+    case 0: return nullptr;
+    case 1:
+      return new fuzz_filter_delivery(
+          env, next, l, true, std::string(filter_replies[g.below(std::size(filter_replies))]));
+    default: return new fuzz_filter_delivery(env, next, l, false, {});
+  }
+}
+
 proto::settings_ptr make_settings(world& w, std::uint8_t limits, unsigned rules,
                                   std::uint8_t features) {
   auto s = std::make_shared<proto::settings>();
@@ -359,6 +554,8 @@ proto::settings_ptr make_settings(world& w, std::uint8_t limits, unsigned rules,
   s->store = std::make_shared<fuzz_sink>(w, s->limits);
   if (features & 0x01) s->auth = std::make_shared<fuzz_authenticator>(w);
   if (features & 0x02) s->tls = fake_credentials();
+  for (unsigned k = 0; k < ((rules >> 4) & 3); ++k)
+    s->filters.push_back(std::make_shared<fuzz_filter>(w, k));
   return s;
 }
 
@@ -442,8 +639,8 @@ class test_connection final : public proto::session_events {
     if (!s.closing()) {
       if (s.waiting()) {
         // The session waits only for what is still owed to it.
-        INBOXD_FUZZ_CHECK(world_.paused() || world_.committing() || world_.asking() || sleeping ||
-                          tls_pending);
+        INBOXD_FUZZ_CHECK(world_.paused() || world_.committing() || world_.asking() ||
+                          world_.filtering() || sleeping || tls_pending);
       } else {
         // Everything complete was run: what is left is a partial command line
         // (within the line reader's limit, which SASL lines set to 12288
@@ -530,7 +727,10 @@ struct plan {
 
 summary drive(const plan& p, std::string_view wire) {
   summary out;
-  world w{.how = p.how, .bdat = false, .choices = rng(p.how.seed), .records = {}, .checks = {}};
+  world w;
+  w.how = p.how;
+  w.choices = rng(p.how.seed);
+  w.filters_later = p.dribble && p.how.commit != 0;
   for (std::size_t i = 0; i + 4 <= wire.size() && !w.bdat; ++i)
     w.bdat = proto::iequals(wire.substr(i, 4), "BDAT");
   {
@@ -560,6 +760,7 @@ summary drive(const plan& p, std::string_view wire) {
         if (auto* d = w.paused(); d && r.chance(1, 2)) d->resume();
         if (auto* d = w.committing(); d && r.chance(1, 2)) d->finish();
         if (auto* a = w.asking(); a && r.chance(1, 2)) a->answer();
+        if (auto* q = w.filtering(); q && r.chance(1, 2)) q->answer();
         if (c.sleeping && r.chance(1, 2)) c.wake();
         if (c.tls_pending && r.chance(1, 2)) c.handshake();
         c.take();
@@ -590,6 +791,8 @@ summary drive(const plan& p, std::string_view wire) {
         d->finish();
       else if (auto* a = w.asking())
         a->answer();
+      else if (auto* q = w.filtering())
+        q->answer();
       else if (c.sleeping)
         c.wake();
       else if (c.tls_pending)
@@ -622,8 +825,11 @@ summary drive(const plan& p, std::string_view wire) {
     // ~session disconnects: a delivery still open is aborted now. Then the
     // last settings go, and with them every sink.
   }
-  // Every credentials check was answered or cancelled.
+  // Every credentials check was answered or cancelled; every filter
+  // question too, and each filter session closed.
   for (const auto& a : w.checks) INBOXD_FUZZ_CHECK(!a->pending);
+  for (const auto& q : w.questions) INBOXD_FUZZ_CHECK(!q->pending);
+  INBOXD_FUZZ_CHECK(w.filter_sessions == 0);
   // Every delivery ended in exactly one way (the records checked each step).
   for (const auto& r : w.records) {
     INBOXD_FUZZ_CHECK(r->st == state::committed || r->st == state::aborted);
