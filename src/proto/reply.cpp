@@ -1,7 +1,6 @@
 #include "proto/reply.hpp"
 
 #include <fmt/format.h>
-#include <algorithm>
 #include <array>
 
 namespace inboxd::proto {
@@ -145,47 +144,6 @@ void append_reply(std::string& out, reply_id id, std::string_view detail) {
   out += lines().line[static_cast<std::size_t>(id)];
   out += detail;
   out += "\r\n";
-}
-
-bool foreign_reply(std::string_view text, char kind, std::string_view enhanced, std::string& out) {
-  out.clear();
-  auto digit = [](char c) { return c >= '0' && c <= '9'; };
-  text = text.substr(0, text.find_first_of("\r\n"));
-  if (text.size() < 3 || text[0] != kind || !digit(text[1]) || !digit(text[2])) return false;
-  if (text.size() > 3 && text[3] != ' ' && text[3] != '-') return false;
-  out.append(text.substr(0, 3));
-  out += ' ';
-  std::string_view rest = text.size() > 4 ? text.substr(4) : std::string_view();
-  // RFC 3463 2: class.subject.detail, the class that of the reply.
-  std::size_t sp = rest.find(' ');
-  std::string_view first = rest.substr(0, sp);
-  bool has_enhanced =
-      first.size() >= 5 && first.size() <= 11 && first[0] == kind && first[1] == '.' &&
-      std::count(first.begin(), first.end(), '.') == 2 &&
-      std::all_of(first.begin(), first.end(), [&](char c) { return c == '.' || digit(c); }) &&
-      first.back() != '.' && first.find("..") == first.npos;
-  if (has_enhanced) {
-    out.append(first);
-    rest = sp == rest.npos ? std::string_view() : rest.substr(sp + 1);
-  } else {
-    out.append(enhanced);
-  }
-  if (rest.empty()) rest = kind == '4' ? "Try again later" : "Rejected";
-  out += ' ';
-  // Printable ASCII only (RFC 5321 4.2); a backslash or any other octet
-  // becomes \xHH, as the log writes it.
-  static constexpr char hex[] = "0123456789ABCDEF";
-  for (char c : rest.substr(0, 400)) {
-    auto u = static_cast<unsigned char>(c);
-    if (u >= 32 && u < 127 && c != '\\') {
-      out += c;
-    } else {
-      out += "\\x";
-      out += hex[u >> 4];
-      out += hex[u & 15];
-    }
-  }
-  return true;
 }
 
 }  // namespace inboxd::proto

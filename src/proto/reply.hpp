@@ -103,13 +103,4 @@ struct reply_entry {
 // Appends "<code> <enhanced> <text><detail>\r\n" to out.
 void append_reply(std::string& out, reply_id id, std::string_view detail = {});
 
-// A reply another program gave (a next hop, a milter, a policy service),
-// as we send it: one line "<code> <enhanced> <text>" without CRLF. The
-// text must start with three digits whose first is `kind` ('4' or '5'),
-// then a space or its end; an enhanced code of the same class is kept,
-// else `enhanced` is put in; the text is escaped to printable ASCII and
-// cut at its first line and at 400 octets. Returns false, leaving out
-// empty, for anything else: the caller sends its own reply.
-bool foreign_reply(std::string_view text, char kind, std::string_view enhanced, std::string& out);
-
 }  // namespace inboxd::proto

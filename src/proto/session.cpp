@@ -173,21 +173,13 @@ void session::reply(reply_id id, std::string_view detail) {
 // A refusal is a reply and a log line that says why (docs/DESIGN.md, rule 6).
 // Too many of them end the session; with a tarpit, each waits a little more.
 void session::refuse(reply_id id, std::string_view detail) {
-  const reply_entry& e = reply_of(id);
-  events_.session_log(log_level::info, fmt::format(FMT_STRING("refused: {} {} {}{}"), e.code,
-                                                   e.enhanced, e.text, printable(detail)));
-  if (++errors_ >= limits().max_errors) {
-    reply(id, detail);
-    events_.session_log(log_level::warning, fmt::format(FMT_STRING("{} errors: closing"), errors_));
-    return close_with(reply_id::too_many_errors);
-  }
-  std::uint32_t delay = limits().error_delay_ms;
-  if (delay == 0 || errors_ < 2) return reply(id, detail);
-  reply_after(std::min<std::uint32_t>(delay * static_cast<std::uint32_t>(errors_ - 1), 10'000), id,
-              detail);
+  std::string line;
+  append_safe_reply(line, id, detail);
+  line.resize(line.size() - 2);  // without its CRLF
+  refuse_line(line);
 }
 
-// The same for a reply line made elsewhere (foreign_reply(): a filter's).
+// The same for a whole reply line (foreign_for(): a filter's).
 void session::refuse_line(std::string_view line) {
   events_.session_log(log_level::info, fmt::format(FMT_STRING("refused: {}"), line));
   std::uint32_t delay = limits().error_delay_ms;
@@ -1159,11 +1151,11 @@ void session::on_committed(std::span<const store_outcome> per_recipient) {
                     printable(o.reply)));
   }
   if (id == reply_id::queued) {
-    append_printable(tx_->hop_reply, answer.substr(0, 400));
+    tx_->hop_reply.assign(answer.substr(0, 400));
     bool discarded = tx_->discard || (f_ && f_->discard_all);
     return finish_transaction(id, tx_->queue_id, discarded ? "discarded" : "sent");
   }
-  append_printable(tx_->hop_reply, why.substr(0, 400));
+  tx_->hop_reply.assign(why.substr(0, 400));
   std::string line;
   foreign_for(why, id, line);
   finish_transaction(id, {}, id == reply_id::store_rejected ? "bounced" : "deferred", line);
@@ -1226,7 +1218,7 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
     line += foreign;
   }
   line += ')';
-  append_filter_fields(line, tx);
+  append_filter_fields(line, tx.hop_reply, tx.filter_notes);
   events_.session_log(log_level::info, line);
   auto answer = [&] {
     if (foreign.empty()) return reply(id, detail);
@@ -1244,15 +1236,16 @@ void session::finish_transaction(reply_id id, std::string_view detail, std::stri
 
 // What filters and a next hop said of the message, for its log line:
 // " hop=(<its reply>) filters=(<their notes>)", each where there is one.
-void session::append_filter_fields(std::string& line, const transaction& tx) {
-  if (!tx.hop_reply.empty()) {
+void session::append_filter_fields(std::string& line, std::string_view hop,
+                                   std::string_view notes) {
+  if (!hop.empty()) {
     line += " hop=(";
-    line += tx.hop_reply;
+    append_printable(line, hop.substr(0, 400));
     line += ')';
   }
-  if (!tx.filter_notes.empty()) {
+  if (!notes.empty()) {
     line += " filters=(";
-    line += tx.filter_notes;
+    line += notes;  // escaped as they were kept
     line += ')';
   }
 }
@@ -1393,16 +1386,7 @@ void session::lmtp_committed(std::span<const store_outcome> per_recipient) {
         fmt::format(FMT_STRING("id={} from=<{}> to=<{}> size={} status={} ({})"), tx.queue_id,
                     printable(tx.reverse_path), printable(tx.lmtp_rcpts[k]), tx.size, status,
                     foreign.empty() ? std::string(reply_line(id)) + printable(detail) : foreign);
-    if (!why.empty()) {
-      line += " hop=(";
-      append_printable(line, why.substr(0, 400));
-      line += ')';
-    }
-    if (!tx.filter_notes.empty()) {
-      line += " filters=(";
-      line += tx.filter_notes;
-      line += ')';
-    }
+    append_filter_fields(line, why, tx.filter_notes);
     events_.session_log(log_level::info, line);
     if (foreign.empty()) {
       reply(id, detail);
@@ -1687,12 +1671,42 @@ void session::filters_passed() {
   }
 }
 
+// A reply another program gave (a next hop, a milter, a policy service)
+// as we send it for `id`: one line "<code> <enhanced> <text>". It must
+// start with three digits of id's class, then a space, a '-' or its end;
+// an enhanced code of that class is kept (RFC 3463 2), else id's is put
+// in; the text is cut at its first line and 400 octets and escaped as the
+// log escapes it (replies are printable ASCII, RFC 5321 4.2). A 421 becomes
+// 451: it closed the channel it came on (RFC 5321 3.8), not this one.
+// Returns false, with out empty, for anything else: the caller sends its
+// own reply.
 bool session::foreign_for(std::string_view text, reply_id id, std::string& out) {
+  out.clear();
   const reply_entry& e = reply_of(id);
-  if (text.empty() || !foreign_reply(text, static_cast<char>('0' + e.code / 100), e.enhanced, out))
-    return false;
-  // A 421 closes the channel it came on (RFC 5321 3.8), not this one.
-  if (out.starts_with("421")) out.replace(0, 3, "451");
+  const char kind = static_cast<char>('0' + e.code / 100);
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  text = text.substr(0, text.find_first_of("\r\n"));
+  if (text.size() < 3 || text[0] != kind || !digit(text[1]) || !digit(text[2])) return false;
+  if (text.size() > 3 && text[3] != ' ' && text[3] != '-') return false;
+  out.append(text.starts_with("421") ? "451" : text.substr(0, 3));
+  out += ' ';
+  std::string_view rest = text.size() > 4 ? text.substr(4) : std::string_view();
+  std::size_t sp = rest.find(' ');
+  std::string_view first = rest.substr(0, sp);
+  bool has_enhanced =
+      first.size() >= 5 && first.size() <= 11 && first[0] == kind && first[1] == '.' &&
+      std::count(first.begin(), first.end(), '.') == 2 &&
+      std::all_of(first.begin(), first.end(), [&](char c) { return c == '.' || digit(c); }) &&
+      first.back() != '.' && first.find("..") == first.npos;
+  if (has_enhanced) {
+    out.append(first);
+    rest = sp == rest.npos ? std::string_view() : rest.substr(sp + 1);
+  } else {
+    out.append(e.enhanced);
+  }
+  if (rest.empty()) rest = kind == '4' ? "Try again later" : "Rejected";
+  out += ' ';
+  append_printable(out, rest.substr(0, 400));
   return true;
 }
 

@@ -185,7 +185,8 @@ class session final : delivery_listener, auth_listener, filter_listener {
     bool discard = false;
     bool data_asked = false;        // the filters were asked at DATA or the first BDAT
     std::size_t declared_size = 0;  // MAIL's SIZE=, for the filters
-    // The next hop's (or a filter's) reply to the message, for its log line.
+    // The next hop's (or a filter's) reply to the message, as given, for
+    // its log line.
     std::string hop_reply;
 
     // As new, but keeping what the strings and containers have allocated.
@@ -312,7 +313,7 @@ class session final : delivery_listener, auth_listener, filter_listener {
   void close_with(reply_id id);
   void append_received_header(std::string& out) const;
   static void append_dsn_fields(std::string& line, const transaction& tx);
-  static void append_filter_fields(std::string& line, const transaction& tx);
+  static void append_filter_fields(std::string& line, std::string_view hop, std::string_view notes);
   static reply_id worse(reply_id id, store_result result, reply_id ok) noexcept;
 
   // delivery_listener
