@@ -4,6 +4,7 @@
 // thread pool, never on the loop thread (docs/DESIGN.md, rule 3).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -65,7 +66,7 @@ struct maildir_options {
   // tmp/, new/ and cur/ are made when missing. A message for several
   // recipients is written once and hard-linked into each new/.
   std::string path;
-  std::string hostname;  // for unique file names
+  std::string hostname;                   // for unique file names
   std::shared_ptr<memory_budget> memory;  // null: one of its own, with the default limit
   // What start-up creates (the Maildir, or a template's fixed leading
   // folders) is given to this owner; see owner.hpp.
@@ -91,5 +92,32 @@ struct mbox_options {
 
 std::unique_ptr<sink> open_mbox_sink(uv_loop_t* loop, const mbox_options& options,
                                      std::string& error);
+
+// The hand-off sinks: each message goes to the next hop by LMTP or SMTP
+// while the client waits, and the client's reply is the hop's (no queue,
+// as Postfix's smtpd_proxy_filter). Timeouts and the pool follow Postfix's
+// smtp(8) parameters, named beside each.
+struct handoff_options {
+  bool lmtp = false;                                   // LMTP (RFC 2033) or SMTP towards the hop
+  std::string to;                                      // "HOST:PORT", "[IPv6]:PORT" or "unix:PATH"
+  std::string helo = "localhost";                      // our name in EHLO/LHLO
+  std::chrono::milliseconds connect_timeout{30'000};   // smtp_connect_timeout
+  std::chrono::milliseconds command_timeout{300'000};  // smtp_helo/mail/rcpt_timeout
+  std::chrono::milliseconds data_timeout{180'000};     // smtp_data_xfer_timeout
+  // How long a connection waits in the pool for the next message
+  // (smtp_connection_cache_time_limit); 0: one session per message.
+  std::chrono::milliseconds max_idle{2'000};
+  std::size_t max_pool = 8;  // idle connections kept
+  bool dsn = false;          // the hop takes the DSN parameters on: carries_dsn()
+  enum class tls : std::uint8_t { none, may, require } starttls = tls::none;
+  std::string tls_ca;                     // PEM CAs for require (default: the system's)
+  std::string auth_file;                  // a "user:password" line: AUTH PLAIN towards the hop
+  std::shared_ptr<memory_budget> memory;  // null: one of its own
+};
+
+// Resolves the hop's address and reads the CA and AUTH files: this blocks
+// (call it at start-up or on the pool). Returns null with error on failure.
+std::unique_ptr<sink> open_handoff_sink(uv_loop_t* loop, const handoff_options& options,
+                                        std::string& error);
 
 }  // namespace inboxd

@@ -175,6 +175,16 @@ void read_file(const toml::table& root, app_config& cfg) {
   if (const toml::node* n = r.find("bare-newline")) s.bare_newline = parse_bare_newline(*n);
   r.get("sink", cfg.sink);
   r.get("maildir", cfg.maildir);
+  r.get("lmtp-to", cfg.lmtp_to);
+  r.get("smtp-to", cfg.smtp_to);
+  r.get_seconds("handoff-connect-timeout", cfg.handoff_connect_timeout);
+  r.get_seconds("handoff-command-timeout", cfg.handoff_command_timeout);
+  r.get_seconds("handoff-data-timeout", cfg.handoff_data_timeout);
+  r.get_seconds("handoff-max-idle", cfg.handoff_max_idle);
+  r.get("handoff-dsn", cfg.handoff_dsn);
+  r.get("smtp-tls", cfg.smtp_tls);
+  r.get("smtp-tls-ca", cfg.smtp_tls_ca);
+  r.get("smtp-auth-file", cfg.smtp_auth_file);
   r.get("maildir-sync", cfg.maildir_sync);
   r.get("mbox", cfg.mbox);
   r.get("spool-dir", cfg.spool_dir);
@@ -285,8 +295,23 @@ bool parse_socket_mode(const std::string& text, unsigned& mode) {
 }
 
 bool validate(const app_config& cfg, std::string& error) {
-  if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null") {
-    error = fmt::format(FMT_STRING("sink must be maildir, mbox or null, not '{}'"), cfg.sink);
+  if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null" && cfg.sink != "lmtp" &&
+      cfg.sink != "smtp") {
+    error = fmt::format(FMT_STRING("sink must be maildir, mbox, null, lmtp or smtp, not '{}'"),
+                        cfg.sink);
+    return false;
+  }
+  if (cfg.sink == "lmtp" && cfg.lmtp_to.empty()) {
+    error = "sink = \"lmtp\" needs lmtp-to, e.g. lmtp-to = \"unix:/run/dovecot/lmtp\"";
+    return false;
+  }
+  if (cfg.sink == "smtp" && cfg.smtp_to.empty()) {
+    error = "sink = \"smtp\" needs smtp-to, e.g. smtp-to = \"relay.example:25\"";
+    return false;
+  }
+  if (cfg.smtp_tls != "none" && cfg.smtp_tls != "may" && cfg.smtp_tls != "require") {
+    error =
+        fmt::format(FMT_STRING("smtp-tls must be none, may or require, not '{}'"), cfg.smtp_tls);
     return false;
   }
   if (cfg.maildir_sync != "fsync" && cfg.maildir_sync != "syncfs") {

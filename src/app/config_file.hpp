@@ -6,6 +6,7 @@
 // the same flags on top, so a flag keeps winning.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <string>
@@ -17,7 +18,7 @@ namespace inboxd::app {
 
 struct app_config {
   server_config server;
-  std::string sink = "maildir";  // maildir | mbox | null
+  std::string sink = "maildir";  // maildir | mbox | null | lmtp | smtp
   std::string maildir = "var/maildir";
   std::string maildir_sync = "fsync";  // fsync | syncfs (maildir_sync in sinks.hpp)
   std::string mbox;                    // a path template; selects the mbox sink on the command line
@@ -36,6 +37,15 @@ struct app_config {
   // Message bytes all deliveries together may hold in memory (memory_budget
   // in sinks.hpp): past it, data goes to disk sooner or reading pauses.
   std::size_t memory_budget = 64 * 1024 * 1024;
+  // The hand-off sinks (sink lmtp or smtp; handoff_options in sinks.hpp):
+  // the next hop, "HOST:PORT" or "unix:PATH", and how to talk to it.
+  std::string lmtp_to, smtp_to;
+  std::chrono::milliseconds handoff_connect_timeout{30'000}, handoff_command_timeout{300'000},
+      handoff_data_timeout{180'000}, handoff_max_idle{2'000};
+  bool handoff_dsn = false;       // the hop takes DSN parameters on: EHLO offers DSN
+  std::string smtp_tls = "none";  // none | may | require (STARTTLS towards the hop)
+  std::string smtp_tls_ca;        // PEM CAs for require (default: the system's)
+  std::string smtp_auth_file;     // a user:password line for AUTH PLAIN
   // Worker processes (app/supervisor.hpp): "auto" (one per core) or a
   // count; 1 is one process and no supervisor. Read at start-up only.
   std::string workers = "1";

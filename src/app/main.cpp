@@ -98,8 +98,31 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--maildir", v.maildir, "Maildir, or a template with {domain} and {user}");
   app.add_option("--mbox", v.mbox,
                  "store into mbox files from this template, e.g. var/mail/{user}");
-  app.add_option("--sink", v.sink, "where mail goes: maildir, mbox or null")
-      ->check(CLI::IsMember({"maildir", "mbox", "null"}));
+  app.add_option("--sink", v.sink, "where mail goes: maildir, mbox, null, lmtp or smtp")
+      ->check(CLI::IsMember({"maildir", "mbox", "null", "lmtp", "smtp"}));
+  double handoff_times[4] = {};  // connect, command, data, max idle
+  app.add_option("--lmtp-to", v.lmtp_to, "the LMTP server of --sink lmtp: HOST:PORT or unix:PATH");
+  app.add_option("--smtp-to", v.smtp_to, "the next hop of --sink smtp: HOST:PORT or unix:PATH");
+  app.add_option("--handoff-connect-timeout", handoff_times[0], "seconds (default 30)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--handoff-command-timeout", handoff_times[1],
+                 "seconds for each reply of the next hop (default 300)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--handoff-data-timeout", handoff_times[2],
+                 "seconds a body write to the next hop may take (default 180)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--handoff-max-idle", handoff_times[3],
+                 "seconds a connection to the next hop waits for the next message (default 2; "
+                 "0: one session per message)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--handoff-dsn", v.handoff_dsn,
+               "the next hop takes DSN parameters on: offer DSN and pass them");
+  app.add_option("--smtp-tls", v.smtp_tls, "STARTTLS towards the next hop: none, may or require")
+      ->check(CLI::IsMember({"none", "may", "require"}));
+  app.add_option("--smtp-tls-ca", v.smtp_tls_ca,
+                 "PEM CA file to verify the next hop with (require; default: the system's)");
+  app.add_option("--smtp-auth-file", v.smtp_auth_file,
+                 "file with a user:password line: AUTH PLAIN towards the next hop");
   app.add_option("--maildir-sync", v.maildir_sync,
                  "fsync (default): file and new/ per message; syncfs: one syncfs of the "
                  "Maildir's filesystem shared by concurrent messages (a filesystem of its own)")
@@ -229,6 +252,22 @@ int parse(int argc, char** argv, command_line& cl) {
     });
   if (given("--sink")) o.push_back([=](app_config& c) { c.sink = v.sink; });
   if (given("--spool-dir")) o.push_back([=](app_config& c) { c.spool_dir = v.spool_dir; });
+  if (given("--lmtp-to")) o.push_back([=](app_config& c) { c.lmtp_to = v.lmtp_to; });
+  if (given("--smtp-to")) o.push_back([=](app_config& c) { c.smtp_to = v.smtp_to; });
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
+  std::chrono::milliseconds app_config::*times[4] = {
+      &app_config::handoff_connect_timeout, &app_config::handoff_command_timeout,
+      &app_config::handoff_data_timeout, &app_config::handoff_max_idle};
+  const char* time_flags[4] = {"--handoff-connect-timeout", "--handoff-command-timeout",
+                               "--handoff-data-timeout", "--handoff-max-idle"};
+  for (int i = 0; i < 4; ++i)
+    if (given(time_flags[i]))
+      o.push_back([=, t = ms(handoff_times[i]), f = times[i]](app_config& c) { c.*f = t; });
+  if (given("--handoff-dsn")) o.push_back([](app_config& c) { c.handoff_dsn = true; });
+  if (given("--smtp-tls")) o.push_back([=](app_config& c) { c.smtp_tls = v.smtp_tls; });
+  if (given("--smtp-tls-ca")) o.push_back([=](app_config& c) { c.smtp_tls_ca = v.smtp_tls_ca; });
+  if (given("--smtp-auth-file"))
+    o.push_back([=](app_config& c) { c.smtp_auth_file = v.smtp_auth_file; });
   if (given("--listen-tls")) o.push_back([=](app_config& c) { c.server.listen_tls = listen_tls; });
   if (given("--listen-lmtp"))
     o.push_back([=](app_config& c) { c.server.listen_lmtp = listen_lmtp; });
@@ -328,6 +367,27 @@ bool load(const command_line& cl, app_config& cfg, std::string& error) {
   return inboxd::app::validate(cfg, error);
 }
 
+// The settings of the LMTP (lmtp) or SMTP hand-off sink.
+inboxd::handoff_options handoff_options(const app_config& cfg, bool lmtp,
+                                        const std::shared_ptr<inboxd::memory_budget>& memory) {
+  using tls = inboxd::handoff_options::tls;
+  return {.lmtp = lmtp,
+          .to = lmtp ? cfg.lmtp_to : cfg.smtp_to,
+          .helo = cfg.server.session.hostname,
+          .connect_timeout = cfg.handoff_connect_timeout,
+          .command_timeout = cfg.handoff_command_timeout,
+          .data_timeout = cfg.handoff_data_timeout,
+          .max_idle = cfg.handoff_max_idle,
+          .max_pool = 8,
+          .dsn = cfg.handoff_dsn,
+          .starttls = cfg.smtp_tls == "require" ? tls::require
+                      : cfg.smtp_tls == "may"   ? tls::may
+                                                : tls::none,
+          .tls_ca = cfg.smtp_tls_ca,
+          .auth_file = cfg.smtp_auth_file,
+          .memory = memory};
+}
+
 // Opens what the config names: the sink, the TLS credentials, the password
 // file. Both sinks count their memory in the one budget the program keeps
 // for its whole life (its limit is the loop thread's to change). What this
@@ -351,6 +411,8 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
     if (!cfg.server.auth) return nullptr;
   }
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
+  if (cfg.sink == "lmtp" || cfg.sink == "smtp")
+    return inboxd::open_handoff_sink(loop, handoff_options(cfg, cfg.sink == "lmtp", memory), error);
   if (cfg.sink == "mbox")
     return inboxd::open_mbox_sink(
         loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = owner},

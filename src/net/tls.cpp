@@ -143,6 +143,35 @@ int tls_credentials::load(const std::string& cert_file, const std::string& key_f
   return 0;
 }
 
+int tls_credentials::load_client(const std::string& ca_file, bool verify, std::string& error) {
+  static constexpr unsigned char personal[] = "inboxd-client";
+  int rc =
+      mbedtls_ctr_drbg_seed(&drbg_, mbedtls_entropy_func, &entropy_, personal, sizeof personal);
+  if (rc != 0) {
+    error = "cannot seed the random generator: " + tls_error_text(rc);
+    return rc;
+  }
+  if (!ca_file.empty() && (rc = mbedtls_x509_crt_parse_file(&chain_, ca_file.c_str())) != 0) {
+    error = fmt::format(FMT_STRING("cannot load CA file {}: {}"), ca_file, tls_error_text(rc));
+    return rc;
+  }
+  rc = mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                   MBEDTLS_SSL_PRESET_DEFAULT);
+  if (rc != 0) {
+    error = "cannot set up TLS: " + tls_error_text(rc);
+    return rc;
+  }
+  mbedtls_ssl_conf_rng(&conf_, mbedtls_ctr_drbg_random, &drbg_);
+#if MBEDTLS_VERSION_MAJOR >= 3
+  mbedtls_ssl_conf_min_tls_version(&conf_, MBEDTLS_SSL_VERSION_TLS1_2);
+#else
+  mbedtls_ssl_conf_min_version(&conf_, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+#endif
+  mbedtls_ssl_conf_ca_chain(&conf_, &chain_, nullptr);
+  mbedtls_ssl_conf_authmode(&conf_, verify ? MBEDTLS_SSL_VERIFY_REQUIRED : MBEDTLS_SSL_VERIFY_NONE);
+  return 0;
+}
+
 namespace {
 
 // Writes a file whole, then renames it into place, so a crash leaves either
@@ -313,6 +342,10 @@ int tls_stream::recv_cb(void* ctx, unsigned char* buf, size_t len) noexcept {
 tls_stream::status tls_stream::fail(int code) {
   error_ = code;
   return status::failed;
+}
+
+int tls_stream::set_hostname(const std::string& name) {
+  return mbedtls_ssl_set_hostname(&ssl_, name.c_str());
 }
 
 tls_stream::status tls_stream::handshake() {

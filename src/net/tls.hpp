@@ -37,6 +37,12 @@ class tls_credentials {
   // with what failed in error.
   int load(const std::string& cert_file, const std::string& key_file, std::string& error);
 
+  // Sets up a client's config instead (a hand-off sink's STARTTLS towards
+  // its next hop): with verify, the hop's chain must lead to a CA in
+  // ca_file and name the host tls_stream::set_hostname() gives; without, any
+  // certificate goes (Postfix's smtp_tls_security_level may).
+  int load_client(const std::string& ca_file, bool verify, std::string& error);
+
   const mbedtls_ssl_config* config() const noexcept { return &conf_; }
 
  private:
@@ -71,6 +77,8 @@ class tls_stream {
 
   // Ciphertext read from the socket; copied.
   void feed(std::string_view ciphertext) { in_.append(ciphertext); }
+  // The name the server's certificate must have (a client's stream).
+  int set_hostname(const std::string& name);
   // Advances the handshake as far as the ciphertext allows.
   status handshake();
   [[nodiscard]] bool established() const noexcept { return established_; }
