@@ -108,14 +108,17 @@ struct handoff_options {
   // (smtp_connection_cache_time_limit); 0: one session per message.
   std::chrono::milliseconds max_idle{2'000};
   std::size_t max_pool = 8;  // idle connections kept
-  bool dsn = false;          // the hop takes the DSN parameters on: carries_dsn()
+  // The hop takes the DSN parameters on: carries_dsn(). When false, one
+  // EHLO when the sink is opened asks the hop.
+  bool dsn = false;
   enum class tls : std::uint8_t { none, may, require } starttls = tls::none;
   std::string tls_ca;                     // PEM CAs for require (default: the system's)
   std::string auth_file;                  // a "user:password" line: AUTH PLAIN towards the hop
   std::shared_ptr<memory_budget> memory;  // null: one of its own
 };
 
-// Resolves the hop's address and reads the CA and AUTH files: this blocks
+// Resolves the hop's address, reads the CA and AUTH files and asks the hop
+// whether it offers DSN: this blocks
 // (call it at start-up or on the pool). Returns null with error on failure.
 std::unique_ptr<sink> open_handoff_sink(uv_loop_t* loop, const handoff_options& options,
                                         std::string& error);

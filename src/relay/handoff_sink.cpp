@@ -16,6 +16,7 @@
 #include <netdb.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <fmt/format.h>
@@ -313,7 +314,6 @@ void hop::flush() {
     out.clear();
   }
   send(tls_ ? tls_->output() : out);
-  if (user) user->drained();
 }
 
 struct write_req {
@@ -483,6 +483,7 @@ bool handoff_delivery::write(std::string_view bytes) {
     hop_->client.body(bytes);
     hop_->changed();
     in_write_ = false;
+    if (have_results_) return true;  // The hop failed meanwhile.
   } else {
     early_.append(bytes);
   }
@@ -513,7 +514,12 @@ void handoff_delivery::finished(hop* h) {
   take_results(h->client);
   hop_ = nullptr;
   if (h->user == this) sink_->give_back(h);
-  if (committing_) report();
+  if (committing_) return report();
+  // A paused session waits for writable(): the rest of its body goes nowhere now.
+  if (paused_ && !in_write_) {
+    paused_ = false;
+    listener_->writable();
+  }
 }
 
 void handoff_delivery::take_results(const smtp_client& client) {
@@ -616,6 +622,45 @@ bool read_auth(hop_config& c, std::string& error) {
   return true;
 }
 
+// One EHLO (LHLO) when the sink is opened: does the hop offer DSN, so that
+// our EHLO may offer it too (RFC 3461 5.2)? This blocks, for 5 s at most (at
+// start-up or on the pool, as open_handoff_sink may); a hop that is down
+// then offers nothing, and --handoff-dsn says so instead.
+bool probe_dsn(const hop_config& c) {
+  sockaddr_un un{};
+  const sockaddr* to = reinterpret_cast<const sockaddr*>(&c.address);
+  socklen_t len = c.address.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (c.unix_socket) {
+    un.sun_family = AF_UNIX;
+    std::memcpy(un.sun_path, c.path.data(), c.path.size());
+    to = reinterpret_cast<const sockaddr*>(&un);
+    len = sizeof un;
+  }
+  int fd = ::socket(to->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  timeval tv{.tv_sec = 5, .tv_usec = 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  proto::smtp_client client({.lmtp = c.client.lmtp, .helo = c.client.helo});
+  char buf[4096];
+  bool ok = ::connect(fd, to, len) == 0;
+  for (int reads = 0; ok && reads < 64 && client.current() != state::ready; ++reads) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    std::string_view in(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+    ok = n > 0 && client.feed(in);
+    std::string& out = client.output();
+    if (ok && !out.empty()) ok = ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) > 0;
+    out.clear();
+  }
+  bool dsn = ok && client.usable() && client.extensions().dsn;
+  if (ok) {
+    client.quit();
+    ::send(fd, client.output().data(), client.output().size(), MSG_NOSIGNAL);
+  }
+  ::close(fd);
+  return dsn;
+}
+
 }  // namespace
 
 std::unique_ptr<sink> open_handoff_sink(uv_loop_t* loop, const handoff_options& options,
@@ -634,6 +679,7 @@ std::unique_ptr<sink> open_handoff_sink(uv_loop_t* loop, const handoff_options& 
     if (creds->load_client(ca, verify, error) != 0) return nullptr;
     c->tls = std::move(creds);
   }
+  if (!c->options.dsn) c->options.dsn = probe_dsn(*c);
   auto s = std::make_unique<handoff_sink>(loop, std::move(c));
   s->memory = options.memory ? options.memory : std::make_shared<memory_budget>();
   return s;

@@ -391,17 +391,41 @@ class HostileHopTest(HandoffTestCase):
     def test_pool_reuses_one_connection(self):
         hop = self.hop()
         self.relay_to(hop.port, "--handoff-max-idle", "20")
+        before = hop.connections  # the EHLO that asked for DSN at start-up
         for _ in range(3):
             self.assertEqual(self.send(["u1@inboxd.test"]), (250, ""))
         self.assertEqual(len(hop.messages), 3)
-        self.assertEqual(hop.connections, 1)
+        self.assertEqual(hop.connections - before, 1)
+        self.assertEqual(hop.commands.count("RSET"), 0)
 
     def test_no_pool_with_max_idle_zero(self):
         hop = self.hop()
         self.relay_to(hop.port, "--handoff-max-idle", "0")
+        before = hop.connections
         for _ in range(2):
             self.assertEqual(self.send(["u1@inboxd.test"]), (250, ""))
-        self.assertEqual(hop.connections, 2)
+        self.assertEqual(hop.connections - before, 2)
+
+    def test_dsn_offered_when_the_hop_offers_it_and_carried_on(self):
+        hop = self.hop(ext=("PIPELINING", "DSN"))
+        self.relay_to(hop.port)
+        c = self.ehlo()
+        r = c.cmd("EHLO client.test")
+        self.assertIn("250-DSN", r.lines + [l.replace("250 ", "250-") for l in r.lines])
+        self.assertReply(c.cmd("MAIL FROM:<s@example.net> RET=HDRS ENVID=e1"), "250")
+        self.assertReply(c.cmd("RCPT TO:<u1@inboxd.test> NOTIFY=FAILURE ORCPT=rfc822;o@x.test"),
+                         "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(BODY + b".\r\n")
+        self.assertReply(c.reply(), "250")
+        self.assertIn("MAIL FROM:<s@example.net> RET=HDRS ENVID=e1", hop.commands)
+        self.assertIn("RCPT TO:<u1@inboxd.test> NOTIFY=FAILURE ORCPT=rfc822;o@x.test", hop.commands)
+
+    def test_no_dsn_without_a_hop_that_offers_it(self):
+        hop = self.hop()
+        self.relay_to(hop.port)
+        r = self.ehlo().cmd("EHLO client.test")
+        self.assertFalse(any("DSN" in l for l in r.lines), r)
 
     def test_unreachable_hop_is_451(self):
         self.relay_to(free_port())
@@ -450,7 +474,10 @@ class TlsAuthTest(HandoffTestCase):
         self.assertEqual(self.send(["u1@inboxd.test"]), (250, ""))
         self.assertTrue(hop.authenticated)
         self.assertEqual(len(hop.messages), 1)
-        self.assertEqual(hop.commands[1], "STARTTLS")
+        mail = next(i for i, c in enumerate(hop.commands) if c.startswith("MAIL"))
+        self.assertEqual(hop.commands[mail - 3:mail], ["STARTTLS", "EHLO " + harness.HOSTNAME,
+                                                       "AUTH PLAIN " + base64.b64encode(
+                                                           b"\0relayuser\0s3cret").decode()])
 
     def test_require_with_a_bad_ca_fails_and_sends_nothing(self):
         other = os.path.join(self.tmp, "other.pem")
