@@ -55,8 +55,9 @@ class Hop:
     ssl.SSLContext for STARTTLS; auth: the (user, password) AUTH PLAIN wants."""
 
     def __init__(self, ext=("PIPELINING", "8BITMIME"), rcpt=None, end="250 2.0.0 Ok: taken",
-                 tls=None, auth=None):
+                 tls=None, auth=None, slow=0):
         self.ext, self.rcpt, self.end, self.tls, self.auth = ext, rcpt, end, tls, auth
+        self.slow = slow  # seconds the hop waits after 354 before it reads the data
         self.connections = 0
         self.messages = []  # (sender, rcpts, data, verb)
         self.commands = []
@@ -139,13 +140,14 @@ class Hop:
                 say(reply)
             elif verb == "DATA":
                 say("354 go")
-                data = b""
+                time.sleep(self.slow)
+                parts = []
                 while True:
                     part = f.readline()
                     if part in (b".\r\n", b""):
                         break
-                    data += part
-                if not self.finish(say, mail, rcpts, data, "DATA"):
+                    parts.append(part)
+                if not self.finish(say, mail, rcpts, b"".join(parts), "DATA"):
                     return
             elif verb == "BDAT":
                 args = cmd.split(" ")
@@ -315,9 +317,10 @@ class HandoffTestCase(InboxdTestCase):
         self.addCleanup(h.stop)
         return h
 
-    def relay_to(self, port, *args, kind="smtp"):
+    def relay_to(self, port, *args, kind="smtp", command_timeout="2"):
         self.server = self.start_server(f"--{kind}-to", f"127.0.0.1:{port}",
-                                        "--handoff-command-timeout", "2", *args, sink=kind,
+                                        "--handoff-command-timeout", command_timeout, *args,
+                                        sink=kind,
                                         maildir=False)
         return self.server
 
@@ -427,6 +430,19 @@ class HostileHopTest(HandoffTestCase):
         r = self.ehlo().cmd("EHLO client.test")
         self.assertFalse(any("DSN" in l for l in r.lines), r)
 
+    def test_memory_stays_bounded_with_a_slow_hop(self):
+        ldd = subprocess.run(["ldd", harness.BIN], capture_output=True, text=True).stdout
+        if "libasan" in ldd:
+            self.skipTest("ASan's quarantine keeps freed buffers in the RSS")
+        hop = self.hop(slow=3)
+        self.relay_to(hop.port, command_timeout="20")
+        start = self.server.rss()
+        body = BODY + (b"z" * 998 + b"\r\n") * 9000  # 9 MB
+        self.assertEqual(self.send(["u1@inboxd.test"], body), (250, ""))
+        self.assertTrue(hop.messages[0][2].endswith(body[len(BODY):]))
+        grew = self.server.rss("VmHWM") - start
+        self.assertLess(grew, 5 << 20, f"peak RSS grew by {grew >> 20} MiB for a 9 MB message")
+
     def test_unreachable_hop_is_451(self):
         self.relay_to(free_port())
         code, _ = self.send(["u1@inboxd.test"])
@@ -442,6 +458,36 @@ class HostileHopTest(HandoffTestCase):
         self.assertEqual(len(hop.messages), 1)
         self.assertEqual(hop.messages[0][1], ["u1@inboxd.test"])
         self.assertIn("LHLO", " ".join(hop.commands))
+
+
+class ConfigTest(HandoffTestCase):
+    def check(self, text):
+        path = os.path.join(tempfile.mkdtemp(prefix="inboxd-handoff-cfg-"), "inboxd.toml")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "w") as f:
+            f.write(text)
+        return harness.run_cli("--check-config", "-c", path)
+
+    def test_keys_are_read_and_checked(self):
+        ok = self.check('sink = "smtp"\nsmtp-to = "127.0.0.1:25"\nhandoff-connect-timeout = 5\n'
+                        'handoff-command-timeout = 60\nhandoff-data-timeout = 60\n'
+                        'handoff-max-idle = 0\nhandoff-dsn = true\nsmtp-tls = "require"\n'
+                        'smtp-tls-ca = "/etc/ssl/certs/ca-certificates.crt"\n'
+                        'smtp-auth-file = "/nonexistent"\nlmtp-to = "unix:/run/dovecot/lmtp"\n')
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        bad = self.check('sink = "smtp"\n')
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn(b"needs smtp-to", bad.stderr)
+        bad = self.check('sink = "lmtp"\nlmtp-to = "x:24"\nsmtp-tls = "maybe"\n')
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn(b"smtp-tls must be none, may or require", bad.stderr)
+
+    def test_config_file_selects_the_lmtp_sink(self):
+        hop = self.hop(rcpt=lambda a: "250 ok")
+        self.server = self.start_server(sink=None, maildir=False,
+                                        config=f'sink = "lmtp"\nlmtp-to = "127.0.0.1:{hop.port}"\n')
+        self.assertEqual(self.send(["u1@inboxd.test"]), (250, ""))
+        self.assertIn("LHLO " + harness.HOSTNAME, hop.commands)
 
 
 class TlsAuthTest(HandoffTestCase):
