@@ -157,6 +157,10 @@ class sink {
   // messages itself cannot send the notices DSN promises (inboxd sends no
   // mail), so the default is false.
   [[nodiscard]] virtual bool carries_dsn() const noexcept { return false; }
+  // The server drains (SIGTERM): the sink lets go of what only waits for
+  // more work, such as idle connections to a next hop, so that the loop can
+  // end. Messages in progress finish as usual; begin() may still be called.
+  virtual void drain() noexcept {}
 };
 
 }  // namespace inboxd

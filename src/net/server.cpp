@@ -254,6 +254,8 @@ void server::shutdown(void (*done)(void*), void* ctx) {
   if (s.metrics_http) s.metrics_http->close();
   // shutdown() may close a connection, but only in uv_close: the list holds.
   for (auto* c = s.connections; c; c = c->next) c->shutdown();
+  // Idle connections to a next hop would keep the loop alive.
+  s.settings->store->drain();
   uv_timer_init(s.loop, &s.drain_timer);
   s.drain_timer.data = &s;
   s.drain_timer_open = true;

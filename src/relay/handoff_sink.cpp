@@ -107,7 +107,8 @@ class handoff_sink final : public sink {
  public:
   handoff_sink(uv_loop_t* loop, std::shared_ptr<const hop_config> config)
       : loop_(loop), config_(std::move(config)) {}
-  ~handoff_sink() override;
+  ~handoff_sink() override { drain(); }
+  void drain() noexcept override;
   delivery* begin(const envelope& env, delivery_listener& listener) override;
   [[nodiscard]] bool carries_dsn() const noexcept override { return config_->options.dsn; }
   // A delivery is done with its hop: the pool keeps it when it is usable.
@@ -121,6 +122,7 @@ class handoff_sink final : public sink {
   uv_loop_t* loop_;
   std::shared_ptr<const hop_config> config_;
   std::vector<hop*> idle_;
+  bool draining_ = false;  // the server drains: no more idle connections
 };
 
 // The envelope, copied: begin()'s views are borrowed, and a message starts
@@ -411,11 +413,16 @@ void hop::close_cb(uv_handle_t* handle) noexcept {
 
 // --- sink ---
 
-handoff_sink::~handoff_sink() {
+void handoff_sink::drain() noexcept {
+  draining_ = true;
   for (hop* h : std::exchange(idle_, {})) {
     h->pool = nullptr;
-    h->client.quit();
-    h->changed();
+    try {
+      h->client.quit();
+      h->changed();
+    } catch (...) {
+      // No memory for QUIT: the hop sees the connection close.
+    }
     h->close();
   }
 }
@@ -436,7 +443,8 @@ hop* handoff_sink::take() {
 void handoff_sink::give_back(hop* h) {
   h->user = nullptr;
   h->client.take();
-  bool keep = config_->options.max_idle.count() > 0 && idle_.size() < config_->options.max_pool &&
+  bool keep = !draining_ && config_->options.max_idle.count() > 0 &&
+              idle_.size() < config_->options.max_pool &&
               (h->client.current() == state::ready || h->client.current() == state::reset);
   if (!keep) {
     h->client.quit();

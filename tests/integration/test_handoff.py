@@ -424,6 +424,21 @@ class HostileHopTest(HandoffTestCase):
         self.assertIn("MAIL FROM:<s@example.net> RET=HDRS ENVID=e1", hop.commands)
         self.assertIn("RCPT TO:<u1@inboxd.test> NOTIFY=FAILURE ORCPT=rfc822;o@x.test", hop.commands)
 
+    def test_smtputf8_only_to_a_hop_that_offers_it(self):
+        for ext, want in ((("PIPELINING",), "554 5.6.7"), (("PIPELINING", "SMTPUTF8"), "250")):
+            hop = self.hop(ext=ext)
+            self.relay_to(hop.port)
+            c = self.ehlo()
+            self.assertReply(c.cmd("MAIL FROM:<s@example.net> SMTPUTF8"), "250")
+            self.assertReply(c.cmd("RCPT TO:<u1@inboxd.test>"), "250")
+            self.assertReply(c.cmd("DATA"), "354")
+            c.send("Subject: caf\u00e9\r\n\r\nhi\r\n.\r\n".encode())
+            self.assertReply(c.reply(), want)
+            self.assertEqual(len(hop.messages), 1 if want == "250" else 0)
+            if want == "250":
+                self.assertTrue(hop.messages[0][0].endswith(" SMTPUTF8"), hop.messages[0])
+            self.server.stop()
+
     def test_no_dsn_without_a_hop_that_offers_it(self):
         hop = self.hop()
         self.relay_to(hop.port)
