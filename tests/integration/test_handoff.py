@@ -400,6 +400,11 @@ class HostileHopTest(HandoffTestCase):
         self.assertEqual(len(hop.messages), 3)
         self.assertEqual(hop.connections - before, 1)
         self.assertEqual(hop.commands.count("RSET"), 0)
+        # SIGTERM closes the idle connection: the stop does not wait 20 s.
+        start = time.monotonic()
+        self.assertEqual(self.server.stop(), 0)
+        self.assertLess(time.monotonic() - start, 3)
+        self.assertIn("stopped", self.server.log())
 
     def test_no_pool_with_max_idle_zero(self):
         hop = self.hop()
