@@ -424,15 +424,19 @@ void smtp_client::release() {
 void smtp_client::on_result(const smtp_reply& r) {
   if (chunks_ > 0) {
     --chunks_;
-    if (!positive(r.code)) {
+    if (!positive(r.code) && !skip_) {
+      // The hop refused a chunk: the rest of the message goes nowhere.
       all_fail(failure_of(r.code), r.line);
-      // The hop dropped the chunk: the rest of the message goes nowhere.
-      if (state_ == state::body) return drop_message();
       skip_ = true;
+      held_.clear();
     }
+    if (skip_ && state_ == state::body && finished_ && chunks_ == 0) state_ = state::done;
     return release();
   }
-  if (skip_) return;  // The LAST of a refused message: already said.
+  if (skip_) {
+    state_ = state::done;  // The LAST of a refused message: its outcome is said.
+    return;
+  }
   store_result result = positive(r.code) ? store_result::stored : failure_of(r.code);
   if (!options_.lmtp) {
     for (std::size_t i = 0; i < outcomes_.size(); ++i) {

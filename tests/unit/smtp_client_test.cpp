@@ -350,3 +350,45 @@ TEST_CASE("mailboxes of one address share one RCPT") {
   CHECK(c.outcomes().size() == 2);
   CHECK(&c.outcome_of(1) == &c.outcome_of(0));
 }
+
+TEST_CASE("a refused BDAT chunk fails the message; the rest is not sent, RSET follows") {
+  smtp_client c = ready_client("250-hop\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+  sent(c);
+  rcpts r{"a@x"};
+  REQUIRE(c.start(env_of(r), false));
+  sent(c);
+  REQUIRE(feed(c, "250 ok\r\n250 ok\r\n"));
+  c.body(std::string(20000, 'a'));
+  CHECK(sent(c).starts_with("BDAT 20000\r\n"));
+  c.body(std::string(20000, 'b'));
+  sent(c);
+  REQUIRE(feed(c, "552 5.3.4 too big\r\n"));
+  CHECK(c.current() == state::body);
+  c.body("more");
+  c.finish();
+  CHECK(sent(c).empty());             // No LAST: the message is refused.
+  CHECK(c.current() == state::body);  // The second chunk's reply is still to come.
+  REQUIRE(feed(c, "250 ok\r\n"));
+  CHECK(c.current() == state::done);
+  CHECK(c.outcomes()[0].result == store_result::permanent_fail);
+  CHECK(c.outcomes()[0].reply == "552 5.3.4 too big");
+  c.take();
+  CHECK(sent(c) == "RSET\r\n");
+}
+
+TEST_CASE("a chunk refused after LAST was sent: done at LAST's reply") {
+  smtp_client c = ready_client("250-hop\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+  sent(c);
+  rcpts r{"a@x"};
+  REQUIRE(c.start(env_of(r), false));
+  REQUIRE(feed(c, "250 ok\r\n250 ok\r\n"));
+  c.body(std::string(20000, 'a'));
+  c.finish();
+  CHECK(c.current() == state::result);
+  REQUIRE(feed(c, "451 4.3.0 chunk lost\r\n"));
+  CHECK(c.current() == state::result);
+  REQUIRE(feed(c, "503 5.5.1 no transaction\r\n"));
+  CHECK(c.current() == state::done);
+  CHECK(c.outcomes()[0].result == store_result::temporary_fail);
+  CHECK(c.outcomes()[0].reply == "451 4.3.0 chunk lost");
+}
