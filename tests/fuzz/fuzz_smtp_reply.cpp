@@ -131,6 +131,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::uint64_t seed = in.u64();
   std::string whole = run(options, in.rest(), seed, true);
   std::string split = run(options, in.rest(), seed, false);
-  INBOXD_FUZZ_CHECK(whole == split);
+  // Bytes in the same read as the 220 to STARTTLS are refused (an injection,
+  // CVE-2011-0411); split after it they are the hop's first words over TLS.
+  // That one difference depends on the split by design.
+  if (whole.find("after its STARTTLS reply") == whole.npos &&
+      split.find("after its STARTTLS reply") == split.npos)
+    INBOXD_FUZZ_CHECK(whole == split);
   return 0;
 }
