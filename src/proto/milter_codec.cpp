@@ -225,3 +225,169 @@ std::string_view name(reply_code code) noexcept {
 }
 
 }  // namespace inboxd::proto::milter
+
+namespace inboxd::proto::milter {
+
+namespace {
+
+bool blank(char c) noexcept {
+  return c == ' ' || c == '\t';
+}
+
+bool iequal(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return (x | 0x20) == (y | 0x20) &&
+                  ((x >= 'A' && x <= 'Z') || (x >= 'a' && x <= 'z') || x == y);
+         });
+}
+
+// The field name of a header line ("Subject" of "Subject : x"), or empty
+// when the line is no header field (RFC 5322 2.2: printable, no colon).
+std::string_view field_name(std::string_view l) noexcept {
+  std::size_t colon = l.find(':');
+  if (colon == 0 || colon == l.npos) return {};
+  std::string_view name = l.substr(0, colon);
+  while (!name.empty() && blank(name.back())) name.remove_suffix(1);
+  for (char c : name)
+    if (static_cast<unsigned char>(c) <= 32 || static_cast<unsigned char>(c) >= 127) return {};
+  return name;
+}
+
+// A milter's value as we store it: LF line ends, no CR or NUL, every
+// folded line starting with white space so that it stays in the field.
+std::string clean_value(std::string_view v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    char c = v[i];
+    if (c == '\r' || c == '\0') continue;
+    if (c == '\n') {
+      std::size_t j = i + 1;
+      if (j < v.size() && v[j] == '\r') ++j;
+      if (j >= v.size()) break;    // A final line end is no line.
+      if (v[j] == '\n') continue;  // Nor an empty one: it would end the header.
+      out += '\n';
+      if (!blank(v[j])) out += '\t';
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::string make_field(std::string_view name, std::string_view value, bool leadspc) {
+  std::string f(name);
+  f += ':';
+  // Sendmail eats one space after the colon unless SMFIP_HDR_LEADSPC, and
+  // gives it back when it writes a milter's header.
+  if (!leadspc) f += ' ';
+  f += clean_value(value);
+  return f;
+}
+
+}  // namespace
+
+// One complete line: false once the section ended.
+bool header_section::line(std::string_view l) {
+  if (l.empty()) {
+    blank_ = true;
+    return false;
+  }
+  if (blank(l[0]) && !fields_.empty()) {
+    fields_.back().text.append("\n").append(l);
+    return true;
+  }
+  std::string_view name = field_name(l);
+  if (name.empty()) return false;
+  bool ours = !seen_ours_ && iequal(name, "Received");
+  seen_ours_ = seen_ours_ || ours;
+  fields_.push_back({std::string(l), ours});
+  return true;
+}
+
+bool header_section::feed(std::string_view& bytes, std::string& body) {
+  while (!done_ && !bytes.empty()) {
+    std::size_t lf = bytes.find('\n');
+    std::size_t n = lf == bytes.npos ? bytes.size() : lf + 1;
+    if (bytes_ + line_.size() + n > max_bytes) {
+      done_ = true;  // Too much header: the rest is body, from this line on.
+      body += line_;
+      line_.clear();
+      return true;
+    }
+    line_.append(bytes.substr(0, n));
+    bytes.remove_prefix(n);
+    if (lf == bytes.npos) break;
+    std::string_view l = std::string_view(line_).substr(0, line_.size() - 1);
+    if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+    if (!line(l)) {
+      done_ = true;
+      if (!blank_) body += line_;  // Not a header field: the body begins with it.
+    } else {
+      bytes_ += line_.size();
+    }
+    line_.clear();
+  }
+  return done_;
+}
+
+void header_section::finish(std::string& body) {
+  if (done_) return;
+  done_ = true;
+  if (!line_.empty() && !line(line_)) body += line_;
+  line_.clear();
+}
+
+std::vector<header_section::field_view> header_section::visible(bool leadspc) const {
+  std::vector<field_view> out;
+  for (const field& f : fields_) {
+    if (f.ours) continue;
+    std::string_view t = f.text;
+    std::string_view name = field_name(t);
+    std::string_view value = t.substr(t.find(':') + 1);
+    if (!leadspc && !value.empty() && value[0] == ' ') value.remove_prefix(1);
+    out.push_back({name, value});
+  }
+  return out;
+}
+
+bool header_section::add(std::string_view name, std::string_view value, bool leadspc) {
+  return insert(static_cast<std::uint32_t>(-1), name, value, leadspc);
+}
+
+bool header_section::insert(std::uint32_t index, std::string_view name, std::string_view value,
+                            bool leadspc) {
+  std::string f = make_field(name, value, leadspc);
+  if (field_name(f) != name || !room(f.size())) return false;
+  bytes_ += f.size() + 1;
+  std::size_t at = std::min<std::size_t>(index, fields_.size());
+  fields_.insert(fields_.begin() + static_cast<std::ptrdiff_t>(at), {std::move(f), false});
+  return true;
+}
+
+bool header_section::change(std::uint32_t index, std::string_view name, std::string_view value,
+                            bool leadspc) {
+  if (index == 0) index = 1;  // Sendmail treats 0 as the first.
+  std::uint32_t seen = 0;
+  for (auto it = fields_.begin(); it != fields_.end(); ++it) {
+    if (it->ours || !iequal(field_name(it->text), name) || ++seen < index) continue;
+    if (value.empty()) {
+      fields_.erase(it);
+      return true;
+    }
+    std::string f = make_field(name, value, leadspc);
+    if (!room(f.size())) return false;
+    bytes_ += f.size();
+    it->text = std::move(f);
+    return true;
+  }
+  return value.empty() || add(name, value, leadspc);
+}
+
+std::string header_section::render() const {
+  std::string out;
+  for (const field& f : fields_) out.append(f.text).append("\n");
+  if (blank_) out += '\n';
+  return out;
+}
+
+}  // namespace inboxd::proto::milter

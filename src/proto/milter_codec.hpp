@@ -154,3 +154,61 @@ class decoder {
 [[nodiscard]] std::string_view name(reply_code code) noexcept;
 
 }  // namespace inboxd::proto::milter
+
+namespace inboxd::proto::milter {
+
+// The header section of a message as a milter sees and changes it
+// (Postfix's cleanup_milter.c semantics). Fed the message's first bytes
+// (LF line ends), it takes the header fields up to the empty line; what
+// follows is the body. The first Received field is ours: as Postfix (and
+// Sendmail) do, it is not shown to the milter, and SMFIR_CHGHEADER indexes
+// count without it, while SMFIR_INSHEADER positions count with it.
+class header_section {
+ public:
+  // More header bytes than this end the section: the rest is body
+  // (Postfix's header_size_limit is 102400 for one header; this bounds all).
+  static constexpr std::size_t max_bytes = 1024 * 1024;
+
+  // Takes header bytes from the front of bytes; true once the section
+  // ended (bytes then holds the body's start).
+  // What it took that turned out to be body (a line that is no header
+  // field) is appended to body.
+  bool feed(std::string_view& bytes, std::string& body);
+  // The input ended inside the header section.
+  void finish(std::string& body);
+  [[nodiscard]] bool done() const noexcept { return done_; }
+
+  // The fields the milter sees, in order: name and value (after the colon;
+  // one leading space dropped unless leadspc, as Sendmail does).
+  struct field_view {
+    std::string_view name, value;
+  };
+  [[nodiscard]] std::vector<field_view> visible(bool leadspc) const;
+
+  // The changes; each returns false when it was refused (too large).
+  bool add(std::string_view name, std::string_view value, bool leadspc);
+  bool insert(std::uint32_t index, std::string_view name, std::string_view value, bool leadspc);
+  // index: the index-th field of that name (1 = the first); an empty value
+  // deletes it; a missing field is added (Sendmail compatibility).
+  bool change(std::uint32_t index, std::string_view name, std::string_view value, bool leadspc);
+
+  // The header section as written out, the empty line included.
+  [[nodiscard]] std::string render() const;
+  [[nodiscard]] std::size_t size() const noexcept { return bytes_; }
+
+ private:
+  struct field {
+    std::string text;   // "Name: value", folded lines joined by LF, no final LF
+    bool ours = false;  // our Received field, hidden from the milter
+  };
+  bool line(std::string_view l);
+  bool room(std::size_t more) const noexcept { return bytes_ + more <= 2 * max_bytes; }
+  std::vector<field> fields_;
+  std::string line_;  // a line not complete yet
+  std::size_t bytes_ = 0;
+  bool seen_ours_ = false;
+  bool blank_ = false;  // an empty line ended the section
+  bool done_ = false;
+};
+
+}  // namespace inboxd::proto::milter

@@ -148,3 +148,64 @@ TEST_CASE("milter codec: malformed or oversize packets are refused") {
         "replbody " + std::string(max_packet - 1, 'x') + "||0");
   CHECK(err(packet('b', std::string(max_packet, 'x'))) == "error: packet too long");
 }
+
+namespace {
+
+// Feeds msg to a header_section in pieces of `piece`; returns the header
+// section and the body as they would be written out.
+std::pair<header_section, std::string> split(std::string_view msg, std::size_t piece) {
+  header_section h;
+  std::string body;
+  while (!msg.empty()) {
+    std::string_view p = msg.substr(0, piece);
+    msg.remove_prefix(p.size());
+    if (h.feed(p, body)) {
+      body.append(p);
+      body.append(msg);
+      break;
+    }
+  }
+  h.finish(body);
+  return {std::move(h), body};
+}
+
+}  // namespace
+
+TEST_CASE("milter headers: the fields the milter sees, split anywhere, and the body") {
+  std::string msg =
+      "Received: from x by y\n\tfor z\nSubject: hi\n  there\nFrom:<a@b>\n\nbody\nline\n";
+  for (std::size_t piece = 1; piece <= msg.size(); ++piece) {
+    auto [h, body] = split(msg, piece);
+    CHECK(body == "body\nline\n");
+    auto v = h.visible(false);
+    REQUIRE(v.size() == 2);
+    CHECK(v[0].name == "Subject");
+    CHECK(v[0].value == "hi\n  there");
+    CHECK(v[1].name == "From");
+    CHECK(v[1].value == "<a@b>");
+    CHECK(h.visible(true)[0].value == " hi\n  there");
+    CHECK(h.render() + body == msg);
+  }
+  // A line that is no header field starts the body.
+  auto [h, body] = split("Received: r\nSubject: s\nnot a header\nmore\n", 5);
+  CHECK(h.visible(false).size() == 1);
+  CHECK(body == "not a header\nmore\n");
+}
+
+TEST_CASE("milter headers: add, insert and change with Postfix's index semantics") {
+  auto [h, body] = split("Received: ours\nSubject: one\nX-A: 1\nX-a: 2\n\nbody\n", 1000);
+  CHECK(h.add("X-Added", "yes", false));
+  CHECK(h.insert(0, "DKIM-Signature", "v=1;\r\n b=x", false));  // Above our Received.
+  CHECK(h.insert(2, "X-Two", " two", true));
+  CHECK(h.change(2, "x-a", "changed", false));  // The second X-A, counted without ours.
+  CHECK(h.change(1, "Subject", "", false));     // Deleted.
+  CHECK(h.change(3, "X-A", "missing", false));  // No third: added.
+  CHECK(h.change(1, "Received", "", false));    // Ours is not the milter's to delete...
+  CHECK(h.render() ==
+        "DKIM-Signature: v=1;\n b=x\nReceived: ours\nX-Two: two\nX-A: 1\nx-a: changed\n"
+        "X-Added: yes\nX-A: missing\n\n");
+  CHECK_FALSE(h.add("Bad Name", "x", false));
+  CHECK_FALSE(h.add("Bad:Name", "x", false));
+  CHECK(h.add("X-Fold", "a\nb\n\nc", false));  // Unfolded lines are folded again.
+  CHECK(h.render().find("X-Fold: a\n\tb\n\tc\n") != std::string::npos);
+}
