@@ -9,6 +9,8 @@
 #include <charconv>
 #include <set>
 
+#include "inboxd/filters.hpp"
+
 namespace inboxd::app {
 namespace {
 
@@ -232,6 +234,11 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("group", cfg.group);
   r.get("allow-root", cfg.allow_root);
   read_workers(r, cfg.workers);
+  r.get("milter", cfg.milters);
+  r.get("milter-default-action", cfg.milter_default_action);
+  r.get_seconds("milter-connect-timeout", cfg.milter_connect_timeout);
+  r.get_seconds("milter-command-timeout", cfg.milter_command_timeout);
+  r.get_seconds("milter-content-timeout", cfg.milter_content_timeout);
   if (const toml::node* n = r.find("domain")) {
     const toml::array* a = n->as_array();
     if (!a) throw config_error{n->source(), "domain must be a list of tables: [[domain]]"};
@@ -317,6 +324,13 @@ bool validate(const app_config& cfg, std::string& error) {
     error = "require-auth needs auth-users";
     return false;
   }
+  if (cfg.milter_default_action != "tempfail" && cfg.milter_default_action != "accept") {
+    error = fmt::format(FMT_STRING("milter-default-action must be tempfail or accept, not '{}'"),
+                        cfg.milter_default_action);
+    return false;
+  }
+  for (const auto& m : cfg.milters)
+    if (!inboxd::valid_milter_address(m, error)) return false;
   for (const auto& d : cfg.server.recipients.domains) {
     for (const auto& [alias, targets] : d.aliases) {
       if (targets.empty()) {

@@ -6,6 +6,7 @@
 // the same flags on top, so a flag keeps winning.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <string>
@@ -39,6 +40,12 @@ struct app_config {
   // Worker processes (app/supervisor.hpp): "auto" (one per core) or a
   // count; 1 is one process and no supervisor. Read at start-up only.
   std::string workers = "1";
+  // Milters (inboxd/filters.hpp), applied in order after the other filters;
+  // Postfix's milter_default_action and milter_*_timeout.
+  std::vector<std::string> milters;
+  std::string milter_default_action = "tempfail";  // tempfail | accept
+  std::chrono::milliseconds milter_connect_timeout{30'000}, milter_command_timeout{30'000},
+      milter_content_timeout{300'000};
 };
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).

@@ -30,6 +30,7 @@
 #include "app/supervisor.hpp"
 #include "app/systemd.hpp"
 #include "inboxd/auth.hpp"
+#include "inboxd/filters.hpp"
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
 #include "inboxd/tls.hpp"
@@ -194,6 +195,19 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
   add_worker_flags(app, cl);
+  // Milters: Postfix's smtpd_milters, milter_default_action, milter_*_timeout.
+  double milter_timeouts[3] = {30, 30, 300};
+  app.add_option("--milter", v.milters, "HOST:PORT or unix:PATH of a milter, repeatable, in order");
+  app.add_option("--milter-default-action", v.milter_default_action,
+                 "when a milter fails: tempfail (default) or accept")
+      ->check(CLI::IsMember({"tempfail", "accept"}));
+  app.add_option("--milter-connect-timeout", milter_timeouts[0], "seconds (default 30)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--milter-command-timeout", milter_timeouts[1], "seconds (default 30)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--milter-content-timeout", milter_timeouts[2],
+                 "seconds for the message's end (default 300)")
+      ->check(CLI::PositiveNumber);
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION + " (" +
                                         inboxd::tls_library_version() + ")");
   app.footer("Also: inboxd passwd   (reads a password on stdin, prints a hash for --auth-users)");
@@ -309,6 +323,15 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([=](app_config& c) { c.memory_budget = v.memory_budget; });
   if (given("--metrics"))
     o.push_back([=](app_config& c) { c.server.metrics_listen = v.server.metrics_listen; });
+  if (given("--milter")) o.push_back([=](app_config& c) { c.milters = v.milters; });
+  if (given("--milter-default-action"))
+    o.push_back([=](app_config& c) { c.milter_default_action = v.milter_default_action; });
+  if (given("--milter-connect-timeout"))
+    o.push_back([=](app_config& c) { c.milter_connect_timeout = seconds(milter_timeouts[0]); });
+  if (given("--milter-command-timeout"))
+    o.push_back([=](app_config& c) { c.milter_command_timeout = seconds(milter_timeouts[1]); });
+  if (given("--milter-content-timeout"))
+    o.push_back([=](app_config& c) { c.milter_content_timeout = seconds(milter_timeouts[2]); });
   if (given("--bare-newline"))
     o.push_back([=](app_config& c) {
       c.server.session.bare_newline = bare_newline == "reject"
@@ -326,6 +349,28 @@ bool load(const command_line& cl, app_config& cfg, std::string& error) {
     return false;
   for (const auto& apply : cl.overrides) apply(cfg);
   return inboxd::app::validate(cfg, error);
+}
+
+// The milters go after the other filters (a policy service asks first, as
+// Postfix's smtpd_*_restrictions run before smtpd_milters). A message held
+// for them past the memory budget waits in an unnamed file in $TMPDIR.
+void add_milters(uv_loop_t* loop, app_config& cfg,
+                 const std::shared_ptr<inboxd::memory_budget>& memory) {
+  const char* tmp = std::getenv("TMPDIR");
+  auto ms = [](std::chrono::milliseconds d) { return static_cast<std::uint32_t>(d.count()); };
+  for (const auto& address : cfg.milters)
+    cfg.server.filters.push_back(inboxd::make_milter(
+        loop, {.address = address,
+               .connect_timeout_ms = ms(cfg.milter_connect_timeout),
+               .command_timeout_ms = ms(cfg.milter_command_timeout),
+               .content_timeout_ms = ms(cfg.milter_content_timeout),
+               .accept_on_failure = cfg.milter_default_action == "accept",
+               .memory = memory,
+               .spool_dir = tmp && *tmp ? tmp : "/tmp",
+               .log = {[](void*, inboxd::log_level level, std::string_view line) {
+                         the_log().write(level, line);
+                       },
+                       nullptr}}));
 }
 
 // Opens what the config names: the sink, the TLS credentials, the password
@@ -350,6 +395,7 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
     cfg.server.auth = inboxd::load_password_file(loop, cfg.auth_users, error);
     if (!cfg.server.auth) return nullptr;
   }
+  add_milters(loop, cfg, memory);
   if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
   if (cfg.sink == "mbox")
     return inboxd::open_mbox_sink(
