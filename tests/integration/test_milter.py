@@ -363,6 +363,22 @@ class FailingMilterTest(MilterCase):
         self.assertEqual(len(msgs), 1)
         self.assertTrue(msgs[0].endswith(b"Subject: hello\n\nbody line\n"))
 
+    def test_client_gone_while_the_milter_holds_the_message(self):
+        port = self.scripted("stall")
+        self.serve("--milter", f"127.0.0.1:{port}", "--milter-content-timeout", "2")
+        c = self.ehlo()
+        self.assertReply(c.cmd("MAIL FROM:<a@example.com>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<ok@example.com>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(MSG + b".\r\n")
+        time.sleep(0.3)
+        c.close()
+        self.server.wait_log(r"disconnect from")
+        time.sleep(2.5)  # Past the content timeout: nothing is stored, nothing breaks.
+        self.assertEqual(self.mailbox("ok"), [])
+        c2, r = self.send_one()
+        self.assertReply(r, "451 4.7.1")
+
     def test_garbage_is_tempfail_and_logged(self):
         port = self.scripted("garbage")
         self.serve("--milter", f"127.0.0.1:{port}")
@@ -384,6 +400,36 @@ class FailingMilterTest(MilterCase):
         c, r = self.send_one()
         self.assertQueued(r)
         self.assertEqual(len(self.mailbox("ok")), 1)
+
+
+class ConfigTest(unittest.TestCase):
+    def check(self, *args):
+        return subprocess.run([harness.BIN, "--check-config", "--listen", "127.0.0.1:0", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def test_addresses_and_default_action_are_checked(self):
+        self.assertEqual(self.check("--milter", "127.0.0.1:8891").returncode, 0)
+        self.assertEqual(self.check("--milter", "unix:/run/opendkim.sock").returncode, 0)
+        r = self.check("--milter", "127.0.0.1")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("is not HOST:PORT or unix:PATH", r.stderr)
+        self.assertNotEqual(self.check("--milter", "h:99999").returncode, 0)
+        self.assertNotEqual(self.check("--milter-default-action", "reject").returncode, 0)
+
+    def test_toml_keys(self):
+        d = tempfile.mkdtemp(prefix="inboxd-milter-conf-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "inboxd.toml")
+        with open(path, "w") as f:
+            f.write('milter = ["inet:127.0.0.1:8891", "unix:/run/x.sock"]\n'
+                    'milter-default-action = "accept"\nmilter-connect-timeout = 5\n'
+                    'milter-command-timeout = 5\nmilter-content-timeout = 60\n')
+        self.assertEqual(self.check("-c", path).returncode, 0, self.check("-c", path).stderr)
+        with open(path, "w") as f:
+            f.write('milter-default-action = "discard"\n')
+        r = self.check("-c", path)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("milter-default-action must be tempfail or accept", r.stderr)
 
 
 class LargeMessageTest(MilterCase):
