@@ -402,6 +402,22 @@ class FailingMilterTest(MilterCase):
         self.assertEqual(len(self.mailbox("ok")), 1)
 
 
+class ReloadTest(MilterCase):
+    def test_reload_gives_new_connections_new_milters(self):
+        port = free_port()
+        conf = f'milter = ["127.0.0.1:{port}"]\nmilter-default-action = "accept"\n'
+        self.server = self.start_server("--maildir", "mail/{user}", maildir=False, config=conf)
+        old = self.ehlo()  # Began with the old milters, it keeps them.
+        c, r = self.send_one()
+        self.assertQueued(r)
+        self.server.write_config(conf.replace("accept", "tempfail"))
+        self.assertIn("reloaded", self.server.reload())
+        c = harness.Client(self.server.port)
+        self.clients.append(c)
+        self.assertReply(c.reply(), "421")
+        self.assertReply(old.cmd("MAIL FROM:<a@example.com>"), "250")
+
+
 class ConfigTest(unittest.TestCase):
     def check(self, *args):
         return subprocess.run([harness.BIN, "--check-config", "--listen", "127.0.0.1:0", *args],
