@@ -23,7 +23,7 @@ namespace inboxd {
 // negotiates, its replies applied as Postfix's MILTER_README describes.
 struct milter_options {
   // "HOST:PORT", "inet:HOST:PORT", "[IPV6]:PORT" or "unix:PATH".
-  std::string address;
+  std::string address = {};
   // Postfix's milter_connect_timeout, milter_command_timeout and
   // milter_content_timeout (the message's headers, body and its end).
   std::uint32_t connect_timeout_ms = 30'000;
@@ -37,7 +37,7 @@ struct milter_options {
   // The message is held for the milter until its end-of-message reply:
   // in memory within this budget (shared with the sinks), past it in an
   // unnamed file in spool_dir, written on the thread pool.
-  std::shared_ptr<memory_budget> memory;
+  std::shared_ptr<memory_budget> memory = {};
   std::string spool_dir = "/tmp";
   // Where what a milter did to a message is logged (added headers, changed
   // recipients, quarantine); the session logs the verdicts themselves.
