@@ -147,6 +147,7 @@ class milter_delivery final : public delivery, public delivery_listener {
   void next_out();
   void fail_all(store_result result, std::string_view reply);
   void file_progress();
+  void spool_failed(int error);
   void release() noexcept;
   static void fs_cb(uv_fs_t* req) noexcept;
 
@@ -163,6 +164,7 @@ class milter_delivery final : public delivery, public delivery_listener {
   std::size_t file_size_ = 0;
   std::size_t read_at_ = 0;
   uv_file fd_ = -1;
+  int spool_error_ = 0;  // a libuv error: the message cannot be held
   uv_fs_t req_{};
   enum class fs_op : std::uint8_t { none, open, write, read, close } op_ = fs_op::none;
   enum class pass : std::uint8_t { to_milter, to_next } pass_ = pass::to_milter;
@@ -955,7 +957,7 @@ bool milter_delivery::write(std::string_view bytes) {
 
 void milter_delivery::append_body(std::string_view bytes) {
   // The spool failed: the message fails at its end; its bytes go nowhere.
-  if (bytes.empty() || fd_ < -1) return;
+  if (bytes.empty() || spool_error_ != 0) return;
   mem_.append(bytes);
   body_size_ += bytes.size();
   budget_->used += bytes.size();
@@ -977,8 +979,21 @@ void milter_delivery::start_file() {
   if (r != 0) {
     op_ = fs_op::none;
     s_.unhold();
-    fd_ = -2;  // Failed: the message fails at its end.
+    spool_failed(r);
   }
+}
+
+// The message cannot be held: it fails (451) at its end; what comes
+// meanwhile is dropped.
+void milter_delivery::spool_failed(int error) {
+  if (spool_error_ != 0) return;
+  spool_error_ = error;
+  budget_->used -= mem_.size();
+  counted_ -= mem_.size();
+  mem_.clear();
+  log_line(s_.options(), log_level::error,
+           fmt::format("id={} {}: cannot hold the message in {}: {}", queue_id, s_.name,
+                       s_.options().spool_dir, uv_strerror(error)));
 }
 
 void milter_delivery::write_file() {
@@ -991,7 +1006,7 @@ void milter_delivery::write_file() {
   if (r != 0) {
     op_ = fs_op::none;
     s_.unhold();
-    fd_ = -2;
+    spool_failed(r);
   }
 }
 
@@ -1006,11 +1021,15 @@ void milter_delivery::fs_cb(uv_fs_t* req) noexcept {
     switch (op) {
       case fs_op::none: break;
       case fs_op::open:
-        d->fd_ = result >= 0 ? static_cast<uv_file>(result) : -2;
+        if (result >= 0)
+          d->fd_ = static_cast<uv_file>(result);
+        else
+          d->spool_failed(static_cast<int>(result));
         if (d->listener_) d->file_progress();
         break;
       case fs_op::write: {
-        if (result < 0 || static_cast<std::size_t>(result) != d->writing_.size()) d->fd_ = -3;
+        if (result < 0 || static_cast<std::size_t>(result) != d->writing_.size())
+          d->spool_failed(result < 0 ? static_cast<int>(result) : UV_EIO);
         d->file_size_ += d->writing_.size();
         d->budget_->used -= d->writing_.size();
         d->counted_ -= d->writing_.size();
@@ -1042,8 +1061,10 @@ void milter_delivery::fs_cb(uv_fs_t* req) noexcept {
 
 // After a file request: the next write, the milter, or the session's next bytes.
 void milter_delivery::file_progress() {
-  if (fd_ < -1) {
-    if (committing_) fail_all(store_result::temporary_fail, {});
+  if (spool_error_ != 0) {
+    if (committing_) return fail_all(store_result::temporary_fail, {});
+    // The rest of the message is read and dropped: the session goes on to its end.
+    if (std::exchange(paused_, false)) listener_->writable();
     return;
   }
   if (!mem_.empty() && (mem_.size() >= 64 * 1024 || committing_)) return write_file();
@@ -1059,7 +1080,7 @@ void milter_delivery::commit() {
   std::string body;
   headers.finish(body);
   append_body(body);
-  if (fd_ < -1) return fail_all(store_result::temporary_fail, {});
+  if (spool_error_ != 0) return fail_all(store_result::temporary_fail, {});
   if (use_file_) {
     if (op_ == fs_op::none && fd_ >= 0 && !mem_.empty()) return write_file();
     if (op_ != fs_op::none || !mem_.empty()) return;  // fs_cb goes on.

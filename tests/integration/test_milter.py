@@ -473,6 +473,23 @@ class LargeMessageTest(MilterCase):
         want = f"X-Body: {len(body)} {hashlib.sha256(body).hexdigest()}".encode()
         self.assertIn(want, head)
 
+    def test_spool_that_fails_is_451_and_logged(self):
+        m = ScriptedMilter("count")
+        self.addCleanup(m.server_close)
+        self.addCleanup(m.shutdown)
+        old = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = "/nonexistent-inboxd-spool"
+        try:
+            self.serve("--milter", f"127.0.0.1:{m.port}", "--memory-budget", "1048576")
+        finally:
+            if old is None:
+                del os.environ["TMPDIR"]
+            else:
+                os.environ["TMPDIR"] = old
+        c, r = self.send_one(data=b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 2100)
+        self.assertReply(r, "451")
+        self.assertEqual(self.mailbox("ok"), [])
+        self.assertIsNotNone(self.server.wait_log(r"cannot hold the message in /nonexistent"))
 
 if __name__ == "__main__":
     unittest.main()
