@@ -182,7 +182,8 @@ class PerlMilterTest(MilterCase):
         self.assertQueued(c.reply())
         self.assertEqual(len(self.mailbox("ok")), 1)
         self.assertEqual(self.mailbox("reject"), [])
-        self.assertRegex(self.server.log(), r"filters=\(milter inet:127\.0\.0\.1:\d+: replycode 550")
+        self.assertIsNotNone(self.server.wait_log(
+            r"status=sent .* filters=\(milter inet:127\.0\.0\.1:\d+: replycode 550"))
 
     def test_headers_added_and_changed_and_recipient_changed(self):
         c, r = self.send_one(("change-me@example.com", "ok@example.com"))
