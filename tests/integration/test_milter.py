@@ -73,7 +73,7 @@ def start_process(case, cmd, port, **kw):
 
 class ScriptedMilter(socketserver.ThreadingTCPServer):
     """A milter in Python: 'silent' never answers; 'stall' answers everything
-    but the end of the message; 'garbage' answers the end of the message with
+    but the end of the message; 'discard' discards the message; 'garbage' answers the end of the message with
     bytes that are no packet; 'count' counts the body and adds X-Body: with
     its size and SHA-256."""
     daemon_threads = True
@@ -121,6 +121,9 @@ class ScriptedHandler(socketserver.BaseRequestHandler):
                     self.request.sendall(packet(b"c"))
                 elif cmd == b"E":
                     if mode == "stall":
+                        continue
+                    if mode == "discard":
+                        self.request.sendall(packet(b"d"))
                         continue
                     if mode == "garbage":
                         self.request.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
@@ -379,6 +382,14 @@ class FailingMilterTest(MilterCase):
         self.assertEqual(self.mailbox("ok"), [])
         c2, r = self.send_one()
         self.assertReply(r, "451 4.7.1")
+
+    def test_discard_at_the_end_is_250_and_nothing_stored(self):
+        port = self.scripted("discard")
+        self.serve("--milter", f"127.0.0.1:{port}")
+        c, r = self.send_one()
+        self.assertQueued(r)
+        self.assertEqual(self.mailbox("ok"), [])
+        self.assertIsNotNone(self.server.wait_log(r"milter 127\.0\.0\.1:\d+: discard"))
 
     def test_garbage_is_tempfail_and_logged(self):
         port = self.scripted("garbage")
