@@ -204,6 +204,18 @@ class PerlMilterTest(MilterCase):
         self.assertIn("delrcpt change-me@example.com; addrcpt changed@example.com",
                       self.server.log())
 
+    def test_two_milters_in_order(self):
+        m = ScriptedMilter("count")
+        self.addCleanup(m.server_close)
+        self.addCleanup(m.shutdown)
+        self.server.stop()
+        self.serve("--milter", f"127.0.0.1:{self.mport}", "--milter", f"127.0.0.1:{m.port}")
+        c, r = self.send_one()
+        self.assertQueued(r)
+        head = self.mailbox("ok")[0].partition(b"\n\n")[0]
+        # The second saw the message as the first changed it, and added below.
+        self.assertRegex(head, rb"Subject: changed by pmilter\nX-PMilter: seen.*\nX-Body: 11 ")
+
     def test_body_refused_at_the_end_of_the_message(self):
         c, r = self.send_one(data=b"Subject: x\r\n\r\nplease REJECT-BODY now\r\n")
         self.assertEqual(r.last, "554 5.7.1 pmilter refuses this body")
