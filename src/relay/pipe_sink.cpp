@@ -149,8 +149,9 @@ class pipe_delivery final : public delivery {
     }
     // A message the client did not finish must not reach the program as
     // if whole (its stdin would end): the child goes first. One whose data
-    // all went runs on, and its answer is dropped.
-    if (running_ && !committed_) kill_group();
+    // all went is killed too (sink.hpp: it may or may not be stored), so
+    // that a drain or a client that left never waits for a slow program.
+    if (running_) kill_group();
     if (!running_) release();
   }
 

@@ -211,6 +211,45 @@ class PipeDeliveryTest(PipeTestCase):
         r = self.send(c=self.ehlo())
         self.assertReply(r, "554 5.3.0")  # the server goes on
 
+    def test_a_client_that_leaves_mid_data_never_completes_the_program(self):
+        # The program is killed before its input ends: it never sees a
+        # truncated message as a whole one.
+        s = self.script("mark.sh", f'echo $$ > {self.out}/pid; cat > {self.out}/msg; '
+                                   f'touch {self.out}/done\n')
+        self.start(s)
+        c = self.ehlo()
+        self.assertReply(c.cmd(f"MAIL FROM:<{SENDER}>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<u1@example.org>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(b"Subject: half\r\n\r\nthe first half\r\n")
+        self.assertTrue(self.wait_file("pid"))
+        pid = int(self.read("pid"))
+        c.close()
+        self.clients.remove(c)
+        deadline = time.monotonic() + harness.TIMEOUT
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertFalse(pid_alive(pid), "the program still runs")
+        time.sleep(0.2)
+        self.assertFalse(os.path.exists(os.path.join(self.out, "done")))
+        # The server goes on.
+        self.assertQueued(self.send())
+
+    def test_reload_keeps_running_programs(self):
+        s = self.script("slow.sh", f'cat > {self.out}/msg.$QUEUE_ID; sleep 1\n')
+        self.start(s, "--pipe-max", "1")
+        c = self.ehlo()
+        c.set_timeout(10)
+        self.assertReply(c.cmd(f"MAIL FROM:<{SENDER}>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<u1@example.org>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(BODY + b".\r\n")
+        time.sleep(0.3)
+        self.assertRegex(self.server.reload(), r"\breloaded\b")
+        qid = self.assertQueued(c.reply())
+        self.assertTrue(self.read(f"msg.{qid}").endswith(b"last\n"))
+        self.assertQueued(self.send(c=c))
+
     def test_pipe_max_and_pipe_queue(self):
         s = self.script("count.sh",
                         f'cat > /dev/null; mkdir {self.out}/run.$QUEUE_ID; '
