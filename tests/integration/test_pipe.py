@@ -12,17 +12,13 @@ stores a copy only of what the pipe took; as root with --user the program
 runs as that user."""
 import os
 import pwd
-import re
 import shutil
-import socket
-import stat
 import tempfile
-import threading
 import time
 import unittest
 
 import harness
-from harness import HELO, HOSTNAME, InboxdTestCase
+from harness import HELO, InboxdTestCase
 
 BODY = b"From: a@example.net\r\nSubject: pipe\r\n\r\nline one\r\n.. dotted\r\nlast\r\n"
 SENDER = "sender@example.net"
@@ -30,22 +26,13 @@ RCPTS = ["u1@example.org", "u2@example.org"]
 
 
 class PipeTestCase(InboxdTestCase):
-    sink = None  # each test starts its own server
-    maildir_too = False
 
     def setUp(self):
         self.clients = []
         self.out = tempfile.mkdtemp(prefix="inboxd-it-pipe-")
         self.addCleanup(shutil.rmtree, self.out, True)
         os.chmod(self.out, 0o777)
-        self.server = None
-
-    def tearDown(self):
-        for c in self.clients:
-            c.close()
-        if self.server is not None and not self.server.stopped and not self.server.alive():
-            self.fail(f"server died during the test (rc={self.server.proc.returncode}); "
-                      f"log:\n{self.server.log()}")
+        self.server = None  # each test starts its own
 
     def script(self, name, text):
         """An sh script in the output folder; returns its path."""
