@@ -279,6 +279,7 @@ class pipe_delivery final : public delivery {
     close_child_handles();
     if (r == store_result::stored) {
       outcome_ = {.result = r, .reply = {}};
+      reply_ = std::move(what);  // For the log line: which program took it.
       done_ = true;
       if (committed_ && !aborted_) return answer();
       if (aborted_) return release();

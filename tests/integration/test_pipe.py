@@ -104,7 +104,9 @@ class PipeDeliveryTest(PipeTestCase):
         self.assertEqual(env["CLIENT_HELO"], HELO)
         self.assertIn("PATH", env)
         self.assertEqual(self.read("args"), b"one arg|two|th ree|")
-        self.assertIsNotNone(self.server.wait_log(rf"id={qid} .* status=sent"), self.server.log())
+        self.assertIsNotNone(self.server.wait_log(rf"id={qid} .* status=sent .*"
+                                                  r"hop=\(pipe: \S+save\.sh exit status 0\)"),
+                             self.server.log())
 
     def test_from_line_and_an_unsafe_sender(self):
         s = self.script("save.sh", f'env > {self.out}/env; cat > {self.out}/msg\n')
