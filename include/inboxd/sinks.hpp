@@ -106,8 +106,8 @@ struct pipe_options {
   // waiting this long for one) is killed with its process group: 451.
   // Postfix's smtpd_proxy_timeout: the client waits for the answer.
   std::chrono::milliseconds timeout{100'000};
-  bool from_line = false;                 // an mbox "From " line first (pipe(8)'s flag F)
-  std::shared_ptr<memory_budget> memory;  // null: one of its own, with the default limit
+  bool from_line = false;                      // an mbox "From " line first (pipe(8)'s flag F)
+  std::shared_ptr<memory_budget> memory = {};  // null: one of its own, with the default limit
 };
 
 // Checks the command and returns the sink, or null with error set. It runs
