@@ -298,6 +298,20 @@ class ComposedSinksTest(PipeTestCase):
         self.assertStored(stored[0], SENDER, BODY, queue_id=qid)
         self.assertTrue(stored[0].endswith(self.read("msg")))
 
+    def test_a_large_message_reaches_both_with_a_slow_pipe(self):
+        # The pipe reads late: the tee pauses the client for it, and both
+        # sides get every byte.
+        self.start(f"sh -c 'sleep 1; cat > {self.out}/msg'", "--memory-budget", "1048576",
+                   sinks=("maildir", "pipe"))
+        body = b"Subject: big\r\n\r\n" + (b"v" * 998 + b"\r\n") * 8000
+        c = self.ehlo()
+        c.set_timeout(30)
+        qid = self.assertQueued(self.send(body=body, c=c))
+        stored = self.stored()
+        self.assertEqual(len(stored), 1)
+        self.assertStored(stored[0], SENDER, body, queue_id=qid)
+        self.assertTrue(stored[0].endswith(self.read("msg")))
+
     def test_a_failing_pipe_leaves_no_maildir_copy(self):
         self.start("sh -c 'cat >/dev/null; echo \"554 5.7.1 not for us\" >&2; exit 1'",
                    sinks=("pipe", "maildir"))
