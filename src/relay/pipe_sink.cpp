@@ -82,11 +82,21 @@ class pipe_delivery final : public delivery {
 
   // Out of the queue: a child slot is free.
   void start() {
-    if (waiting_) {
-      pool_->waiting.erase(queued_);
-      waiting_ = false;
-      uv_timer_stop(&timer_);
+    leave_queue();
+    if (int r = spawn(); r != 0) {
+      close_child_handles();
+      return fail(store_result::temporary_fail, -r,
+                  fmt::format(FMT_STRING("pipe: cannot run {}"), pool_->words[0]));
     }
+    running_ = true;
+    ++pool_->running;
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&err_), alloc_cb, read_cb);
+    uv_timer_start(&timer_, timer_cb, timeout_ms(), 0);
+    flush();
+  }
+
+  // The child, its stdin and stderr pipes; returns uv_spawn's result.
+  int spawn() {
     std::vector<char*> argv, envp;
     for (std::string& w : pool_->words) argv.push_back(w.data());
     argv.push_back(nullptr);
@@ -115,16 +125,14 @@ class pipe_delivery final : public delivery {
     int r = uv_spawn(pool_->loop, &process_, &o);
     ++handles_;  // uv_spawn inits the handle even when it fails.
     spawned_ = true;
-    if (r != 0) {
-      close_child_handles();
-      return fail(store_result::temporary_fail, -r,
-                  fmt::format(FMT_STRING("pipe: cannot run {}"), pool_->words[0]));
-    }
-    running_ = true;
-    ++pool_->running;
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&err_), alloc_cb, read_cb);
-    uv_timer_start(&timer_, timer_cb, timeout_ms(), 0);
-    flush();
+    return r;
+  }
+
+  void leave_queue() {
+    if (!waiting_) return;
+    pool_->waiting.erase(queued_);
+    waiting_ = false;
+    uv_timer_stop(&timer_);
   }
 
   bool write(std::string_view bytes) override {
@@ -143,10 +151,7 @@ class pipe_delivery final : public delivery {
 
   void abort() noexcept override {
     aborted_ = true;
-    if (waiting_) {
-      pool_->waiting.erase(queued_);
-      waiting_ = false;
-    }
+    leave_queue();
     // A message the client did not finish must not reach the program as
     // if whole (its stdin would end): the child goes first. One whose data
     // all went is killed too (sink.hpp: it may or may not be stored), so
@@ -248,8 +253,7 @@ class pipe_delivery final : public delivery {
 
   void timer_fired() {
     if (waiting_) {
-      pool_->waiting.erase(queued_);
-      waiting_ = false;
+      leave_queue();
       return fail(store_result::temporary_fail, 0,
                   fmt::format(FMT_STRING("pipe: no free {} within {} ms"), pool_->words[0],
                               pool_->options.timeout.count()));
