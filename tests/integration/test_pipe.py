@@ -185,6 +185,14 @@ class PipeDeliveryTest(PipeTestCase):
         self.assertIsNotNone(m, self.server.log()[-2000:])
         self.assertEqual(len(m.group(1)), 512)
 
+    def test_a_program_whose_child_keeps_stderr_open(self):
+        # What the program left running holds its stderr: the exit decides,
+        # a moment later, without waiting for that.
+        self.start("sh -c 'cat > /dev/null; sleep 3 >&2 & exit 0'")
+        t0 = time.monotonic()
+        self.assertQueued(self.send())
+        self.assertLess(time.monotonic() - t0, 2)
+
     def test_a_program_that_does_not_read_its_input(self):
         # Exit 0 without reading: stored, as with Postfix's pipe(8) (the exit
         # decides); a 2 MB message meets a closed pipe (EPIPE) on the way.
