@@ -93,6 +93,13 @@ struct mbox_options {
 std::unique_ptr<sink> open_mbox_sink(uv_loop_t* loop, const mbox_options& options,
                                      std::string& error);
 
+// The running pipe programs and the messages that wait for one. Share one
+// between the pipe sinks of a program across reloads, as the memory budget,
+// so that --pipe-max holds while an old sink's programs still run (each
+// counts against the limit of the sink it came from).
+struct pipe_slots;
+std::shared_ptr<pipe_slots> make_pipe_slots();
+
 // The pipe sink: a program per message, the message on its standard input
 // (Postfix's pipe(8)). docs/DESIGN.md, "Sinks", says how it runs.
 struct pipe_options {
@@ -108,6 +115,7 @@ struct pipe_options {
   std::chrono::milliseconds timeout{100'000};
   bool from_line = false;                      // an mbox "From " line first (pipe(8)'s flag F)
   std::shared_ptr<memory_budget> memory = {};  // null: one of its own, with the default limit
+  std::shared_ptr<pipe_slots> slots = {};      // null: its own
 };
 
 // Checks the command and returns the sink, or null with error set. It runs

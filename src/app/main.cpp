@@ -403,6 +403,9 @@ std::shared_ptr<inboxd::sink> open_sink(const std::string& name, uv_loop_t* loop
                                         const std::shared_ptr<inboxd::memory_budget>& memory,
                                         inboxd::file_owner owner, std::string& error) {
   if (name == "null") return std::make_shared<inboxd::null_sink>();
+  // One count of running programs for every pipe sink (reloads make new
+  // ones), as the memory budget; made once, used on the loop thread only.
+  static const std::shared_ptr<inboxd::pipe_slots> slots = inboxd::make_pipe_slots();
   if (name == "pipe")
     return inboxd::open_pipe_sink(loop,
                                   {.command = cfg.pipe_command,
@@ -410,7 +413,8 @@ std::shared_ptr<inboxd::sink> open_sink(const std::string& name, uv_loop_t* loop
                                    .max_waiting = cfg.pipe_queue,
                                    .timeout = cfg.pipe_timeout,
                                    .from_line = cfg.pipe_from_line,
-                                   .memory = memory},
+                                   .memory = memory,
+                                   .slots = slots},
                                   error);
   if (name == "mbox")
     return inboxd::open_mbox_sink(

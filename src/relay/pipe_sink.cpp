@@ -14,8 +14,9 @@
 // was done is answered at commit().
 //
 // A delivery frees itself once it has answered (or was aborted) and its
-// handles are closed; it keeps the pool it counts in alive through a
-// shared_ptr, so a reload may drop the sink while children still run.
+// handles are closed; it keeps its sink's options and the slots it counts
+// in alive through shared_ptrs, so a reload may drop the sink while
+// children still run.
 #include <fmt/format.h>
 #include <uv.h>
 
@@ -41,17 +42,31 @@ constexpr std::uint64_t stderr_grace_ms = 200;
 
 class pipe_delivery;
 
-// What the sink and its deliveries share: the options, made ready once,
-// and the count of running children with the queue of those that wait.
-struct pipe_pool {
-  uv_loop_t* loop = nullptr;
-  pipe_options options;
-  std::vector<std::string> words;      // the command, split
-  std::vector<std::string> inherited;  // PATH, TZ, LANG of this process
+}  // namespace
+
+// The running children and the messages that wait for one, of every pipe
+// sink that shares it (loop thread only).
+struct pipe_slots {
   std::size_t running = 0;
   std::list<pipe_delivery*> waiting;  // in arrival order
 
-  void start_next();
+  // Starts waiting messages while fewer than max_running children run.
+  void start_next(std::size_t max_running);
+};
+
+std::shared_ptr<pipe_slots> make_pipe_slots() {
+  return std::make_shared<pipe_slots>();
+}
+
+namespace {
+
+// What the sink and its deliveries share: the options, made ready once.
+// Each delivery keeps it alive, so a reload may drop the sink.
+struct pipe_pool {
+  uv_loop_t* loop = nullptr;
+  pipe_options options;                // options.slots is set
+  std::vector<std::string> words;      // the command, split
+  std::vector<std::string> inherited;  // PATH, TZ, LANG of this process
 };
 
 class pipe_delivery final : public delivery {
@@ -69,13 +84,13 @@ class pipe_delivery final : public delivery {
     if (!proto::pipe_environment(env, pool_->inherited, env_, error))
       return fail(store_result::temporary_fail, 0, "pipe: " + error);
     if (pool_->options.from_line) hold(proto::from_line(env.reverse_path, std::time(nullptr)));
-    pipe_pool& p = *pool_;
-    if (p.running < p.options.max_running) return start();
-    if (p.waiting.size() >= p.options.max_waiting)
+    pipe_slots& slots = *pool_->options.slots;
+    if (slots.running < pool_->options.max_running) return start();
+    if (slots.waiting.size() >= pool_->options.max_waiting)
       return fail(store_result::temporary_fail, 0,
                   fmt::format(FMT_STRING("pipe: {} messages wait for a free {} already"),
-                              p.waiting.size(), p.words[0]));
-    queued_ = p.waiting.insert(p.waiting.end(), this);
+                              slots.waiting.size(), pool_->words[0]));
+    queued_ = slots.waiting.insert(slots.waiting.end(), this);
     waiting_ = true;
     uv_timer_start(&timer_, timer_cb, timeout_ms(), 0);
   }
@@ -89,7 +104,7 @@ class pipe_delivery final : public delivery {
                   fmt::format(FMT_STRING("pipe: cannot run {}"), pool_->words[0]));
     }
     running_ = true;
-    ++pool_->running;
+    ++pool_->options.slots->running;
     uv_read_start(reinterpret_cast<uv_stream_t*>(&err_), alloc_cb, read_cb);
     uv_timer_start(&timer_, timer_cb, timeout_ms(), 0);
     flush();
@@ -130,7 +145,7 @@ class pipe_delivery final : public delivery {
 
   void leave_queue() {
     if (!waiting_) return;
-    pool_->waiting.erase(queued_);
+    pool_->options.slots->waiting.erase(queued_);
     waiting_ = false;
     uv_timer_stop(&timer_);
   }
@@ -242,11 +257,12 @@ class pipe_delivery final : public delivery {
 
   void exited(std::int64_t status, int signal) {
     running_ = false;
-    --pool_->running;
+    --pool_->options.slots->running;
     exit_status_ = status;
     term_signal_ = signal;
     uv_timer_stop(&timer_);
-    pool_->start_next();  // Another message may have its child now.
+    // Another message may have its child now.
+    pool_->options.slots->start_next(pool_->options.max_running);
     if (stderr_done_) return ended();
     uv_timer_start(&timer_, timer_cb, stderr_grace_ms, 0);
   }
@@ -377,12 +393,8 @@ class pipe_delivery final : public delivery {
   bool input_closed_ = false, child_closed_ = false, stderr_done_ = false, timed_out_ = false;
   bool paused_ = false, committed_ = false, aborted_ = false, done_ = false, released_ = false;
 
-  friend struct pipe_pool;
+  friend struct inboxd::pipe_slots;
 };
-
-void pipe_pool::start_next() {
-  while (running < options.max_running && !waiting.empty()) waiting.front()->start();
-}
 
 class pipe_sink final : public sink {
  public:
@@ -411,6 +423,7 @@ std::unique_ptr<sink> open_pipe_sink(uv_loop_t* loop, const pipe_options& option
   pool->options = options;
   if (!pool->options.memory) pool->options.memory = std::make_shared<memory_budget>();
   if (pool->options.max_running == 0) pool->options.max_running = 1;
+  if (!pool->options.slots) pool->options.slots = make_pipe_slots();
   if (!proto::split_command(options.command, pool->words, error)) {
     error = "pipe-command: " + error;
     return nullptr;
@@ -422,6 +435,10 @@ std::unique_ptr<sink> open_pipe_sink(uv_loop_t* loop, const pipe_options& option
   for (const char* name : {"TZ", "LANG"})
     if (const char* v = std::getenv(name)) pool->inherited.push_back(std::string(name) + "=" + v);
   return std::make_unique<pipe_sink>(std::move(pool));
+}
+
+void pipe_slots::start_next(std::size_t max_running) {
+  while (running < max_running && !waiting.empty()) waiting.front()->start();
 }
 
 }  // namespace inboxd

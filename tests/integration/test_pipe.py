@@ -232,8 +232,10 @@ class PipeDeliveryTest(PipeTestCase):
         # The server goes on.
         self.assertQueued(self.send())
 
-    def test_reload_keeps_running_programs(self):
-        s = self.script("slow.sh", f'cat > {self.out}/msg.$QUEUE_ID; sleep 1\n')
+    def test_reload_keeps_running_programs_and_the_limit(self):
+        s = self.script("slow.sh", f'cat > {self.out}/msg.$QUEUE_ID; mkdir {self.out}/run.$$; '
+                                   f'ls {self.out} | grep -c "^run\." >> {self.out}/counts; '
+                                   f'sleep 1; rmdir {self.out}/run.$$\n')
         self.start(s, "--pipe-max", "1")
         c = self.ehlo()
         c.set_timeout(10)
@@ -243,9 +245,13 @@ class PipeDeliveryTest(PipeTestCase):
         c.send(BODY + b".\r\n")
         time.sleep(0.3)
         self.assertRegex(self.server.reload(), r"\breloaded\b")
+        # A message after the reload waits for the old sink's program.
+        d = self.ehlo()
+        d.set_timeout(10)
+        self.assertQueued(self.send(c=d))
         qid = self.assertQueued(c.reply())
         self.assertTrue(self.read(f"msg.{qid}").endswith(b"last\n"))
-        self.assertQueued(self.send(c=c))
+        self.assertEqual([int(n) for n in self.read("counts").split()], [1, 1])
 
     def test_pipe_max_and_pipe_queue(self):
         s = self.script("count.sh",

@@ -163,3 +163,30 @@ TEST_CASE("pipe sink: a bad command is refused when the sink is opened") {
   CHECK_FALSE(open_pipe_sink(&l.loop, {.command = "sh -c 'open"}, error));
   CHECK(error == "pipe-command: the command has an unterminated '");
 }
+
+TEST_CASE("pipe sink: sinks that share their slots (a reload) share --pipe-max") {
+  pipe_loop l;
+  auto slots = make_pipe_slots();
+  std::string error;
+  auto old_sink = open_pipe_sink(
+      &l.loop, {.command = "sh -c 'cat >/dev/null'", .max_running = 1, .slots = slots}, error);
+  auto new_sink = open_pipe_sink(
+      &l.loop, {.command = "sh -c 'cat >/dev/null'", .max_running = 1, .slots = slots}, error);
+  REQUIRE(old_sink);
+  REQUIRE(new_sink);
+  pipe_message m;
+  pipe_listener first, second;
+  delivery* a = old_sink->begin(m.env, first);
+  old_sink.reset();
+  delivery* b = new_sink->begin(m.env, second);
+  CHECK_FALSE(b->write(std::string(64 * 1024, 'x')));  // It waits for the old one's child.
+  a->write("x\n");
+  a->commit();
+  while (second.writables == 0 && uv_run(&l.loop, UV_RUN_ONCE) != 0) {
+  }
+  CHECK(first.commits == 1);
+  CHECK(second.writables == 1);
+  b->commit();
+  uv_run(&l.loop, UV_RUN_DEFAULT);
+  CHECK(second.results[0] == store_result::stored);
+}
