@@ -50,11 +50,47 @@ struct pipe_message {
   }
 };
 
-std::unique_ptr<sink> pipe_for(uv_loop_t* loop, std::string command, std::size_t max = 100) {
+std::unique_ptr<sink> pipe_for(uv_loop_t* loop, std::string command, std::size_t max = 100,
+                               std::shared_ptr<pipe_slots> slots = {}) {
   std::string error;
-  auto s = open_pipe_sink(loop, {.command = std::move(command), .max_running = max}, error);
+  auto s = open_pipe_sink(
+      loop, {.command = std::move(command), .max_running = max, .slots = std::move(slots)}, error);
   REQUIRE_MESSAGE(s, error);
   return s;
+}
+
+// One whole message through s, the loop run until it is empty; what the
+// session would have seen.
+pipe_listener deliver_one(pipe_loop& l, sink& s, std::initializer_list<std::string_view> pieces) {
+  pipe_message m;
+  pipe_listener r;
+  delivery* d = s.begin(m.env, r);
+  for (std::string_view piece : pieces) CHECK(d->write(piece));
+  d->commit();
+  uv_run(&l.loop, UV_RUN_DEFAULT);
+  CHECK(r.commits == 1);
+  return r;
+}
+
+// With one program at a time: a message begun on `one`, then one on `two`
+// (or on `one` again when two is null), which waits, holds a chunk and
+// pauses, and runs once the first is done.
+void second_waits_for_first(pipe_loop& l, std::unique_ptr<sink> one, std::unique_ptr<sink> two) {
+  pipe_message m;
+  pipe_listener first, second;
+  delivery* a = one->begin(m.env, first);
+  if (two) one.reset();  // A reload: the old sink goes while its delivery runs.
+  delivery* b = (two ? two : one)->begin(m.env, second);
+  CHECK_FALSE(b->write(std::string(64 * 1024, 'x')));  // No child yet: one chunk, then a pause.
+  a->write("x\n");
+  a->commit();
+  while (second.writables == 0 && uv_run(&l.loop, UV_RUN_ONCE) != 0) {
+  }
+  CHECK(first.commits == 1);
+  CHECK(second.writables == 1);  // Its child started and took the chunk.
+  b->commit();
+  uv_run(&l.loop, UV_RUN_DEFAULT);
+  CHECK(second.results[0] == store_result::stored);
 }
 
 }  // namespace
@@ -62,14 +98,7 @@ std::unique_ptr<sink> pipe_for(uv_loop_t* loop, std::string command, std::size_t
 TEST_CASE("pipe sink: exit 0 is stored for every recipient, and the loop ends empty") {
   pipe_loop l;
   auto s = pipe_for(&l.loop, "sh -c 'test \"$(cat)\" = \"$(printf \"Subject: x\\n\\nhi\")\"'");
-  pipe_message m;
-  pipe_listener r;
-  delivery* d = s->begin(m.env, r);
-  CHECK(d->write("Subject: x\n\n"));
-  CHECK(d->write("hi\n"));
-  d->commit();
-  uv_run(&l.loop, UV_RUN_DEFAULT);
-  CHECK(r.commits == 1);
+  pipe_listener r = deliver_one(l, *s, {"Subject: x\n\n", "hi\n"});
   CHECK(r.results == std::vector{store_result::stored, store_result::stored});
   CHECK(r.replies[0] == "pipe: sh exit status 0");
 }
@@ -78,18 +107,9 @@ TEST_CASE("pipe sink: exit 75 is temporary, another status permanent, with stder
   pipe_loop l;
   for (auto [status, want] : {std::pair{"75", store_result::temporary_fail},
                               std::pair{"1", store_result::permanent_fail}}) {
-    std::string error;
-    auto one = open_pipe_sink(
-        &l.loop,
-        {.command = std::string("sh -c 'cat >/dev/null; echo oops >&2; exit ") + status + "'"},
-        error);
-    REQUIRE(one);
-    pipe_message m;
-    pipe_listener r;
-    delivery* d = one->begin(m.env, r);
-    d->write("x\n");
-    d->commit();
-    uv_run(&l.loop, UV_RUN_DEFAULT);
+    auto s = pipe_for(&l.loop,
+                      std::string("sh -c 'cat >/dev/null; echo oops >&2; exit ") + status + "'");
+    pipe_listener r = deliver_one(l, *s, {"x\n"});
     REQUIRE(r.commits == 1);
     CHECK(r.results[0] == want);
     CHECK(r.replies[0] == std::string("pipe: sh exit status ") + status + ": oops");
@@ -99,12 +119,7 @@ TEST_CASE("pipe sink: exit 75 is temporary, another status permanent, with stder
 TEST_CASE("pipe sink: a program that cannot run is a temporary failure with its errno") {
   pipe_loop l;
   auto s = pipe_for(&l.loop, "/nonexistent/program");
-  pipe_message m;
-  pipe_listener r;
-  delivery* d = s->begin(m.env, r);
-  CHECK(d->write("x\n"));
-  d->commit();
-  uv_run(&l.loop, UV_RUN_DEFAULT);
+  pipe_listener r = deliver_one(l, *s, {"x\n"});
   REQUIRE(r.commits == 1);
   CHECK(r.results[0] == store_result::temporary_fail);
   CHECK(r.errors[0] == ENOENT);
@@ -138,23 +153,7 @@ TEST_CASE("pipe sink: a delivery outlives its sink (a reload)") {
 
 TEST_CASE("pipe sink: past --pipe-max a message waits, its client paused past a chunk") {
   pipe_loop l;
-  auto s = pipe_for(&l.loop, "sh -c 'cat >/dev/null'", 1);
-  pipe_message m;
-  pipe_listener first, second;
-  delivery* a = s->begin(m.env, first);
-  delivery* b = s->begin(m.env, second);
-  std::string chunk(64 * 1024, 'x');
-  CHECK_FALSE(b->write(chunk));  // No child yet: it holds one chunk, then pauses.
-  a->write("x\n");
-  a->commit();
-  uv_run(&l.loop, UV_RUN_ONCE);
-  while (second.writables == 0 && uv_run(&l.loop, UV_RUN_ONCE) != 0) {
-  }
-  CHECK(first.commits == 1);
-  CHECK(second.writables == 1);  // Its child started and took the chunk.
-  b->commit();
-  uv_run(&l.loop, UV_RUN_DEFAULT);
-  CHECK(second.results[0] == store_result::stored);
+  second_waits_for_first(l, pipe_for(&l.loop, "sh -c 'cat >/dev/null'", 1), nullptr);
 }
 
 TEST_CASE("pipe sink: a bad command is refused when the sink is opened") {
@@ -167,26 +166,6 @@ TEST_CASE("pipe sink: a bad command is refused when the sink is opened") {
 TEST_CASE("pipe sink: sinks that share their slots (a reload) share --pipe-max") {
   pipe_loop l;
   auto slots = make_pipe_slots();
-  std::string error;
-  auto old_sink = open_pipe_sink(
-      &l.loop, {.command = "sh -c 'cat >/dev/null'", .max_running = 1, .slots = slots}, error);
-  auto new_sink = open_pipe_sink(
-      &l.loop, {.command = "sh -c 'cat >/dev/null'", .max_running = 1, .slots = slots}, error);
-  REQUIRE(old_sink);
-  REQUIRE(new_sink);
-  pipe_message m;
-  pipe_listener first, second;
-  delivery* a = old_sink->begin(m.env, first);
-  old_sink.reset();
-  delivery* b = new_sink->begin(m.env, second);
-  CHECK_FALSE(b->write(std::string(64 * 1024, 'x')));  // It waits for the old one's child.
-  a->write("x\n");
-  a->commit();
-  while (second.writables == 0 && uv_run(&l.loop, UV_RUN_ONCE) != 0) {
-  }
-  CHECK(first.commits == 1);
-  CHECK(second.writables == 1);
-  b->commit();
-  uv_run(&l.loop, UV_RUN_DEFAULT);
-  CHECK(second.results[0] == store_result::stored);
+  second_waits_for_first(l, pipe_for(&l.loop, "sh -c 'cat >/dev/null'", 1, slots),
+                         pipe_for(&l.loop, "sh -c 'cat >/dev/null'", 1, slots));
 }
