@@ -20,23 +20,23 @@ namespace inboxd::proto {
 // What inboxd knows of a client and a transaction, in the README's
 // attributes. Every view is borrowed for encode_policy_request() only.
 struct policy_request {
-  std::string_view protocol_state;  // "RCPT", "END-OF-MESSAGE"
-  std::string_view protocol_name;   // "SMTP", "ESMTP", "LMTP"
-  std::string_view helo_name;
-  std::string_view queue_id;
-  std::string_view sender;          // without brackets; empty for <>
-  std::string_view recipient;       // at RCPT; at END-OF-MESSAGE when there is one only
+  std::string_view protocol_state = {};  // "RCPT", "END-OF-MESSAGE"
+  std::string_view protocol_name = {};   // "SMTP", "ESMTP", "LMTP"
+  std::string_view helo_name = {};
+  std::string_view queue_id = {};
+  std::string_view sender = {};     // without brackets; empty for <>
+  std::string_view recipient = {};  // at RCPT; at END-OF-MESSAGE when there is one only
   std::size_t recipient_count = 0;  // 0 at RCPT, as Postfix sends it
-  std::string_view client_address;
+  std::string_view client_address = {};
   std::uint16_t client_port = 0;
-  std::string_view client_name;          // "unknown" when unknown
-  std::string_view reverse_client_name;  // likewise
-  std::string_view instance;             // the same for every request of one message
-  std::string_view sasl_method;
-  std::string_view sasl_username;
+  std::string_view client_name = {};          // "unknown" when unknown
+  std::string_view reverse_client_name = {};  // likewise
+  std::string_view instance = {};             // the same for every request of one message
+  std::string_view sasl_method = {};
+  std::string_view sasl_username = {};
   std::size_t size = 0;  // MAIL's SIZE= at RCPT; the bytes received at END-OF-MESSAGE
   // From the session's TLS line ("TLSv1.3 with cipher TLS-AES-256-GCM-SHA384").
-  std::string_view tls;
+  std::string_view tls = {};
 };
 
 // Appends the request: every attribute Postfix 3.x sends that inboxd can
