@@ -934,6 +934,9 @@ int main(int argc, char** argv) {
   cfg.server.memory = memory;  // Reported in the metrics.
   inboxd::server srv(loop, cfg.server, sink, counting_logger());
   sink.reset();
+  // The server holds the filters now: when a reload replaces them, the old
+  // ones go with their last session, and close their connections.
+  cfg.server.filters.clear();
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -33,11 +33,18 @@ class PolicyServer:
         self.answer = answer
         self.requests = []
         self.connections = 0
+        self.closed = 0  # connections the client closed
         outer = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 outer.connections += 1
+                try:
+                    self.serve()
+                finally:
+                    outer.closed += 1
+
+            def serve(self):
                 while True:
                     attrs = {}
                     while True:
@@ -223,6 +230,52 @@ class ActionsTest(PolicyCase):
         _, replies = self.rcpt_replies(["b@example.com", "c@example.com", "d@example.com"])
         self.assertTrue(all(r.startswith("250") for r in replies), replies)
         self.assertEqual(p.connections, 2)
+
+
+class ConfigTest(PolicyCase):
+    def test_toml_keys_and_a_reload_that_changes_the_service(self):
+        a = PolicyServer(lambda attrs, n: "REJECT from a")
+        b = PolicyServer(lambda attrs, n: "DUNNO")
+        for p in (a, b):
+            self.addCleanup(p.stop)
+        conf = ('listen = ["127.0.0.1:0"]\npolicy-service = ["127.0.0.1:{}"]\n'
+                'policy-timeout = 5\npolicy-try-limit = 1\npolicy-max-idle = 60\n'
+                'policy-max-ttl = 600\npolicy-request-limit = 100\npolicy-at-data = false\n'
+                'policy-default-action = "DUNNO"\n')
+        self.server = self.start_server(config=conf.format(a.port))
+        _, replies = self.rcpt_replies(["b@example.com"])
+        self.assertEqual(replies[0], "554 5.7.1 <b@example.com>: Recipient address rejected: from a")
+        self.server.write_config(conf.format(b.port))
+        self.assertIn("reloaded", self.server.reload())
+        _, replies = self.rcpt_replies(["b@example.com"])
+        self.assertTrue(replies[0].startswith("250 2.1.5"), replies)
+        # The old filter's pooled connection is closed once its sessions are over.
+        for c in self.clients:
+            c.close()
+        deadline = time.monotonic() + 10
+        while a.closed < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual((a.connections, a.closed), (1, 1))
+        self.assertEqual(b.connections, 1)
+
+    def test_bad_settings_are_refused(self):
+        for args, want in [
+            (["--policy-service", "example.com:10023"], "want IP:PORT"),
+            (["--policy-service", "unix:relative"], "want unix:/absolute/path"),
+            (["--policy-try-limit", "0"], "policy-try-limit"),
+            (["--policy-timeout", "0"], "policy-timeout"),
+        ]:
+            r = harness.run_cli("--check-config", *args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(want, r.stderr.decode(), args)
+
+    def test_default_action_dunno_lets_mail_through_when_the_service_is_absent(self):
+        self.server = self.start_server("--policy-service", f"127.0.0.1:{free_port()}",
+                                        "--policy-default-action", "DUNNO",
+                                        "--policy-try-limit", "1")
+        c = self.ehlo()
+        self.deliver(c, "a@example.net", ["b@example.com"], BODY)
+        self.assertEqual(len(self.stored()), 1)
 
 
 class EndOfMessageTest(PolicyCase):
