@@ -87,12 +87,16 @@ class policy_pool {
   void forget(policy_conn* conn) noexcept { std::erase(idle_, conn); }
   // No more idle connections: the filter is gone, or the loop ends.
   void retire() noexcept;
+  // A line about this service: "policy ADDR: what".
   void say(log_level level, std::string_view what) const noexcept {
     try {
-      o_.log.write(o_.log.ctx, level, fmt::format(FMT_STRING("policy {}: {}"), o_.address, what));
+      log(level, fmt::format(FMT_STRING("policy {}: {}"), o_.address, what));
     } catch (...) {
       // Out of memory: no line.
     }
+  }
+  void log(log_level level, std::string_view line) const noexcept {
+    o_.log.write(o_.log.ctx, level, line);
   }
   [[nodiscard]] const policy_options& options() const noexcept { return o_; }
   [[nodiscard]] uv_loop_t* loop() const noexcept { return loop_; }
@@ -421,8 +425,8 @@ class policy_delivery final : public delivery, public delivery_listener, public 
     // Postfix gives the recipient at the end of the message when there was one.
     if (known_.recipients == 1 && !env.recipients.empty())
       recipient_ = env.recipients.front().address;
-    pool_.ref();
     inner_ = next.begin(env, *this);
+    pool_.ref();  // After begin(), which may throw.
   }
   bool write(std::string_view bytes) override {
     size_ += bytes.size();
@@ -450,7 +454,7 @@ class policy_delivery final : public delivery, public delivery_listener, public 
     try {
       std::string note;
       policy_decision d = decide(pool_, ok, text, policy_state::end_of_message, "", note);
-      pool_.say(
+      pool_.log(
           d.action == filter_action::proceed && !d.warn ? log_level::info : log_level::warning,
           fmt::format(FMT_STRING("id={} {}"), known_.queue_id, note));
       if (d.action == filter_action::proceed) return inner_->commit();
@@ -525,7 +529,7 @@ class policy_session final : public filter_session, public policy_call {
       std::string note;
       policy_decision d = decide(pool_, ok, text, policy_state::rcpt, recipient_, note);
       if (d.warn)
-        pool_.say(log_level::warning, fmt::format(FMT_STRING("id={} {}"), known_.queue_id, note));
+        pool_.log(log_level::warning, fmt::format(FMT_STRING("id={} {}"), known_.queue_id, note));
       l->filtered({.action = d.action, .reply = d.reply, .prepend = d.prepend, .note = note});
     } catch (...) {
       l->filtered({.action = filter_action::tempfail, .note = "policy: out of memory"});

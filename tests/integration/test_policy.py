@@ -29,7 +29,7 @@ class PolicyServer:
     gives the bytes to send for the n-th request (from 0) as a dict; None sends
     nothing (silence); "drop" closes the connection unanswered."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, unix_path=None):
         self.answer = answer
         self.requests = []
         self.connections = 0
@@ -70,8 +70,15 @@ class PolicyServer:
             daemon_threads = True
             allow_reuse_address = True
 
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
+        class UnixServer(socketserver.ThreadingUnixStreamServer):
+            daemon_threads = True
+
+        if unix_path:
+            self.server = UnixServer(unix_path, Handler)
+            self.port = None
+        else:
+            self.server = Server(("127.0.0.1", 0), Handler)
+            self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -163,8 +170,8 @@ class ActionsTest(PolicyCase):
         self.assertEqual(len(stored), 1)
         self.assertTrue(stored[0].startswith(b"Return-Path: <a@example.net>\nX-Policy: tagged\nReceived:"),
                         stored[0][:200])
-        self.assertIsNotNone(self.server.wait_log(r"warning: policy .*WARN looks odd"))
-        self.assertIsNotNone(self.server.wait_log(r"warning: policy .*REDIRECT other@example.com"))
+        for logged in (r"RCPT <warn@example.com>: WARN looks odd", r"REDIRECT other@example.com"):
+            self.assertIsNotNone(self.server.wait_log(r"warning: id=\S+ policy .*" + logged))
 
     def test_discard_claims_delivery_and_stores_nothing(self):
         self.with_policy(lambda a, n: "DISCARD")
@@ -224,6 +231,17 @@ class ActionsTest(PolicyCase):
         self.assertEqual(len(self.stored()), 3)
         self.assertEqual((p.connections, len(p.requests)), (1, 6))
         self.assertEqual(self.server.stop(), 0)  # The pooled connection does not hold the loop.
+
+    def test_a_unix_socket_service(self):
+        d = tempfile.mkdtemp(prefix="inboxd-policy-")
+        self.addCleanup(shutil.rmtree, d, True)
+        p = PolicyServer(lambda a, n: "REJECT 5.7.2 by unix socket", unix_path=f"{d}/policy")
+        self.addCleanup(p.stop)
+        self.server = self.start_server("--policy-service", f"unix:{d}/policy")
+        _, replies = self.rcpt_replies(["b@example.com"])
+        self.assertEqual(replies[0],
+                         "554 5.7.2 <b@example.com>: Recipient address rejected: by unix socket")
+        self.assertEqual(p.requests[0]["client_address"], "127.0.0.1")
 
     def test_request_limit_opens_a_new_connection(self):
         p = self.with_policy(lambda a, n: "DUNNO", "--policy-request-limit", "2")
@@ -303,6 +321,8 @@ class EndOfMessageTest(PolicyCase):
         eom = [a for a in p.requests if a["protocol_state"] == "END-OF-MESSAGE"]
         self.assertEqual(eom[1]["recipient"], "b@example.com")  # the one recipient
         self.assertIsNotNone(self.server.wait_log(r"status=bounced.*End-of-data rejected: too big"))
+        self.assertIsNotNone(self.server.wait_log(
+            rf"warning: id=\S+ policy 127.0.0.1:{p.port}: END-OF-MESSAGE: REJECT 5.7.1 too big"))
 
 
 @unittest.skipUnless(shutil.which("postgrey") or os.path.exists("/usr/sbin/postgrey"),
