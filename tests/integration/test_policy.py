@@ -337,12 +337,14 @@ class PostgreyTest(PolicyCase):
                f"--whitelist-clients={d}/none", f"--whitelist-recipients={d}/none"]
         open(f"{d}/none", "w").close()
         os.mkdir(f"{d}/db")
+        # postgrey becomes --user (default "postgrey"): as root, that user
+        # owns the database; otherwise it is whoever runs the test.
+        pw = pwd.getpwuid(os.geteuid())
         if os.geteuid() == 0:
-            user = "postgrey" if _has_user("postgrey") else "nobody"
-            pw = pwd.getpwnam(user)
+            pw = pwd.getpwnam("postgrey" if _has_user("postgrey") else "nobody")
             for path in (d, f"{d}/db", f"{d}/none"):
                 os.chown(path, pw.pw_uid, pw.pw_gid)
-            cmd += [f"--user={user}", f"--group={_group_of(pw)}"]
+        cmd += [f"--user={pw.pw_name}", f"--group={_group_of(pw)}"]
         with open(f"{d}/log", "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.addCleanup(_stop, proc)
