@@ -196,13 +196,20 @@ class policy_conn {
     if (int rc = uv_tcp_connect(&connect_req_, &h_.tcp, pool_.address(), connect_cb); rc != 0)
       fail(fmt::format(FMT_STRING("cannot connect: {}"), uv_strerror(rc)));
   }
+  // A write request of its own each time: the answer may come (and the
+  // connection serve the next request) before libuv reports this write
+  // done. The bytes are the connection's, as the call may go first.
   void send() {
     state_ = st::busy;
     arm();
-    uv_buf_t buf = uv_buf_init(call_->request.data(), static_cast<unsigned>(call_->request.size()));
-    write_req_.data = this;
-    if (int rc = uv_write(&write_req_, stream(), &buf, 1, write_cb); rc != 0)
+    out_ = call_->request;
+    uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+    auto* req = new uv_write_t;
+    req->data = this;
+    if (int rc = uv_write(req, stream(), &buf, 1, write_cb); rc != 0) {
+      delete req;
       fail(fmt::format(FMT_STRING("cannot send: {}"), uv_strerror(rc)));
+    }
   }
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&h_.handle); }
 
@@ -256,6 +263,7 @@ class policy_conn {
   }
   static void write_cb(uv_write_t* req, int status) noexcept {
     auto* self = static_cast<policy_conn*>(req->data);
+    delete req;
     if (status == UV_ECANCELED || self->state_ == st::closing) return;
     if (status != 0) self->fail(fmt::format(FMT_STRING("cannot send: {}"), uv_strerror(status)));
   }
@@ -297,7 +305,6 @@ class policy_conn {
   } h_{};
   uv_timer_t timer_{};
   uv_connect_t connect_req_{};
-  uv_write_t write_req_{};
   bool unix_ = false;
   st state_ = st::delaying;
   int closed_ = 0;
@@ -305,6 +312,7 @@ class policy_conn {
   std::size_t requests_ = 0;
   policy_call* call_ = nullptr;
   policy_answer_decoder decoder_;
+  std::string out_;  // the request being sent
   char in_[1024];
 };
 
