@@ -22,6 +22,7 @@
 #include "inboxd/filters.hpp"
 #include "net/listener.hpp"
 #include "proto/policy_codec.hpp"
+#include "proto/session.hpp"
 
 namespace inboxd {
 
@@ -95,8 +96,13 @@ class policy_pool {
       // Out of memory: no line.
     }
   }
+  // What the server sent is escaped, as the session's log lines are.
   void log(log_level level, std::string_view line) const noexcept {
-    o_.log.write(o_.log.ctx, level, line);
+    try {
+      o_.log.write(o_.log.ctx, level, proto::printable(line));
+    } catch (...) {
+      // Out of memory: no line.
+    }
   }
   [[nodiscard]] const policy_options& options() const noexcept { return o_; }
   [[nodiscard]] uv_loop_t* loop() const noexcept { return loop_; }

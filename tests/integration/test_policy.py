@@ -152,6 +152,7 @@ class ActionsTest(PolicyCase):
             "weird@example.com": "REDIRECT other@example.com",
             "warn@example.com": "WARN looks odd",
             "tag@example.com": "PREPEND X-Policy: tagged",
+            "esc@example.com": "WARN \x1b[31mred",
         }
         self.with_policy(lambda a, n: actions[a["recipient"]])
         c, replies = self.rcpt_replies(list(actions))
@@ -170,7 +171,8 @@ class ActionsTest(PolicyCase):
         self.assertEqual(len(stored), 1)
         self.assertTrue(stored[0].startswith(b"Return-Path: <a@example.net>\nX-Policy: tagged\nReceived:"),
                         stored[0][:200])
-        for logged in (r"RCPT <warn@example.com>: WARN looks odd", r"REDIRECT other@example.com"):
+        for logged in (r"RCPT <warn@example.com>: WARN looks odd", r"REDIRECT other@example.com",
+                       r"WARN \\x1b\[31mred"):  # escaped for the log
             self.assertIsNotNone(self.server.wait_log(r"warning: id=\S+ policy .*" + logged))
 
     def test_discard_claims_delivery_and_stores_nothing(self):
