@@ -9,6 +9,8 @@
 #include <charconv>
 #include <set>
 
+#include "proto/pipe_command.hpp"
+
 namespace inboxd::app {
 namespace {
 
@@ -191,6 +193,11 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("maildir", cfg.maildir);
   r.get("maildir-sync", cfg.maildir_sync);
   r.get("mbox", cfg.mbox);
+  r.get("pipe-command", cfg.pipe_command);
+  r.get_count("pipe-max", cfg.pipe_max);
+  r.get_number("pipe-queue", cfg.pipe_queue);
+  r.get_seconds("pipe-timeout", cfg.pipe_timeout);
+  r.get("pipe-from-line", cfg.pipe_from_line);
   r.get("spool-dir", cfg.spool_dir);
   r.get("listen-tls", cfg.server.listen_tls);
   r.get("listen-lmtp", cfg.server.listen_lmtp);
@@ -299,17 +306,51 @@ bool parse_socket_mode(const std::string& text, unsigned& mode) {
   return mode <= 0777;
 }
 
-bool validate(const app_config& cfg, std::string& error) {
-  if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null") {
-    error = fmt::format(FMT_STRING("sink must be maildir, mbox or null, not '{}'"), cfg.sink);
+bool is_local_sink(std::string_view name) {
+  return name == "maildir" || name == "mbox" || name == "null";
+}
+
+namespace {
+
+// One sink, or a local store and a hand-off (make_tee_sink in sinks.hpp).
+bool validate_sinks(const app_config& cfg, std::string& error) {
+  for (const std::string& name : cfg.sink) {
+    if (!is_local_sink(name) && name != "pipe") {
+      error = fmt::format(FMT_STRING("sink must be maildir, mbox, null or pipe, not '{}'"), name);
+      return false;
+    }
+  }
+  std::size_t local = std::count_if(cfg.sink.begin(), cfg.sink.end(), is_local_sink);
+  if (cfg.sink.empty() || cfg.sink.size() > 2 || (cfg.sink.size() == 2 && local != 1)) {
+    error = "sink names one sink, or two: a local store (maildir, mbox, null) and a hand-off";
     return false;
   }
+  if (uses_sink(cfg, "pipe") && cfg.pipe_command.empty()) {
+    error = "sink = \"pipe\" needs pipe-command, e.g. pipe-command = \"/usr/bin/procmail -d user\"";
+    return false;
+  }
+  std::vector<std::string> words;
+  if (uses_sink(cfg, "pipe") && !proto::split_command(cfg.pipe_command, words, error)) {
+    error = "pipe-command: " + error;
+    return false;
+  }
+  if (cfg.pipe_timeout.count() <= 0) {
+    error = "pipe-timeout must be more than 0 seconds";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool validate(const app_config& cfg, std::string& error) {
+  if (!validate_sinks(cfg, error)) return false;
   if (cfg.maildir_sync != "fsync" && cfg.maildir_sync != "syncfs") {
     error =
         fmt::format(FMT_STRING("maildir-sync must be fsync or syncfs, not '{}'"), cfg.maildir_sync);
     return false;
   }
-  if (cfg.sink == "mbox" && cfg.mbox.empty()) {
+  if (uses_sink(cfg, "mbox") && cfg.mbox.empty()) {
     error = "sink = \"mbox\" needs an mbox path template, e.g. mbox = \"var/mail/{user}\"";
     return false;
   }

@@ -6,9 +6,12 @@
 // the same flags on top, so a flag keeps winning.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "inboxd/config.hpp"
@@ -18,7 +21,9 @@ namespace inboxd::app {
 
 struct app_config {
   server_config server;
-  std::string sink = "maildir";  // maildir | mbox | null
+  // Where mail goes: maildir | mbox | null | pipe, or two of them, a local
+  // store and a hand-off (store a copy and forward: make_tee_sink).
+  std::vector<std::string> sink = {"maildir"};
   std::string maildir = "var/maildir";
   std::string maildir_sync = "fsync";  // fsync | syncfs (maildir_sync in sinks.hpp)
   std::string mbox;                    // a path template; selects the mbox sink on the command line
@@ -44,7 +49,21 @@ struct app_config {
   // all with the settings of `policy` (its address unused).
   std::vector<std::string> policy_services;
   policy_options policy;
+  // The pipe sink (pipe_options in sinks.hpp).
+  std::string pipe_command;
+  std::size_t pipe_max = 100;
+  std::size_t pipe_queue = 100;
+  std::chrono::milliseconds pipe_timeout{100'000};
+  bool pipe_from_line = false;
 };
+
+// The one check of which sinks the config names ("maildir", "pipe", ...).
+[[nodiscard]] inline bool uses_sink(const app_config& cfg, std::string_view name) {
+  return std::find(cfg.sink.begin(), cfg.sink.end(), name) != cfg.sink.end();
+}
+
+// A sink that stores here (maildir, mbox, null), not one that hands on.
+[[nodiscard]] bool is_local_sink(std::string_view name);
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).
 // On failure returns false with "FILE:LINE:COL: what is wrong" in error.

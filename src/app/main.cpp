@@ -35,11 +35,13 @@
 #include "inboxd/sinks.hpp"
 #include "inboxd/tls.hpp"
 #include "inboxd/version.hpp"
+#include "proto/pipe_command.hpp"
 #include "store/files.hpp"
 
 namespace {
 
 using inboxd::app::app_config;
+using inboxd::app::uses_sink;
 
 // The log (app/log_writer.hpp) leaves once per loop turn and never blocks
 // the loop on a reader that does not read.
@@ -140,6 +142,24 @@ void add_policy_filters(uv_loop_t* loop, app_config& cfg) {
   filters.insert(filters.begin(), made.begin(), made.end());
 }
 
+// The pipe sink's flags (sinks.hpp, pipe_options).
+void add_pipe_flags(CLI::App& app, app_config& v, double& timeout,
+                    const CLI::Validator& at_least_one, const CLI::Validator& whole) {
+  app.add_option("--pipe-command", v.pipe_command,
+                 "'PROGRAM ARGS...' that --sink pipe runs per message, the message on its stdin "
+                 "(split as sh(1) would, never run by a shell unless it names one)");
+  app.add_option("--pipe-max", v.pipe_max, "pipe programs running at once (default 100)")
+      ->check(at_least_one);
+  app.add_option("--pipe-queue", v.pipe_queue,
+                 "messages waiting for a pipe program beyond those; more get 451 (default 100)")
+      ->check(whole);
+  app.add_option("--pipe-timeout", timeout,
+                 "seconds a pipe program may run before it is killed and 451 sent (default 100)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--pipe-from-line", v.pipe_from_line,
+               "an mbox \"From \" line before the message on the program's stdin");
+}
+
 // Returns the exit code to use now, or -1 to go on.
 int parse(int argc, char** argv, command_line& cl) {
   CLI::App app{"inboxd: a lightweight inbound SMTP server", "inboxd"};
@@ -167,8 +187,10 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--maildir", v.maildir, "Maildir, or a template with {domain} and {user}");
   app.add_option("--mbox", v.mbox,
                  "store into mbox files from this template, e.g. var/mail/{user}");
-  app.add_option("--sink", v.sink, "where mail goes: maildir, mbox or null")
-      ->check(CLI::IsMember({"maildir", "mbox", "null"}));
+  app.add_option("--sink", v.sink,
+                 "where mail goes: maildir, mbox, null or pipe; given twice, a local store and "
+                 "a hand-off (a copy is stored once the hand-off took it)")
+      ->check(CLI::IsMember({"maildir", "mbox", "null", "pipe"}));
   app.add_option("--maildir-sync", v.maildir_sync,
                  "fsync (default): file and new/ per message; syncfs: one syncfs of the "
                  "Maildir's filesystem shared by concurrent messages (a filesystem of its own)")
@@ -264,6 +286,8 @@ int parse(int argc, char** argv, command_line& cl) {
       ->check(CLI::IsMember({"normalize", "reject"}));
   add_worker_flags(app, cl);
   add_policy_flags(app, cl);
+  double pipe_timeout = 0;
+  add_pipe_flags(app, v, pipe_timeout, at_least_one, whole);
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION + " (" +
                                         inboxd::tls_library_version() + ")");
   app.footer("Also: inboxd passwd   (reads a password on stdin, prints a hash for --auth-users)");
@@ -295,7 +319,7 @@ int parse(int argc, char** argv, command_line& cl) {
   if (given("--mbox"))
     o.push_back([=](app_config& c) {
       c.mbox = v.mbox;
-      c.sink = "mbox";
+      c.sink = {"mbox"};
     });
   if (given("--sink")) o.push_back([=](app_config& c) { c.sink = v.sink; });
   if (given("--spool-dir")) o.push_back([=](app_config& c) { c.spool_dir = v.spool_dir; });
@@ -379,6 +403,12 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([=](app_config& c) { c.memory_budget = v.memory_budget; });
   if (given("--metrics"))
     o.push_back([=](app_config& c) { c.server.metrics_listen = v.server.metrics_listen; });
+  if (given("--pipe-command")) o.push_back([=](app_config& c) { c.pipe_command = v.pipe_command; });
+  if (given("--pipe-max")) o.push_back([=](app_config& c) { c.pipe_max = v.pipe_max; });
+  if (given("--pipe-queue")) o.push_back([=](app_config& c) { c.pipe_queue = v.pipe_queue; });
+  if (given("--pipe-timeout"))
+    o.push_back([=](app_config& c) { c.pipe_timeout = seconds(pipe_timeout); });
+  if (given("--pipe-from-line")) o.push_back([](app_config& c) { c.pipe_from_line = true; });
   if (given("--bare-newline"))
     o.push_back([=](app_config& c) {
       c.server.session.bare_newline = bare_newline == "reject"
@@ -397,6 +427,11 @@ bool load(const command_line& cl, app_config& cfg, std::string& error) {
   for (const auto& apply : cl.overrides) apply(cfg);
   return inboxd::app::validate(cfg, error);
 }
+
+std::shared_ptr<inboxd::sink> open_sink(const std::string& name, uv_loop_t* loop,
+                                        const app_config& cfg,
+                                        const std::shared_ptr<inboxd::memory_budget>& memory,
+                                        inboxd::file_owner owner, std::string& error);
 
 // Opens what the config names: the sink, the TLS credentials, the password
 // file. Both sinks count their memory in the one budget the program keeps
@@ -421,8 +456,38 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
     if (!cfg.server.auth) return nullptr;
   }
   add_policy_filters(loop, cfg);
-  if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
-  if (cfg.sink == "mbox")
+  if (cfg.sink.size() == 1) return open_sink(cfg.sink[0], loop, cfg, memory, owner, error);
+  // The hand-off commits first, the local store only after it (sinks.hpp).
+  bool local_first = inboxd::app::is_local_sink(cfg.sink[0]);
+  std::shared_ptr<inboxd::sink> local =
+      open_sink(cfg.sink[local_first ? 0 : 1], loop, cfg, memory, owner, error);
+  if (!local) return nullptr;
+  std::shared_ptr<inboxd::sink> hop =
+      open_sink(cfg.sink[local_first ? 1 : 0], loop, cfg, memory, owner, error);
+  if (!hop) return nullptr;
+  return inboxd::make_tee_sink(std::move(hop), std::move(local));
+}
+
+// Opens one sink by its name; as open_parts, this blocks.
+std::shared_ptr<inboxd::sink> open_sink(const std::string& name, uv_loop_t* loop,
+                                        const app_config& cfg,
+                                        const std::shared_ptr<inboxd::memory_budget>& memory,
+                                        inboxd::file_owner owner, std::string& error) {
+  if (name == "null") return std::make_shared<inboxd::null_sink>();
+  // One count of running programs for every pipe sink (reloads make new
+  // ones), as the memory budget; made once, used on the loop thread only.
+  static const std::shared_ptr<inboxd::pipe_slots> slots = inboxd::make_pipe_slots();
+  if (name == "pipe")
+    return inboxd::open_pipe_sink(loop,
+                                  {.command = cfg.pipe_command,
+                                   .max_running = cfg.pipe_max,
+                                   .max_waiting = cfg.pipe_queue,
+                                   .timeout = cfg.pipe_timeout,
+                                   .from_line = cfg.pipe_from_line,
+                                   .memory = memory,
+                                   .slots = slots},
+                                  error);
+  if (name == "mbox")
     return inboxd::open_mbox_sink(
         loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = owner},
         error);
@@ -569,14 +634,15 @@ bool check_usable(const command_line& cl, const app_config& cfg, const std::stri
     std::string prefix = store::fixed_prefix(path);
     return prefix.empty() ? std::string(".") : prefix;
   };
-  if (cfg.sink == "maildir") {
+  if (uses_sink(cfg, "maildir")) {
     if (!store::is_template(cfg.maildir)) {
       for (const char* sub : {"/tmp", "/new", "/cur"})
         if (!usable(cfg.maildir + sub, W_OK | X_OK, "the Maildir folder")) return false;
     } else if (!usable(template_root(cfg.maildir), W_OK | X_OK, "the folder of Maildirs")) {
       return false;
     }
-  } else if (cfg.sink == "mbox") {
+  }
+  if (uses_sink(cfg, "mbox")) {
     if (!cfg.spool_dir.empty() && !usable(cfg.spool_dir, W_OK | X_OK, "the spool folder"))
       return false;
     if (!store::is_template(cfg.mbox)) {
@@ -585,6 +651,17 @@ bool check_usable(const command_line& cl, const app_config& cfg, const std::stri
       return false;
     }
   }
+  // A program named by its path that the user may not run would fail
+  // every message with 451: say so now. A bare name is looked up in PATH
+  // by each child.
+  std::vector<std::string> words;
+  if (uses_sink(cfg, "pipe") && inboxd::proto::split_command(cfg.pipe_command, words, error) &&
+      words[0].find('/') != std::string::npos && ::access(words[0].c_str(), X_OK) != 0) {
+    error = fmt::format(FMT_STRING("{} cannot run the pipe program {}: {}"), user, words[0],
+                        std::strerror(errno));
+    return false;
+  }
+  error.clear();
   if (cfg.tls_cert.empty()) {
     readable(cfg.state_dir + "/self-signed-key.pem", "the TLS key");
     readable(cfg.state_dir + "/self-signed-cert.pem", "the TLS certificate");

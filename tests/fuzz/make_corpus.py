@@ -352,6 +352,29 @@ def proxy_header():
     for i, (name, data) in enumerate(sorted(cases.items())):
         write("proxy_header", name, seed(i + 500) + data)
 
+
+# ---------------------------------------------------------------- pipe_command
+# 8 seed bytes, then a command line (also read as a value and as stderr).
+
+
+def pipe_command():
+    cases = {
+        "plain": b"/usr/bin/procmail -d user",
+        "sh": b"sh -c 'cat > \"$OUT\"; echo done >&2'",
+        "double": b'prog "a b" "x\\"y" "\\$HOME" a\\ b',
+        "join": b"ab\\\ncd pre'mid'\"post\" ''",
+        "open-single": b"prog 'open",
+        "open-double": b'prog "open',
+        "backslash-end": b"prog \\",
+        "nul": b"prog\0x",
+        "stderr": b"550 5.1.1 <a@b>: no such user\r\nsecond\n",
+        "flood": b"x" * 3000 + b"\n",
+        "utf8": "j\u00e9r\u00f4me@ex.org;$(rm -rf)".encode(),
+        "words": b"w " * 70,
+    }
+    for i, (name, data) in enumerate(sorted(cases.items())):
+        write("pipe_command", name, seed(i + 600) + data)
+
 if __name__ == "__main__":
     line_reader()
     command()
@@ -360,3 +383,4 @@ if __name__ == "__main__":
     mboxrd()
     http_head()
     proxy_header()
+    pipe_command()
