@@ -1,12 +1,17 @@
 // inboxd/filters.hpp: the filters that come with inboxd (filter.hpp).
 //
-// Each runs on the loop it was made with; every connection it makes is a
-// libuv handle on that loop, and no call blocks.
+// Each works on the loop it was made with, without blocking it: every
+// connection it makes is a libuv handle on that loop. A filter may be made
+// on another thread (a reload reads its config on libuv's pool) but is
+// used, and destroyed, on the loop thread only.
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "inboxd/filter.hpp"
 #include "inboxd/log.hpp"
@@ -15,6 +20,46 @@
 typedef struct uv_loop_s uv_loop_t;
 
 namespace inboxd {
+
+// Policy services
+
+// A client of Postfix's policy delegation protocol (SMTPD_POLICY_README),
+// asked at each RCPT and, with at_data, at the end of each message (its
+// protocol_state END-OF-MESSAGE); the answers are access(5) actions. The
+// defaults are Postfix's smtpd_policy_service_* parameters.
+struct policy_options {
+  // "127.0.0.1:10023", "[::1]:10023", "inet:127.0.0.1:10023" or
+  // "unix:/path": an IP address, since the loop does not wait on DNS.
+  std::string address;
+  bool at_data = false;  // also ask at the end of the message
+  // For connecting, writing the request and reading the answer, each.
+  std::chrono::milliseconds timeout{100'000};
+  unsigned try_limit = 2;  // attempts per request, a new connection each
+  // What a request that failed every attempt gets, as an answer would.
+  std::string default_action = "451 4.3.5 Server configuration problem";
+  // A connection is kept for the next request (of any session) until it
+  // has been idle this long, has lived max_ttl, or served request_limit
+  // requests (0: no limit).
+  std::chrono::milliseconds max_idle{300'000};
+  std::chrono::milliseconds max_ttl{1'000'000};
+  std::size_t request_limit = 0;
+  logger log = {};  // for failures and end-of-message answers; null: stderr
+};
+
+// Whether address has one of the forms above; false with why in error.
+[[nodiscard]] bool check_policy_address(std::string_view address, std::string& error);
+
+// Makes the filter; it connects when first asked. Its connections are
+// shared by every session it opens, one request at a time each. When the
+// filter is destroyed (a reload gave new connections new filters) the
+// connections it keeps idle are closed, and the others once their request
+// is done.
+[[nodiscard]] std::shared_ptr<filter> make_policy_filter(uv_loop_t* loop, policy_options options);
+
+// Closes the idle connections of every policy filter of the loop and keeps
+// none from now on: call it when the server has drained, so that the loop
+// ends (their handles would keep it running until max_idle).
+void close_policy_connections(uv_loop_t* loop) noexcept;
 
 // Milters
 

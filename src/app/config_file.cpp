@@ -167,6 +167,20 @@ void read_workers(reader& r, std::string& out) {
     throw config_error{n->source(), "workers must be \"auto\" or a whole number from 1 to 1024"};
 }
 
+void read_policy(reader& r, app_config& cfg) {
+  policy_options& p = cfg.policy;
+  r.get("policy-service", cfg.policy_services);
+  r.get("policy-at-data", p.at_data);
+  r.get_seconds("policy-timeout", p.timeout);
+  std::size_t tries = p.try_limit;
+  r.get_range("policy-try-limit", 1, 100, tries);
+  p.try_limit = static_cast<unsigned>(tries);
+  r.get("policy-default-action", p.default_action);
+  r.get_seconds("policy-max-idle", p.max_idle);
+  r.get_seconds("policy-max-ttl", p.max_ttl);
+  r.get_number("policy-request-limit", p.request_limit);
+}
+
 void read_file(const toml::table& root, app_config& cfg) {
   reader r(root);
   session_config& s = cfg.server.session;
@@ -240,6 +254,7 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("group", cfg.group);
   r.get("allow-root", cfg.allow_root);
   read_workers(r, cfg.workers);
+  read_policy(r, cfg);
   r.get("milter", cfg.milters);
   r.get("milter-default-action", cfg.milter_default_action);
   r.get_seconds("milter-connect-timeout", cfg.milter_connect_timeout);
@@ -362,6 +377,12 @@ bool validate(const app_config& cfg, std::string& error) {
   }
   if (cfg.server.session.require_auth && cfg.auth_users.empty()) {
     error = "require-auth needs auth-users";
+    return false;
+  }
+  for (const auto& service : cfg.policy_services)
+    if (!check_policy_address(service, error)) return false;
+  if (cfg.policy.timeout.count() <= 0) {
+    error = "policy-timeout must be more than 0 seconds";
     return false;
   }
   if (cfg.milter_default_action != "tempfail" && cfg.milter_default_action != "accept") {

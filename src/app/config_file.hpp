@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "inboxd/config.hpp"
+#include "inboxd/filters.hpp"
 
 namespace inboxd::app {
 
@@ -44,6 +45,10 @@ struct app_config {
   // Worker processes (app/supervisor.hpp): "auto" (one per core) or a
   // count; 1 is one process and no supervisor. Read at start-up only.
   std::string workers = "1";
+  // Policy services (inboxd/filters.hpp), asked before every other filter,
+  // all with the settings of `policy` (its address unused).
+  std::vector<std::string> policy_services;
+  policy_options policy;
   // The pipe sink (pipe_options in sinks.hpp).
   std::string pipe_command;
   std::size_t pipe_max = 100;

@@ -74,6 +74,74 @@ void add_worker_flags(CLI::App& app, command_line& cl) {
           "N|auto"));
 }
 
+// Policy services (inboxd/filters.hpp): the flags, each applied over the
+// config file as given. The defaults are Postfix's smtpd_policy_service_*.
+void add_policy_flags(CLI::App& app, command_line& cl) {
+  struct values {
+    std::vector<std::string> services;
+    double timeout = 0, max_idle = 0, max_ttl = 0;
+    unsigned try_limit = 0;
+    std::size_t request_limit = 0;
+    std::string default_action;
+    bool at_data = false;
+  };
+  auto v = std::make_shared<values>();
+  app.add_option("--policy-service", v->services,
+                 "IP:PORT or unix:/path of a Postfix policy server (SMTPD_POLICY_README) asked "
+                 "at each RCPT, repeatable, before any other filter");
+  auto* at_data = app.add_flag("--policy-at-data", v->at_data,
+                               "ask the policy services at the end of each message too");
+  auto* timeout = app.add_option("--policy-timeout", v->timeout,
+                                 "seconds to connect, send and read an answer (default 100)")
+                      ->check(CLI::PositiveNumber);
+  auto* tries = app.add_option("--policy-try-limit", v->try_limit,
+                               "attempts per request, each on a new connection (default 2)")
+                    ->check(CLI::Range(1, 100));
+  auto* action = app.add_option("--policy-default-action", v->default_action,
+                                "the action when no answer came (default \"451 4.3.5 Server "
+                                "configuration problem\")");
+  auto* idle = app.add_option("--policy-max-idle", v->max_idle,
+                              "seconds an idle connection is kept (default 300)")
+                   ->check(CLI::PositiveNumber);
+  auto* ttl = app.add_option("--policy-max-ttl", v->max_ttl,
+                             "seconds after which a connection is not reused (default 1000)")
+                  ->check(CLI::PositiveNumber);
+  auto* limit = app.add_option("--policy-request-limit", v->request_limit,
+                               "requests per connection (default 0: no limit)");
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
+  app.final_callback([=, &cl, &app] {
+    auto& o = cl.overrides;
+    if (app.count("--policy-service"))
+      o.push_back([=](app_config& c) { c.policy_services = v->services; });
+    if (at_data->count()) o.push_back([](app_config& c) { c.policy.at_data = true; });
+    if (timeout->count()) o.push_back([=](app_config& c) { c.policy.timeout = ms(v->timeout); });
+    if (tries->count()) o.push_back([=](app_config& c) { c.policy.try_limit = v->try_limit; });
+    if (action->count())
+      o.push_back([=](app_config& c) { c.policy.default_action = v->default_action; });
+    if (idle->count()) o.push_back([=](app_config& c) { c.policy.max_idle = ms(v->max_idle); });
+    if (ttl->count()) o.push_back([=](app_config& c) { c.policy.max_ttl = ms(v->max_ttl); });
+    if (limit->count())
+      o.push_back([=](app_config& c) { c.policy.request_limit = v->request_limit; });
+  });
+}
+
+// The policy services go first in the server's filters: Postfix applies
+// its restrictions (check_policy_service) before the milters see RCPT.
+// Made without touching the loop, so a reload may make them on the pool.
+void add_policy_filters(uv_loop_t* loop, app_config& cfg) {
+  auto& filters = cfg.server.filters;
+  std::vector<std::shared_ptr<inboxd::filter>> made;
+  for (const auto& address : cfg.policy_services) {
+    inboxd::policy_options o = cfg.policy;
+    o.address = address;
+    o.log = {
+        [](void*, inboxd::log_level level, std::string_view line) { the_log().write(level, line); },
+        nullptr};
+    made.push_back(inboxd::make_policy_filter(loop, std::move(o)));
+  }
+  filters.insert(filters.begin(), made.begin(), made.end());
+}
+
 // The pipe sink's flags (sinks.hpp, pipe_options).
 void add_pipe_flags(CLI::App& app, app_config& v, double& timeout,
                     const CLI::Validator& at_least_one, const CLI::Validator& whole) {
@@ -217,6 +285,7 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
   add_worker_flags(app, cl);
+  add_policy_flags(app, cl);
   double pipe_timeout = 0;
   add_pipe_flags(app, v, pipe_timeout, at_least_one, whole);
   // Milters: Postfix's smtpd_milters, milter_default_action, milter_*_timeout.
@@ -429,6 +498,7 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
     cfg.server.auth = inboxd::load_password_file(loop, cfg.auth_users, error);
     if (!cfg.server.auth) return nullptr;
   }
+  add_policy_filters(loop, cfg);
   add_milters(loop, cfg, memory);
   if (cfg.sink.size() == 1) return open_sink(cfg.sink[0], loop, cfg, memory, owner, error);
   // The hand-off commits first, the local store only after it (sinks.hpp).
@@ -835,6 +905,7 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
             uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
           for (uv_timer_t* t : {&r->status_timer, &r->watchdog_timer})
             uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+          inboxd::close_policy_connections(r->loop);
           the_log().stop();
         },
         rt);
@@ -984,6 +1055,9 @@ int main(int argc, char** argv) {
   cfg.server.memory = memory;  // Reported in the metrics.
   inboxd::server srv(loop, cfg.server, sink, counting_logger());
   sink.reset();
+  // The server holds the filters now: when a reload replaces them, the old
+  // ones go with their last session, and close their connections.
+  cfg.server.filters.clear();
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
     uv_run(loop, UV_RUN_DEFAULT);
