@@ -122,5 +122,46 @@ struct handoff_options {
 // (call it at start-up or on the pool). Returns null with error on failure.
 std::unique_ptr<sink> open_handoff_sink(uv_loop_t* loop, const handoff_options& options,
                                         std::string& error);
+// The running pipe programs and the messages that wait for one. Share one
+// between the pipe sinks of a program across reloads, as the memory budget,
+// so that --pipe-max holds while an old sink's programs still run (each
+// counts against the limit of the sink it came from).
+struct pipe_slots;
+std::shared_ptr<pipe_slots> make_pipe_slots();
+
+// The pipe sink: a program per message, the message on its standard input
+// (Postfix's pipe(8)). docs/DESIGN.md, "Sinks", says how it runs.
+struct pipe_options {
+  // The command line, split into words as sh(1) would but never run
+  // through a shell (one that wants a shell names it: sh -c '...').
+  std::string command;
+  std::size_t max_running = 100;  // children at once (Postfix's default_process_limit)
+  // Messages waiting for a child beyond those; past this one more gets 451.
+  std::size_t max_waiting = 100;
+  // A child still running this long after it started (or a message still
+  // waiting this long for one) is killed with its process group: 451.
+  // Postfix's smtpd_proxy_timeout: the client waits for the answer.
+  std::chrono::milliseconds timeout{100'000};
+  bool from_line = false;                      // an mbox "From " line first (pipe(8)'s flag F)
+  std::shared_ptr<memory_budget> memory = {};  // null: one of its own, with the default limit
+  std::shared_ptr<pipe_slots> slots = {};      // null: its own
+};
+
+// Checks the command and returns the sink, or null with error set. It runs
+// nothing yet. The program inherits the process's user (after --user, that
+// one) and must not need SIGPIPE: the process ignores it (a child that
+// does not read its input is a write error here, not a signal).
+std::unique_ptr<sink> open_pipe_sink(uv_loop_t* loop, const pipe_options& options,
+                                     std::string& error);
+
+// Two sinks as one: each message goes to both (write() pauses while either
+// does), then the first commits and the second only when every recipient
+// of the first was stored, so a local copy (second) is kept only of what
+// the hand-off (first) took. Each recipient gets the worse of the two
+// outcomes, and the first's reply where it is not the worse. Where the
+// first stored only some recipients (independent outcomes, LMTP), the
+// second copy is dropped whole: the first's outcomes are the answer. It
+// offers DSN when the first does.
+std::unique_ptr<sink> make_tee_sink(std::shared_ptr<sink> first, std::shared_ptr<sink> second);
 
 }  // namespace inboxd

@@ -9,6 +9,9 @@
 #include <charconv>
 #include <set>
 
+#include "inboxd/filters.hpp"
+#include "proto/pipe_command.hpp"
+
 namespace inboxd::app {
 namespace {
 
@@ -164,6 +167,20 @@ void read_workers(reader& r, std::string& out) {
     throw config_error{n->source(), "workers must be \"auto\" or a whole number from 1 to 1024"};
 }
 
+void read_policy(reader& r, app_config& cfg) {
+  policy_options& p = cfg.policy;
+  r.get("policy-service", cfg.policy_services);
+  r.get("policy-at-data", p.at_data);
+  r.get_seconds("policy-timeout", p.timeout);
+  std::size_t tries = p.try_limit;
+  r.get_range("policy-try-limit", 1, 100, tries);
+  p.try_limit = static_cast<unsigned>(tries);
+  r.get("policy-default-action", p.default_action);
+  r.get_seconds("policy-max-idle", p.max_idle);
+  r.get_seconds("policy-max-ttl", p.max_ttl);
+  r.get_number("policy-request-limit", p.request_limit);
+}
+
 void read_file(const toml::table& root, app_config& cfg) {
   reader r(root);
   session_config& s = cfg.server.session;
@@ -187,6 +204,11 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("smtp-auth-file", cfg.smtp_auth_file);
   r.get("maildir-sync", cfg.maildir_sync);
   r.get("mbox", cfg.mbox);
+  r.get("pipe-command", cfg.pipe_command);
+  r.get_count("pipe-max", cfg.pipe_max);
+  r.get_number("pipe-queue", cfg.pipe_queue);
+  r.get_seconds("pipe-timeout", cfg.pipe_timeout);
+  r.get("pipe-from-line", cfg.pipe_from_line);
   r.get("spool-dir", cfg.spool_dir);
   r.get("listen-tls", cfg.server.listen_tls);
   r.get("listen-lmtp", cfg.server.listen_lmtp);
@@ -242,6 +264,12 @@ void read_file(const toml::table& root, app_config& cfg) {
   r.get("group", cfg.group);
   r.get("allow-root", cfg.allow_root);
   read_workers(r, cfg.workers);
+  read_policy(r, cfg);
+  r.get("milter", cfg.milters);
+  r.get("milter-default-action", cfg.milter_default_action);
+  r.get_seconds("milter-connect-timeout", cfg.milter_connect_timeout);
+  r.get_seconds("milter-command-timeout", cfg.milter_command_timeout);
+  r.get_seconds("milter-content-timeout", cfg.milter_content_timeout);
   if (const toml::node* n = r.find("domain")) {
     const toml::array* a = n->as_array();
     if (!a) throw config_error{n->source(), "domain must be a list of tables: [[domain]]"};
@@ -294,18 +322,31 @@ bool parse_socket_mode(const std::string& text, unsigned& mode) {
   return mode <= 0777;
 }
 
-bool validate(const app_config& cfg, std::string& error) {
-  if (cfg.sink != "maildir" && cfg.sink != "mbox" && cfg.sink != "null" && cfg.sink != "lmtp" &&
-      cfg.sink != "smtp") {
-    error = fmt::format(FMT_STRING("sink must be maildir, mbox, null, lmtp or smtp, not '{}'"),
-                        cfg.sink);
+bool is_local_sink(std::string_view name) {
+  return name == "maildir" || name == "mbox" || name == "null";
+}
+
+namespace {
+
+// One sink, or a local store and a hand-off (make_tee_sink in sinks.hpp).
+bool validate_sinks(const app_config& cfg, std::string& error) {
+  for (const std::string& name : cfg.sink) {
+    if (!is_local_sink(name) && name != "pipe" && name != "lmtp" && name != "smtp") {
+      error = fmt::format(
+          FMT_STRING("sink must be maildir, mbox, null, pipe, lmtp or smtp, not '{}'"), name);
+      return false;
+    }
+  }
+  std::size_t local = std::count_if(cfg.sink.begin(), cfg.sink.end(), is_local_sink);
+  if (cfg.sink.empty() || cfg.sink.size() > 2 || (cfg.sink.size() == 2 && local != 1)) {
+    error = "sink names one sink, or two: a local store (maildir, mbox, null) and a hand-off";
     return false;
   }
-  if (cfg.sink == "lmtp" && cfg.lmtp_to.empty()) {
+  if (uses_sink(cfg, "lmtp") && cfg.lmtp_to.empty()) {
     error = "sink = \"lmtp\" needs lmtp-to, e.g. lmtp-to = \"unix:/run/dovecot/lmtp\"";
     return false;
   }
-  if (cfg.sink == "smtp" && cfg.smtp_to.empty()) {
+  if (uses_sink(cfg, "smtp") && cfg.smtp_to.empty()) {
     error = "sink = \"smtp\" needs smtp-to, e.g. smtp-to = \"relay.example:25\"";
     return false;
   }
@@ -314,12 +355,32 @@ bool validate(const app_config& cfg, std::string& error) {
         fmt::format(FMT_STRING("smtp-tls must be none, may or require, not '{}'"), cfg.smtp_tls);
     return false;
   }
+  if (uses_sink(cfg, "pipe") && cfg.pipe_command.empty()) {
+    error = "sink = \"pipe\" needs pipe-command, e.g. pipe-command = \"/usr/bin/procmail -d user\"";
+    return false;
+  }
+  std::vector<std::string> words;
+  if (uses_sink(cfg, "pipe") && !proto::split_command(cfg.pipe_command, words, error)) {
+    error = "pipe-command: " + error;
+    return false;
+  }
+  if (cfg.pipe_timeout.count() <= 0) {
+    error = "pipe-timeout must be more than 0 seconds";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool validate(const app_config& cfg, std::string& error) {
+  if (!validate_sinks(cfg, error)) return false;
   if (cfg.maildir_sync != "fsync" && cfg.maildir_sync != "syncfs") {
     error =
         fmt::format(FMT_STRING("maildir-sync must be fsync or syncfs, not '{}'"), cfg.maildir_sync);
     return false;
   }
-  if (cfg.sink == "mbox" && cfg.mbox.empty()) {
+  if (uses_sink(cfg, "mbox") && cfg.mbox.empty()) {
     error = "sink = \"mbox\" needs an mbox path template, e.g. mbox = \"var/mail/{user}\"";
     return false;
   }
@@ -342,6 +403,19 @@ bool validate(const app_config& cfg, std::string& error) {
     error = "require-auth needs auth-users";
     return false;
   }
+  for (const auto& service : cfg.policy_services)
+    if (!check_policy_address(service, error)) return false;
+  if (cfg.policy.timeout.count() <= 0) {
+    error = "policy-timeout must be more than 0 seconds";
+    return false;
+  }
+  if (cfg.milter_default_action != "tempfail" && cfg.milter_default_action != "accept") {
+    error = fmt::format(FMT_STRING("milter-default-action must be tempfail or accept, not '{}'"),
+                        cfg.milter_default_action);
+    return false;
+  }
+  for (const auto& m : cfg.milters)
+    if (!inboxd::valid_milter_address(m, error)) return false;
   for (const auto& d : cfg.server.recipients.domains) {
     for (const auto& [alias, targets] : d.aliases) {
       if (targets.empty()) {

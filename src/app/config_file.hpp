@@ -6,19 +6,24 @@
 // the same flags on top, so a flag keeps winning.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "inboxd/config.hpp"
+#include "inboxd/filters.hpp"
 
 namespace inboxd::app {
 
 struct app_config {
   server_config server;
-  std::string sink = "maildir";  // maildir | mbox | null | lmtp | smtp
+  // Where mail goes: maildir | mbox | null | pipe | lmtp | smtp, or two of them, a local
+  // store and a hand-off (store a copy and forward: make_tee_sink).
+  std::vector<std::string> sink = {"maildir"};
   std::string maildir = "var/maildir";
   std::string maildir_sync = "fsync";  // fsync | syncfs (maildir_sync in sinks.hpp)
   std::string mbox;                    // a path template; selects the mbox sink on the command line
@@ -49,7 +54,31 @@ struct app_config {
   // Worker processes (app/supervisor.hpp): "auto" (one per core) or a
   // count; 1 is one process and no supervisor. Read at start-up only.
   std::string workers = "1";
+  // Policy services (inboxd/filters.hpp), asked before every other filter,
+  // all with the settings of `policy` (its address unused).
+  std::vector<std::string> policy_services;
+  policy_options policy;
+  // The pipe sink (pipe_options in sinks.hpp).
+  std::string pipe_command;
+  std::size_t pipe_max = 100;
+  std::size_t pipe_queue = 100;
+  std::chrono::milliseconds pipe_timeout{100'000};
+  bool pipe_from_line = false;
+  // Milters (inboxd/filters.hpp), applied in order after the other filters;
+  // Postfix's milter_default_action and milter_*_timeout.
+  std::vector<std::string> milters;
+  std::string milter_default_action = "tempfail";  // tempfail | accept
+  std::chrono::milliseconds milter_connect_timeout{30'000}, milter_command_timeout{30'000},
+      milter_content_timeout{300'000};
 };
+
+// The one check of which sinks the config names ("maildir", "pipe", ...).
+[[nodiscard]] inline bool uses_sink(const app_config& cfg, std::string_view name) {
+  return std::find(cfg.sink.begin(), cfg.sink.end(), name) != cfg.sink.end();
+}
+
+// A sink that stores here (maildir, mbox, null), not one that hands on.
+[[nodiscard]] bool is_local_sink(std::string_view name);
 
 // Reads a TOML config file into cfg (keys not in the file keep their value).
 // On failure returns false with "FILE:LINE:COL: what is wrong" in error.

@@ -30,15 +30,18 @@
 #include "app/supervisor.hpp"
 #include "app/systemd.hpp"
 #include "inboxd/auth.hpp"
+#include "inboxd/filters.hpp"
 #include "inboxd/server.hpp"
 #include "inboxd/sinks.hpp"
 #include "inboxd/tls.hpp"
 #include "inboxd/version.hpp"
+#include "proto/pipe_command.hpp"
 #include "store/files.hpp"
 
 namespace {
 
 using inboxd::app::app_config;
+using inboxd::app::uses_sink;
 
 // The log (app/log_writer.hpp) leaves once per loop turn and never blocks
 // the loop on a reader that does not read.
@@ -71,6 +74,92 @@ void add_worker_flags(CLI::App& app, command_line& cl) {
           "N|auto"));
 }
 
+// Policy services (inboxd/filters.hpp): the flags, each applied over the
+// config file as given. The defaults are Postfix's smtpd_policy_service_*.
+void add_policy_flags(CLI::App& app, command_line& cl) {
+  struct values {
+    std::vector<std::string> services;
+    double timeout = 0, max_idle = 0, max_ttl = 0;
+    unsigned try_limit = 0;
+    std::size_t request_limit = 0;
+    std::string default_action;
+    bool at_data = false;
+  };
+  auto v = std::make_shared<values>();
+  app.add_option("--policy-service", v->services,
+                 "IP:PORT or unix:/path of a Postfix policy server (SMTPD_POLICY_README) asked "
+                 "at each RCPT, repeatable, before any other filter");
+  auto* at_data = app.add_flag("--policy-at-data", v->at_data,
+                               "ask the policy services at the end of each message too");
+  auto* timeout = app.add_option("--policy-timeout", v->timeout,
+                                 "seconds to connect, send and read an answer (default 100)")
+                      ->check(CLI::PositiveNumber);
+  auto* tries = app.add_option("--policy-try-limit", v->try_limit,
+                               "attempts per request, each on a new connection (default 2)")
+                    ->check(CLI::Range(1, 100));
+  auto* action = app.add_option("--policy-default-action", v->default_action,
+                                "the action when no answer came (default \"451 4.3.5 Server "
+                                "configuration problem\")");
+  auto* idle = app.add_option("--policy-max-idle", v->max_idle,
+                              "seconds an idle connection is kept (default 300)")
+                   ->check(CLI::PositiveNumber);
+  auto* ttl = app.add_option("--policy-max-ttl", v->max_ttl,
+                             "seconds after which a connection is not reused (default 1000)")
+                  ->check(CLI::PositiveNumber);
+  auto* limit = app.add_option("--policy-request-limit", v->request_limit,
+                               "requests per connection (default 0: no limit)");
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
+  app.final_callback([=, &cl, &app] {
+    auto& o = cl.overrides;
+    if (app.count("--policy-service"))
+      o.push_back([=](app_config& c) { c.policy_services = v->services; });
+    if (at_data->count()) o.push_back([](app_config& c) { c.policy.at_data = true; });
+    if (timeout->count()) o.push_back([=](app_config& c) { c.policy.timeout = ms(v->timeout); });
+    if (tries->count()) o.push_back([=](app_config& c) { c.policy.try_limit = v->try_limit; });
+    if (action->count())
+      o.push_back([=](app_config& c) { c.policy.default_action = v->default_action; });
+    if (idle->count()) o.push_back([=](app_config& c) { c.policy.max_idle = ms(v->max_idle); });
+    if (ttl->count()) o.push_back([=](app_config& c) { c.policy.max_ttl = ms(v->max_ttl); });
+    if (limit->count())
+      o.push_back([=](app_config& c) { c.policy.request_limit = v->request_limit; });
+  });
+}
+
+// The policy services go first in the server's filters: Postfix applies
+// its restrictions (check_policy_service) before the milters see RCPT.
+// Made without touching the loop, so a reload may make them on the pool.
+void add_policy_filters(uv_loop_t* loop, app_config& cfg) {
+  auto& filters = cfg.server.filters;
+  std::vector<std::shared_ptr<inboxd::filter>> made;
+  for (const auto& address : cfg.policy_services) {
+    inboxd::policy_options o = cfg.policy;
+    o.address = address;
+    o.log = {
+        [](void*, inboxd::log_level level, std::string_view line) { the_log().write(level, line); },
+        nullptr};
+    made.push_back(inboxd::make_policy_filter(loop, std::move(o)));
+  }
+  filters.insert(filters.begin(), made.begin(), made.end());
+}
+
+// The pipe sink's flags (sinks.hpp, pipe_options).
+void add_pipe_flags(CLI::App& app, app_config& v, double& timeout,
+                    const CLI::Validator& at_least_one, const CLI::Validator& whole) {
+  app.add_option("--pipe-command", v.pipe_command,
+                 "'PROGRAM ARGS...' that --sink pipe runs per message, the message on its stdin "
+                 "(split as sh(1) would, never run by a shell unless it names one)");
+  app.add_option("--pipe-max", v.pipe_max, "pipe programs running at once (default 100)")
+      ->check(at_least_one);
+  app.add_option("--pipe-queue", v.pipe_queue,
+                 "messages waiting for a pipe program beyond those; more get 451 (default 100)")
+      ->check(whole);
+  app.add_option("--pipe-timeout", timeout,
+                 "seconds a pipe program may run before it is killed and 451 sent (default 100)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--pipe-from-line", v.pipe_from_line,
+               "an mbox \"From \" line before the message on the program's stdin");
+}
+
 // Returns the exit code to use now, or -1 to go on.
 int parse(int argc, char** argv, command_line& cl) {
   CLI::App app{"inboxd: a lightweight inbound SMTP server", "inboxd"};
@@ -98,8 +187,6 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--maildir", v.maildir, "Maildir, or a template with {domain} and {user}");
   app.add_option("--mbox", v.mbox,
                  "store into mbox files from this template, e.g. var/mail/{user}");
-  app.add_option("--sink", v.sink, "where mail goes: maildir, mbox, null, lmtp or smtp")
-      ->check(CLI::IsMember({"maildir", "mbox", "null", "lmtp", "smtp"}));
   double handoff_times[4] = {};  // connect, command, data, max idle
   app.add_option("--lmtp-to", v.lmtp_to, "the LMTP server of --sink lmtp: HOST:PORT or unix:PATH");
   app.add_option("--smtp-to", v.smtp_to, "the next hop of --sink smtp: HOST:PORT or unix:PATH");
@@ -123,6 +210,10 @@ int parse(int argc, char** argv, command_line& cl) {
                  "PEM CA file to verify the next hop with (require; default: the system's)");
   app.add_option("--smtp-auth-file", v.smtp_auth_file,
                  "file with a user:password line: AUTH PLAIN towards the next hop");
+  app.add_option("--sink", v.sink,
+                 "where mail goes: maildir, mbox, null, pipe, lmtp or smtp; given twice, a local "
+                 "store and a hand-off (a copy is stored once the hand-off took it)")
+      ->check(CLI::IsMember({"maildir", "mbox", "null", "pipe", "lmtp", "smtp"}));
   app.add_option("--maildir-sync", v.maildir_sync,
                  "fsync (default): file and new/ per message; syncfs: one syncfs of the "
                  "Maildir's filesystem shared by concurrent messages (a filesystem of its own)")
@@ -217,6 +308,22 @@ int parse(int argc, char** argv, command_line& cl) {
   app.add_option("--bare-newline", bare_newline, "normalize (default) or reject")
       ->check(CLI::IsMember({"normalize", "reject"}));
   add_worker_flags(app, cl);
+  add_policy_flags(app, cl);
+  double pipe_timeout = 0;
+  add_pipe_flags(app, v, pipe_timeout, at_least_one, whole);
+  // Milters: Postfix's smtpd_milters, milter_default_action, milter_*_timeout.
+  double milter_timeouts[3] = {30, 30, 300};
+  app.add_option("--milter", v.milters, "HOST:PORT or unix:PATH of a milter, repeatable, in order");
+  app.add_option("--milter-default-action", v.milter_default_action,
+                 "when a milter fails: tempfail (default) or accept")
+      ->check(CLI::IsMember({"tempfail", "accept"}));
+  app.add_option("--milter-connect-timeout", milter_timeouts[0], "seconds (default 30)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--milter-command-timeout", milter_timeouts[1], "seconds (default 30)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--milter-content-timeout", milter_timeouts[2],
+                 "seconds for the message's end (default 300)")
+      ->check(CLI::PositiveNumber);
   app.set_version_flag("--version", std::string("inboxd ") + INBOXD_VERSION + " (" +
                                         inboxd::tls_library_version() + ")");
   app.footer("Also: inboxd passwd   (reads a password on stdin, prints a hash for --auth-users)");
@@ -248,7 +355,7 @@ int parse(int argc, char** argv, command_line& cl) {
   if (given("--mbox"))
     o.push_back([=](app_config& c) {
       c.mbox = v.mbox;
-      c.sink = "mbox";
+      c.sink = {"mbox"};
     });
   if (given("--sink")) o.push_back([=](app_config& c) { c.sink = v.sink; });
   if (given("--spool-dir")) o.push_back([=](app_config& c) { c.spool_dir = v.spool_dir; });
@@ -348,6 +455,21 @@ int parse(int argc, char** argv, command_line& cl) {
     o.push_back([=](app_config& c) { c.memory_budget = v.memory_budget; });
   if (given("--metrics"))
     o.push_back([=](app_config& c) { c.server.metrics_listen = v.server.metrics_listen; });
+  if (given("--pipe-command")) o.push_back([=](app_config& c) { c.pipe_command = v.pipe_command; });
+  if (given("--pipe-max")) o.push_back([=](app_config& c) { c.pipe_max = v.pipe_max; });
+  if (given("--pipe-queue")) o.push_back([=](app_config& c) { c.pipe_queue = v.pipe_queue; });
+  if (given("--pipe-timeout"))
+    o.push_back([=](app_config& c) { c.pipe_timeout = seconds(pipe_timeout); });
+  if (given("--pipe-from-line")) o.push_back([](app_config& c) { c.pipe_from_line = true; });
+  if (given("--milter")) o.push_back([=](app_config& c) { c.milters = v.milters; });
+  if (given("--milter-default-action"))
+    o.push_back([=](app_config& c) { c.milter_default_action = v.milter_default_action; });
+  if (given("--milter-connect-timeout"))
+    o.push_back([=](app_config& c) { c.milter_connect_timeout = seconds(milter_timeouts[0]); });
+  if (given("--milter-command-timeout"))
+    o.push_back([=](app_config& c) { c.milter_command_timeout = seconds(milter_timeouts[1]); });
+  if (given("--milter-content-timeout"))
+    o.push_back([=](app_config& c) { c.milter_content_timeout = seconds(milter_timeouts[2]); });
   if (given("--bare-newline"))
     o.push_back([=](app_config& c) {
       c.server.session.bare_newline = bare_newline == "reject"
@@ -388,6 +510,32 @@ inboxd::handoff_options handoff_options(const app_config& cfg, bool lmtp,
           .memory = memory};
 }
 
+std::shared_ptr<inboxd::sink> open_sink(const std::string& name, uv_loop_t* loop,
+                                        const app_config& cfg,
+                                        const std::shared_ptr<inboxd::memory_budget>& memory,
+                                        inboxd::file_owner owner, std::string& error);
+// The milters go after the other filters (a policy service asks first, as
+// Postfix's smtpd_*_restrictions run before smtpd_milters). A message held
+// for them past the memory budget waits in an unnamed file in $TMPDIR.
+void add_milters(uv_loop_t* loop, app_config& cfg,
+                 const std::shared_ptr<inboxd::memory_budget>& memory) {
+  const char* tmp = std::getenv("TMPDIR");
+  auto ms = [](std::chrono::milliseconds d) { return static_cast<std::uint32_t>(d.count()); };
+  for (const auto& address : cfg.milters)
+    cfg.server.filters.push_back(inboxd::make_milter(
+        loop, {.address = address,
+               .connect_timeout_ms = ms(cfg.milter_connect_timeout),
+               .command_timeout_ms = ms(cfg.milter_command_timeout),
+               .content_timeout_ms = ms(cfg.milter_content_timeout),
+               .accept_on_failure = cfg.milter_default_action == "accept",
+               .memory = memory,
+               .spool_dir = tmp && *tmp ? tmp : "/tmp",
+               .log = {[](void*, inboxd::log_level level, std::string_view line) {
+                         the_log().write(level, line);
+                       },
+                       nullptr}}));
+}
+
 // Opens what the config names: the sink, the TLS credentials, the password
 // file. Both sinks count their memory in the one budget the program keeps
 // for its whole life (its limit is the loop thread's to change). What this
@@ -410,10 +558,42 @@ std::shared_ptr<inboxd::sink> open_parts(uv_loop_t* loop, app_config& cfg,
     cfg.server.auth = inboxd::load_password_file(loop, cfg.auth_users, error);
     if (!cfg.server.auth) return nullptr;
   }
-  if (cfg.sink == "null") return std::make_shared<inboxd::null_sink>();
-  if (cfg.sink == "lmtp" || cfg.sink == "smtp")
-    return inboxd::open_handoff_sink(loop, handoff_options(cfg, cfg.sink == "lmtp", memory), error);
-  if (cfg.sink == "mbox")
+  add_policy_filters(loop, cfg);
+  add_milters(loop, cfg, memory);
+  if (cfg.sink.size() == 1) return open_sink(cfg.sink[0], loop, cfg, memory, owner, error);
+  // The hand-off commits first, the local store only after it (sinks.hpp).
+  bool local_first = inboxd::app::is_local_sink(cfg.sink[0]);
+  std::shared_ptr<inboxd::sink> local =
+      open_sink(cfg.sink[local_first ? 0 : 1], loop, cfg, memory, owner, error);
+  if (!local) return nullptr;
+  std::shared_ptr<inboxd::sink> hop =
+      open_sink(cfg.sink[local_first ? 1 : 0], loop, cfg, memory, owner, error);
+  if (!hop) return nullptr;
+  return inboxd::make_tee_sink(std::move(hop), std::move(local));
+}
+
+// Opens one sink by its name; as open_parts, this blocks.
+std::shared_ptr<inboxd::sink> open_sink(const std::string& name, uv_loop_t* loop,
+                                        const app_config& cfg,
+                                        const std::shared_ptr<inboxd::memory_budget>& memory,
+                                        inboxd::file_owner owner, std::string& error) {
+  if (name == "null") return std::make_shared<inboxd::null_sink>();
+  if (name == "lmtp" || name == "smtp")
+    return inboxd::open_handoff_sink(loop, handoff_options(cfg, name == "lmtp", memory), error);
+  // One count of running programs for every pipe sink (reloads make new
+  // ones), as the memory budget; made once, used on the loop thread only.
+  static const std::shared_ptr<inboxd::pipe_slots> slots = inboxd::make_pipe_slots();
+  if (name == "pipe")
+    return inboxd::open_pipe_sink(loop,
+                                  {.command = cfg.pipe_command,
+                                   .max_running = cfg.pipe_max,
+                                   .max_waiting = cfg.pipe_queue,
+                                   .timeout = cfg.pipe_timeout,
+                                   .from_line = cfg.pipe_from_line,
+                                   .memory = memory,
+                                   .slots = slots},
+                                  error);
+  if (name == "mbox")
     return inboxd::open_mbox_sink(
         loop, {.path = cfg.mbox, .spool_dir = cfg.spool_dir, .memory = memory, .owner = owner},
         error);
@@ -560,14 +740,15 @@ bool check_usable(const command_line& cl, const app_config& cfg, const std::stri
     std::string prefix = store::fixed_prefix(path);
     return prefix.empty() ? std::string(".") : prefix;
   };
-  if (cfg.sink == "maildir") {
+  if (uses_sink(cfg, "maildir")) {
     if (!store::is_template(cfg.maildir)) {
       for (const char* sub : {"/tmp", "/new", "/cur"})
         if (!usable(cfg.maildir + sub, W_OK | X_OK, "the Maildir folder")) return false;
     } else if (!usable(template_root(cfg.maildir), W_OK | X_OK, "the folder of Maildirs")) {
       return false;
     }
-  } else if (cfg.sink == "mbox") {
+  }
+  if (uses_sink(cfg, "mbox")) {
     if (!cfg.spool_dir.empty() && !usable(cfg.spool_dir, W_OK | X_OK, "the spool folder"))
       return false;
     if (!store::is_template(cfg.mbox)) {
@@ -576,6 +757,17 @@ bool check_usable(const command_line& cl, const app_config& cfg, const std::stri
       return false;
     }
   }
+  // A program named by its path that the user may not run would fail
+  // every message with 451: say so now. A bare name is looked up in PATH
+  // by each child.
+  std::vector<std::string> words;
+  if (uses_sink(cfg, "pipe") && inboxd::proto::split_command(cfg.pipe_command, words, error) &&
+      words[0].find('/') != std::string::npos && ::access(words[0].c_str(), X_OK) != 0) {
+    error = fmt::format(FMT_STRING("{} cannot run the pipe program {}: {}"), user, words[0],
+                        std::strerror(errno));
+    return false;
+  }
+  error.clear();
   if (cfg.tls_cert.empty()) {
     readable(cfg.state_dir + "/self-signed-key.pem", "the TLS key");
     readable(cfg.state_dir + "/self-signed-cert.pem", "the TLS certificate");
@@ -775,6 +967,7 @@ void on_stop_signal(uv_signal_t* handle, int signum) noexcept {
             uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
           for (uv_timer_t* t : {&r->status_timer, &r->watchdog_timer})
             uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+          inboxd::close_policy_connections(r->loop);
           the_log().stop();
         },
         rt);
@@ -924,6 +1117,9 @@ int main(int argc, char** argv) {
   cfg.server.memory = memory;  // Reported in the metrics.
   inboxd::server srv(loop, cfg.server, sink, counting_logger());
   sink.reset();
+  // The server holds the filters now: when a reload replaces them, the old
+  // ones go with their last session, and close their connections.
+  cfg.server.filters.clear();
   if (!srv.start(error)) {
     fmt::print(stderr, "inboxd: {}\n", error);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -352,6 +352,55 @@ def proxy_header():
     for i, (name, data) in enumerate(sorted(cases.items())):
         write("proxy_header", name, seed(i + 500) + data)
 
+
+# ---------------------------------------------------------------- pipe_command
+# 8 seed bytes, then a command line (also read as a value and as stderr).
+
+
+def pipe_command():
+    cases = {
+        "plain": b"/usr/bin/procmail -d user",
+        "sh": b"sh -c 'cat > \"$OUT\"; echo done >&2'",
+        "double": b'prog "a b" "x\\"y" "\\$HOME" a\\ b',
+        "join": b"ab\\\ncd pre'mid'\"post\" ''",
+        "open-single": b"prog 'open",
+        "open-double": b'prog "open',
+        "backslash-end": b"prog \\",
+        "nul": b"prog\0x",
+        "stderr": b"550 5.1.1 <a@b>: no such user\r\nsecond\n",
+        "flood": b"x" * 3000 + b"\n",
+        "utf8": "j\u00e9r\u00f4me@ex.org;$(rm -rf)".encode(),
+        "words": b"w " * 70,
+    }
+    for i, (name, data) in enumerate(sorted(cases.items())):
+        write("pipe_command", name, seed(i + 600) + data)
+
+
+# ---------------------------------------------------------------- milter
+# 8 seed bytes, then the milter's reply packets.
+
+
+def mpacket(code, data=b""):
+    return struct.pack(">I", len(data) + 1) + code + data
+
+
+def milter():
+    p, idx = mpacket, lambda n: struct.pack(">I", n)
+    cases = {
+        "optneg": p(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF) + idx(2) + b"{mail_addr} i\0") + p(b"c"),
+        "eom": p(b"h", b"X-Spam\0yes\0") + p(b"i", idx(0) + b"DKIM-Signature\0 v=1; a=rsa\n\tb=x\0")
+        + p(b"m", idx(1) + b"Subject\0\0") + p(b"e", b"<s@x>\0SIZE=1\0") + p(b"+", b"<r@x>\0")
+        + p(b"-", b"<r@y>\0") + p(b"2", b"<r@z>\0NOTIFY=NEVER\0") + p(b"q", b"why\0") + p(b"p") + p(b"a"),
+        "replycode": p(b"y", b"550 5.7.1 no\0") + p(b"t") + p(b"r") + p(b"d") + p(b"s") + p(b"4")
+        + p(b"f") + p(b"l", idx(1) + b"j\0") + p(b"b", b"body\r\n"),
+        "garbage": b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        "long": struct.pack(">I", 0x7FFFFFFF) + b"c",
+        "bad": p(b"h", b"only\0") + p(b"c"),
+    }
+    for i, (name, data) in enumerate(sorted(cases.items())):
+        write("milter", name, seed(i + 700) + data)
+
+
 if __name__ == "__main__":
     line_reader()
     command()
@@ -360,3 +409,5 @@ if __name__ == "__main__":
     mboxrd()
     http_head()
     proxy_header()
+    pipe_command()
+    milter()

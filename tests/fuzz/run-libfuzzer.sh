@@ -20,7 +20,7 @@ seconds=$2
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/inboxd-fuzz.XXXXXX")
 shift 2
-harnesses=(line_reader command data_decoder session mboxrd http_head proxy_header smtp_reply)
+harnesses=(line_reader command data_decoder session mboxrd http_head proxy_header pipe_command milter policy_codec smtp_reply)
 [ $# -gt 0 ] && harnesses=("$@")
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:strict_string_checks=1}

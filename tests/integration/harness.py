@@ -471,7 +471,8 @@ class InboxdTestCase(unittest.TestCase):
     def tearDown(self):
         for c in self.clients:
             c.close()
-        if not self.server.stopped and not self.server.alive():
+        # None: the test starts its server itself, and may not have.
+        if self.server is not None and not self.server.stopped and not self.server.alive():
             self.fail(f"server died during the test (rc={self.server.proc.returncode}); "
                       f"log:\n{self.server.log()}")
 
