@@ -10,7 +10,6 @@ rest (garbage, a refused RCPT, STARTTLS with verification, AUTH, BDAT, pool
 reuse). Each test checks the client's reply and what the hop received: never
 a 250 for something the hop did not accept, never a message twice."""
 import base64
-import imaplib
 import os
 import re
 import shutil
@@ -24,27 +23,13 @@ import time
 import unittest
 
 import harness
+import peers
 import postfix
 from harness import InboxdTestCase
 
 BODY = b"From: a@example.net\r\nSubject: hand-off\r\n\r\n.a line with a dot\r\nhello\r\n"
 DOVECOT = "/usr/sbin/dovecot"
 SMTP_SINK = "/usr/sbin/smtp-sink"
-
-
-def free_port():
-    return postfix.free_port()
-
-
-def wait_port(port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 class Hop:
@@ -178,116 +163,18 @@ class Hop:
         return True
 
 
-class Dovecot:
-    """A private Dovecot with LMTP and IMAP on loopback, users alice and bob
-    (password pw), each with a Maildir in the temp dir."""
-
-    def __init__(self):
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("a private Dovecot must be started as root")
-        if not os.path.exists(DOVECOT):
-            raise unittest.SkipTest("Dovecot is not installed (dovecot-lmtpd, dovecot-imapd)")
-        self.dir = tempfile.mkdtemp(prefix="inboxd-dovecot-")
-        os.chmod(self.dir, 0o755)
-        mail = os.path.join(self.dir, "mail")
-        os.makedirs(mail)
-        os.chmod(mail, 0o777)
-        self.lmtp_port, self.imap_port = free_port(), free_port()
-        users = os.path.join(self.dir, "users")
-        with open(users, "w") as f:
-            for u in ("alice", "bob"):
-                f.write(f"{u}@inboxd.test:{{PLAIN}}pw:65534:65534::{mail}/{u}\n")
-        self.conf = os.path.join(self.dir, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"""base_dir = {self.dir}/run
-state_dir = {self.dir}/state
-log_path = {self.dir}/dovecot.log
-protocols = lmtp imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-mail_location = maildir:~/Maildir
-first_valid_uid = 1
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = passwd-file
-  args = {users}
-}}
-userdb {{
-  driver = passwd-file
-  args = {users}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {self.lmtp_port}
-  }}
-  unix_listener lmtp {{
-    mode = 0666
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-  chroot =
-}}
-service anvil {{
-  chroot =
-}}
-""")
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not (wait_port(self.lmtp_port) and wait_port(self.imap_port)):
-            self.stop()
-            raise RuntimeError("Dovecot did not start")
-        self.lmtp_socket = os.path.join(self.dir, "run", "lmtp")
-
-    def imap_messages(self, user):
-        with imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=10) as m:
-            m.login(f"{user}@inboxd.test", "pw")
-            m.select("INBOX")
-            _, data = m.search(None, "ALL")
-            out = []
-            for num in data[0].split():
-                _, msg = m.fetch(num, "(RFC822)")
-                out.append(msg[0][1])
-            return out
-
-    def log(self):
-        try:
-            with open(os.path.join(self.dir, "dovecot.log"), errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 class SmtpSink:
     """Postfix's smtp-sink on a free port, with its options (-r ., -f ., ...)."""
 
     def __init__(self, *options):
         if not os.path.exists(SMTP_SINK):
             raise unittest.SkipTest("smtp-sink is not installed (postfix)")
-        self.port = free_port()
+        self.port = peers.free_port()
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen([SMTP_SINK, *user, *options, f"127.0.0.1:{self.port}", "16"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        if not wait_port(self.port):
+        if not peers.wait_port(self.port):
             self.stop()
             raise RuntimeError("smtp-sink did not start")
 
@@ -464,7 +351,7 @@ class HostileHopTest(HandoffTestCase):
         self.assertLess(grew, 5 << 20, f"peak RSS grew by {grew >> 20} MiB for a 9 MB message")
 
     def test_unreachable_hop_is_451(self):
-        self.relay_to(free_port())
+        self.relay_to(peers.free_port())
         code, _ = self.send(["u1@inboxd.test"])
         self.assertEqual(code, 451)
         self.server.wait_log(r"cannot connect to the next hop")
@@ -615,7 +502,7 @@ class SmtpSinkTest(HandoffTestCase):
 class DovecotTest(HandoffTestCase):
     def setUp(self):
         super().setUp()
-        self.dovecot = Dovecot()
+        self.dovecot = peers.Dovecot()
         self.addCleanup(self.dovecot.stop)
 
     def test_lmtp_per_recipient_and_imap_reads_it(self):

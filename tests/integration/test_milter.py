@@ -5,13 +5,9 @@ body, adds and changes headers, changes a recipient), and scripted milters in
 this file: one that never answers, one that stalls at the end of the message,
 one that sends garbage, one that is absent; both default actions; and a 20 MB
 message held under a 1 MiB memory budget that reaches the store intact."""
-import base64
 import hashlib
 import os
-import re
 import shutil
-import signal
-import socket
 import socketserver
 import struct
 import subprocess
@@ -21,54 +17,12 @@ import time
 import unittest
 
 import harness
+import peers
 from harness import InboxdTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PMILTER = os.path.join(HERE, "milters", "pmilter.pl")
 MSG = b"From: a@example.com\r\nTo: ok@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc=None, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def start_process(case, cmd, port, **kw):
-    """Starts a milter program in its own process group, stopped at cleanup."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True, **kw)
-
-    def stop():
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stderr.close()
-
-    case.addCleanup(stop)
-    if not wait_port(port, proc):
-        stop()
-        case.fail(f"{cmd[0]} did not listen on {port}")
-    return proc
 
 
 class ScriptedMilter(socketserver.ThreadingTCPServer):
@@ -169,8 +123,8 @@ class MilterCase(InboxdTestCase):
 class PerlMilterTest(MilterCase):
     def setUp(self):
         super().setUp()
-        self.mport = free_port()
-        start_process(self, ["perl", PMILTER, str(self.mport)], self.mport)
+        self.mport = peers.free_port()
+        peers.start_process(self, ["perl", PMILTER, str(self.mport)], self.mport)
         self.serve("--milter", f"inet:127.0.0.1:{self.mport}")
 
     def test_rcpt_refusals_are_the_milters_replies(self):
@@ -224,94 +178,12 @@ class PerlMilterTest(MilterCase):
         self.assertReply(c.cmd("MAIL FROM:<a@example.com>"), "250")
 
 
-def relaxed_header(line):
-    name, _, value = line.partition(b":")
-    value = re.sub(rb"[ \t]+", b" ", value.replace(b"\r\n", b"")).strip(b" ")
-    return name.strip().lower() + b":" + value
-
-
-def relaxed_body(body):
-    lines = body.split(b"\r\n")
-    out = [re.sub(rb"[ \t]+", b" ", l).rstrip(b" ") for l in lines]
-    text = b"\r\n".join(out)
-    text = re.sub(rb"(\r\n)*$", b"", text)
-    return text + b"\r\n" if text else b""
-
-
-def dkim_verify(message, public_pem, workdir):
-    """Verifies the first DKIM-Signature of message (CRLF) with relaxed/relaxed
-    canonicalization and rsa-sha256 (RFC 6376 3.4.2, 3.4.4, 3.7) by openssl.
-    Returns None when it verifies, else why not."""
-    head, _, body = message.partition(b"\r\n\r\n")
-    fields = re.split(rb"\r\n(?![ \t])", head)
-    sig = next((f for f in fields if f.lower().startswith(b"dkim-signature:")), None)
-    if sig is None:
-        return "no DKIM-Signature"
-    tags = {}
-    for part in sig.partition(b":")[2].split(b";"):
-        k, _, v = part.partition(b"=")
-        if k.strip():
-            tags[k.strip().decode()] = re.sub(rb"\s+", b"", v)
-    if tags.get("c") != b"relaxed/relaxed" or tags.get("a") != b"rsa-sha256":
-        return f"unexpected tags {tags}"
-    bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    if bh != tags["bh"]:
-        return f"body hash {bh} != {tags['bh']}"
-    # h= from the bottom up, each name once per occurrence (RFC 6376 5.4.2).
-    remaining = [f for f in fields if f is not sig]
-    signed = []
-    for name in tags["h"].decode().split(":"):
-        for f in reversed(remaining):
-            if f.partition(b":")[0].strip().lower() == name.lower().encode():
-                signed.append(relaxed_header(f) + b"\r\n")
-                remaining.remove(f)
-                break
-    # Only the b= tag is emptied, not bh=.
-    unsigned = re.sub(rb"(^|;)(\s*b=)[^;]*", rb"\1\2", sig.partition(b":")[2], count=1)
-    signed.append(relaxed_header(b"DKIM-Signature:" + unsigned))
-    data_path = os.path.join(workdir, "signed-data")
-    sig_path = os.path.join(workdir, "sig")
-    pub_path = os.path.join(workdir, "pub.pem")
-    with open(data_path, "wb") as f:
-        f.write(b"".join(signed))
-    with open(sig_path, "wb") as f:
-        f.write(base64.b64decode(tags["b"]))
-    with open(pub_path, "wb") as f:
-        f.write(public_pem)
-    r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", pub_path, "-signature", sig_path,
-                        data_path], capture_output=True, timeout=10)
-    return None if r.returncode == 0 else r.stdout.decode() + r.stderr.decode()
-
-
 @unittest.skipUnless(shutil.which("opendkim") and shutil.which("opendkim-genkey"),
                      "opendkim and opendkim-tools are not installed")
 class OpendkimTest(MilterCase):
     def setUp(self):
         super().setUp()
-        self.kdir = tempfile.mkdtemp(prefix="inboxd-dkim-")
-        self.addCleanup(shutil.rmtree, self.kdir, True)
-        subprocess.run(["opendkim-genkey", "-D", self.kdir, "-d", "example.com", "-s", "test"],
-                       check=True, timeout=30)
-        key = os.path.join(self.kdir, "test.private")
-        os.chmod(key, 0o600)
-        self.public = subprocess.run(["openssl", "rsa", "-in", key, "-pubout"], check=True,
-                                     capture_output=True, timeout=10).stdout
-        self.mport = free_port()
-        conf = os.path.join(self.kdir, "opendkim.conf")
-        with open(conf, "w") as f:
-            f.write(f"""Mode s
-Domain example.com
-Selector test
-KeyFile {key}
-Socket inet:{self.mport}@127.0.0.1
-Canonicalization relaxed/relaxed
-Background no
-Syslog no
-InternalHosts 127.0.0.1
-RequireSafeKeys no
-PidFile {self.kdir}/opendkim.pid
-""")
-        start_process(self, ["opendkim", "-f", "-x", conf], self.mport)
+        self.mport, self.public, self.kdir = peers.start_opendkim(self)
         self.serve("--milter", f"127.0.0.1:{self.mport}")
 
     def test_stored_message_carries_a_signature_that_verifies(self):
@@ -325,10 +197,10 @@ PidFile {self.kdir}/opendkim.pid
         stored = msgs[0]
         self.assertIn(b"DKIM-Signature:", stored)
         self.assertIn(b"d=example.com", stored)
-        self.assertIsNone(dkim_verify(stored.replace(b"\n", b"\r\n"), self.public, self.kdir))
+        self.assertIsNone(peers.dkim_verify(stored.replace(b"\n", b"\r\n"), self.public, self.kdir))
         # A changed body no longer verifies: the check can fail.
         forged = stored.replace(b"second paragraph", b"forged paragraph")
-        self.assertIsNotNone(dkim_verify(forged.replace(b"\n", b"\r\n"), self.public, self.kdir))
+        self.assertIsNotNone(peers.dkim_verify(forged.replace(b"\n", b"\r\n"), self.public, self.kdir))
         self.assertIn("insheader DKIM-Signature", self.server.log())
 
 
@@ -340,7 +212,7 @@ class FailingMilterTest(MilterCase):
         return m.port
 
     def absent(self):
-        return free_port()
+        return peers.free_port()
 
     def test_silent_milter_times_out_tempfail(self):
         port = self.scripted("silent")
@@ -428,7 +300,7 @@ class FailingMilterTest(MilterCase):
 
 class ReloadTest(MilterCase):
     def test_reload_gives_new_connections_new_milters(self):
-        port = free_port()
+        port = peers.free_port()
         conf = f'milter = ["127.0.0.1:{port}"]\nmilter-default-action = "accept"\n'
         self.server = self.start_server("--maildir", "mail/{user}", maildir=False, config=conf)
         old = self.ehlo()  # Began with the old milters, it keeps them.

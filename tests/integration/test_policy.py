@@ -8,17 +8,15 @@ timeout, then the default action), or drops the connection (tried again on
 a new one); an absent server gets the default action; one connection serves
 many sessions; with --policy-at-data it is asked at END-OF-MESSAGE too."""
 import os
-import pwd
 import shutil
-import socket
 import socketserver
-import subprocess
 import tempfile
 import threading
 import time
 import unittest
 
 import harness
+import peers
 from harness import InboxdTestCase
 
 BODY = b"From: a@example.net\r\nSubject: policy\r\n\r\nhello\r\n"
@@ -85,12 +83,6 @@ class PolicyServer:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PolicyCase(InboxdTestCase):
@@ -216,7 +208,7 @@ class ActionsTest(PolicyCase):
         self.assertIn("connection closed before the answer", self.server.log())
 
     def test_an_absent_server_gets_the_default_action(self):
-        port = free_port()
+        port = peers.free_port()
         self.server = self.start_server("--policy-service", f"inet:127.0.0.1:{port}")
         _, replies = self.rcpt_replies(["b@example.com"])
         self.assertEqual(
@@ -290,7 +282,7 @@ class ConfigTest(PolicyCase):
             self.assertIn(want, r.stderr.decode(), args)
 
     def test_default_action_dunno_lets_mail_through_when_the_service_is_absent(self):
-        self.server = self.start_server("--policy-service", f"127.0.0.1:{free_port()}",
+        self.server = self.start_server("--policy-service", f"127.0.0.1:{peers.free_port()}",
                                         "--policy-default-action", "DUNNO",
                                         "--policy-try-limit", "1")
         c = self.ehlo()
@@ -330,40 +322,8 @@ class EndOfMessageTest(PolicyCase):
 @unittest.skipUnless(shutil.which("postgrey") or os.path.exists("/usr/sbin/postgrey"),
                      "postgrey not installed (Debian package postgrey)")
 class PostgreyTest(PolicyCase):
-    def start_postgrey(self, delay):
-        d = tempfile.mkdtemp(prefix="inboxd-postgrey-")
-        self.addCleanup(shutil.rmtree, d, True)
-        port = free_port()
-        cmd = ["/usr/sbin/postgrey", f"--inet=127.0.0.1:{port}", f"--dbdir={d}/db",
-               f"--pidfile={d}/pid", f"--delay={delay}", "--max-age=1",
-               f"--whitelist-clients={d}/none", f"--whitelist-recipients={d}/none"]
-        open(f"{d}/none", "w").close()
-        os.mkdir(f"{d}/db")
-        # postgrey becomes --user (default "postgrey"): as root, that user
-        # owns the database; otherwise it is whoever runs the test.
-        pw = pwd.getpwuid(os.geteuid())
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgrey" if _has_user("postgrey") else "nobody")
-            for path in (d, f"{d}/db", f"{d}/none"):
-                os.chown(path, pw.pw_uid, pw.pw_gid)
-        cmd += [f"--user={pw.pw_name}", f"--group={_group_of(pw)}"]
-        with open(f"{d}/log", "wb") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.addCleanup(_stop, proc)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                return port
-            except OSError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        with open(f"{d}/log", "rb") as f:
-            self.fail(f"postgrey did not start: {f.read()[-2000:]!r}")
-
     def test_greylisting_first_450_then_accepted_after_the_delay(self):
-        port = self.start_postgrey(delay=2)
+        port = peers.start_postgrey(self, delay=2)
         self.server = self.start_server("--policy-service", f"127.0.0.1:{port}")
         c, replies = self.rcpt_replies(["b@example.com"])
         self.assertTrue(replies[0].startswith(
@@ -377,29 +337,6 @@ class PostgreyTest(PolicyCase):
         self.assertEqual(len(stored), 1)
         self.assertIn(b"\nX-Greylist: delayed ", stored[0])
         self.assertIn(b"by postgrey", stored[0])
-
-
-def _has_user(name):
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
-
-
-def _group_of(pw):
-    import grp
-    return grp.getgrgid(pw.pw_gid).gr_name
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 if __name__ == "__main__":
