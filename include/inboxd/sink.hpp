@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace inboxd {
 
@@ -73,6 +74,38 @@ struct envelope {
   // may store the message in some mailboxes while others fail. When false
   // (SMTP, one reply for all) a failure anywhere must leave it stored nowhere.
   bool independent_outcomes = false;
+};
+
+// A copy of an envelope that owns what it points to, for a sink or filter
+// that needs it after begin() (an envelope's views are borrowed), or
+// changes it (a milter's new sender and recipients). view() points into it.
+struct owned_envelope {
+  std::string queue_id, client_address, helo, reverse_path, envid;
+  std::vector<recipient> recipients;
+
+  explicit owned_envelope(const envelope& e)
+      : queue_id(e.queue_id),
+        client_address(e.client_address),
+        helo(e.helo),
+        reverse_path(e.reverse_path),
+        envid(e.envid),
+        recipients(e.recipients.begin(), e.recipients.end()),
+        rest_(e) {}
+
+  // Valid while this lives and its vector is not resized.
+  [[nodiscard]] envelope view() const noexcept {
+    envelope v = rest_;
+    v.queue_id = queue_id;
+    v.client_address = client_address;
+    v.helo = helo;
+    v.reverse_path = reverse_path;
+    v.envid = envid;
+    v.recipients = recipients;
+    return v;
+  }
+
+ private:
+  envelope rest_;  // the flags; view() replaces each of its views
 };
 
 // The X-Original-To: address a sink that stores the message writes: the

@@ -110,7 +110,8 @@ std::string_view unbracket(std::string_view a) {
 class milter_session;
 
 // The message on its way through one milter: held, shown, changed, passed on.
-class milter_delivery final : public delivery, public delivery_listener {
+// The envelope is its own (owned_envelope), as the milter may change it.
+class milter_delivery final : public owned_envelope, public delivery, public delivery_listener {
  public:
   milter_delivery(milter_session& s, const envelope& env, sink& next, delivery_listener& l);
   ~milter_delivery();
@@ -128,10 +129,6 @@ class milter_delivery final : public delivery, public delivery_listener {
   [[nodiscard]] bool aborted() const noexcept { return listener_ == nullptr; }
 
   m::header_section headers;
-  // The envelope, owned, as the milter may change it.
-  std::string queue_id, client_address, helo, reverse_path, envid;
-  std::vector<recipient> recipients;
-  envelope env_template;
   bool recipients_changed = false;
   std::string notes;  // what the milter changed, for the log
 
@@ -926,13 +923,7 @@ void milter_session::finish_close() noexcept {
 
 milter_delivery::milter_delivery(milter_session& s, const envelope& env, sink& next,
                                  delivery_listener& l)
-    : queue_id(env.queue_id),
-      client_address(env.client_address),
-      helo(env.helo),
-      reverse_path(env.reverse_path),
-      envid(env.envid),
-      recipients(env.recipients.begin(), env.recipients.end()),
-      env_template(env),
+    : owned_envelope(env),
       s_(s),
       next_(next),
       listener_(&l),
@@ -1182,13 +1173,7 @@ void milter_delivery::pass_on() {
              fmt::format("id={} {}: no recipients left; message dropped", queue_id, s_.name));
     return milter_done(filter_action::discard, {});
   }
-  envelope env = env_template;
-  env.queue_id = queue_id;
-  env.client_address = client_address;
-  env.helo = helo;
-  env.reverse_path = reverse_path;
-  env.envid = envid;
-  env.recipients = recipients;
+  envelope env = view();
   pass_ = pass::to_next;
   inner_ = next_.begin(env, *this);
   std::string head = headers.render();

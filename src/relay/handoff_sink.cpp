@@ -127,26 +127,6 @@ class handoff_sink final : public sink {
 
 // The envelope, copied: begin()'s views are borrowed, and a message starts
 // on a new connection only once the hop has greeted.
-struct envelope_copy {
-  std::string queue_id, client_address, helo, reverse_path, envid;
-  std::vector<recipient> recipients;
-  envelope env;
-  explicit envelope_copy(const envelope& e)
-      : queue_id(e.queue_id),
-        client_address(e.client_address),
-        helo(e.helo),
-        reverse_path(e.reverse_path),
-        envid(e.envid),
-        recipients(e.recipients.begin(), e.recipients.end()),
-        env(e) {
-    env.queue_id = queue_id;
-    env.client_address = client_address;
-    env.helo = helo;
-    env.reverse_path = reverse_path;
-    env.envid = envid;
-    env.recipients = recipients;
-  }
-};
 
 class handoff_delivery final : public delivery {
  public:
@@ -174,7 +154,7 @@ class handoff_delivery final : public delivery {
 
   handoff_sink* sink_;
   std::shared_ptr<memory_budget> memory_;
-  envelope_copy envelope_;
+  owned_envelope envelope_;
   delivery_listener* listener_;
   hop* hop_ = nullptr;
   std::string early_;  // body bytes before the message started at the hop
@@ -475,7 +455,7 @@ void handoff_delivery::start(hop* h) {
   if (started_) return;
   started_ = true;
   hop_ = h;
-  if (!h->client.start(envelope_.env, h->encrypted())) return finished(h);
+  if (!h->client.start(envelope_.view(), h->encrypted())) return finished(h);
   h->client.body(early_);
   early_.clear();
   early_.shrink_to_fit();

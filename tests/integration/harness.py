@@ -457,10 +457,15 @@ class InboxdTestCase(unittest.TestCase):
     sink = "maildir"
 
     server_kwargs = {}    # more keyword arguments for Server (maildir, config, run_as)
+    # False: setUp starts none; each test starts its own (with its peers first).
+    server_at_setup = True
 
     def setUp(self):
         self.clients = []
-        self.server = self.start_server(*self.server_args, sink=self.sink, **self.server_kwargs)
+        self.server = None
+        if self.server_at_setup:
+            self.server = self.start_server(*self.server_args, sink=self.sink,
+                                            **self.server_kwargs)
 
     def start_server(self, *args, **kwargs):
         """Starts a Server that is killed and removed when the test ends."""

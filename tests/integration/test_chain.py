@@ -26,9 +26,10 @@ BODY = (b"From: Alice <alice@example.com>\r\nTo: bob@inboxd.test\r\nSubject: the
 @unittest.skipUnless(shutil.which("opendkim") and os.path.exists("/usr/sbin/postgrey"),
                      "needs opendkim, opendkim-tools and postgrey (./dev installs them)")
 class WorkedExampleTest(InboxdTestCase):
+    server_at_setup = False
+
     def setUp(self):
-        self.clients = []
-        self.server = None
+        super().setUp()
         self.dovecot = peers.Dovecot()
         self.addCleanup(self.dovecot.stop)
         grey = peers.start_postgrey(self, delay=2)

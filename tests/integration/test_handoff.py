@@ -188,16 +188,9 @@ class SmtpSink:
 
 
 class HandoffTestCase(InboxdTestCase):
+    server_at_setup = False
     sink = None
     server_kwargs = {"maildir": False}
-
-    def setUp(self):
-        self.clients = []
-        self.server = None
-
-    def tearDown(self):
-        if self.server is not None:
-            super().tearDown()
 
     def hop(self, **kw):
         h = Hop(**kw)

@@ -92,15 +92,7 @@ class ScriptedHandler(socketserver.BaseRequestHandler):
 
 
 class MilterCase(InboxdTestCase):
-    server_args = ()
-
-    def setUp(self):
-        self.clients = []
-        self.server = None
-
-    def tearDown(self):
-        if self.server is not None:
-            super().tearDown()
+    server_at_setup = False
 
     def serve(self, *milter_args, maildir="{user}"):
         self.server = self.start_server(*milter_args, "--maildir", "mail/" + maildir, maildir=False)

@@ -86,7 +86,7 @@ class PolicyServer:
 
 
 class PolicyCase(InboxdTestCase):
-    server_args = ()
+    server_at_setup = False
 
     def with_policy(self, answer, *args):
         """A policy server answering by `answer`, and an inboxd asking it."""
@@ -94,14 +94,6 @@ class PolicyCase(InboxdTestCase):
         self.addCleanup(p.stop)
         self.server = self.start_server("--policy-service", f"127.0.0.1:{p.port}", *args)
         return p
-
-    def setUp(self):
-        self.clients = []
-        self.server = None
-
-    def tearDown(self):
-        if self.server is not None:
-            super().tearDown()
 
     def rcpt_replies(self, rcpts, sender="a@example.net"):
         c = self.ehlo()
