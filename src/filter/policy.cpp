@@ -202,18 +202,23 @@ class policy_conn {
     if (int rc = uv_tcp_connect(&connect_req_, &h_.tcp, pool_.address(), connect_cb); rc != 0)
       fail(fmt::format(FMT_STRING("cannot connect: {}"), uv_strerror(rc)));
   }
-  // A write request of its own each time: the answer may come (and the
-  // connection serve the next request) before libuv reports this write
-  // done. The bytes are the connection's, as the call may go first.
+  // A write request and a copy of the bytes of its own each time: the
+  // answer may come (and the connection serve the next request, or the call
+  // go) before libuv reports this write done, and libuv reads the bytes
+  // until then.
+  struct write_req {
+    uv_write_t req;
+    policy_conn* conn;
+    std::string bytes;
+  };
   void send() {
     state_ = st::busy;
     arm();
-    out_ = call_->request;
-    uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
-    auto* req = new uv_write_t;
-    req->data = this;
-    if (int rc = uv_write(req, stream(), &buf, 1, write_cb); rc != 0) {
-      delete req;
+    auto* w = new write_req{{}, this, call_->request};
+    w->req.data = w;
+    uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned>(w->bytes.size()));
+    if (int rc = uv_write(&w->req, stream(), &buf, 1, write_cb); rc != 0) {
+      delete w;
       fail(fmt::format(FMT_STRING("cannot send: {}"), uv_strerror(rc)));
     }
   }
@@ -268,8 +273,9 @@ class policy_conn {
     self->send();
   }
   static void write_cb(uv_write_t* req, int status) noexcept {
-    auto* self = static_cast<policy_conn*>(req->data);
-    delete req;
+    auto* w = static_cast<write_req*>(req->data);
+    policy_conn* self = w->conn;
+    delete w;
     if (status == UV_ECANCELED || self->state_ == st::closing) return;
     if (status != 0) self->fail(fmt::format(FMT_STRING("cannot send: {}"), uv_strerror(status)));
   }
@@ -318,7 +324,6 @@ class policy_conn {
   std::size_t requests_ = 0;
   policy_call* call_ = nullptr;
   policy_answer_decoder decoder_;
-  std::string out_;  // the request being sent
   char in_[1024];
 };
 

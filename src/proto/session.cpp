@@ -1150,6 +1150,16 @@ void session::on_committed(std::span<const store_outcome> per_recipient) {
                     o.error ? std::strerror(o.error) : "sink failure", o.reply.empty() ? "" : ": ",
                     printable(o.reply)));
   }
+  // A mailbox without an outcome (a sink or filter out of memory reports
+  // fewer) is not known to be stored: the message is not sent.
+  if (per_recipient.size() < tx_->recipients.size()) {
+    id = worse(id, store_result::temporary_fail, reply_id::queued);
+    events_.session_log(log_level::warning,
+                        fmt::format(FMT_STRING("id={} {} of {} mailboxes have no outcome: not "
+                                               "stored"),
+                                    tx_->queue_id, tx_->recipients.size() - per_recipient.size(),
+                                    tx_->recipients.size()));
+  }
   if (id == reply_id::queued) {
     tx_->hop_reply.assign(answer.substr(0, 400));
     bool discarded = tx_->discard || (f_ && f_->discard_all);

@@ -100,7 +100,7 @@ class memory_sink::record final : public delivery {
     message& m = sink_.messages[index_];
     m.committed = true;
     std::vector<store_outcome> per_recipient;
-    for (std::size_t i = 0; i < m.recipients.size(); ++i) {
+    for (std::size_t i = 0; i < std::min(m.recipients.size(), sink_.outcomes); ++i) {
       if (sink_.results.empty())
         per_recipient.push_back({store_result::stored, 0, sink_.reply});
       else

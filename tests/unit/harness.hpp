@@ -82,6 +82,8 @@ class memory_sink final : public sink {
   std::vector<store_result> results;
   // What every outcome says another program answered (store_outcome::reply).
   std::string reply;
+  // At most this many outcomes are reported (a sink out of memory gives fewer).
+  std::size_t outcomes = std::numeric_limits<std::size_t>::max();
   // write() returns false from this call on (1-based, per message).
   int pause_from_write = std::numeric_limits<int>::max();
   // An embedder's sink that throws: at the next begin(), write() or commit(),

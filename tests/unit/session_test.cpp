@@ -221,6 +221,20 @@ TEST_CASE("an asynchronous commit reports the sink's failure") {
   CHECK(c.session.idle());
 }
 
+TEST_CASE("a mailbox the sink reports no outcome for is not stored: 451, never 250") {
+  test_connection c;
+  c.sink.outcomes = 0;
+  c.send(envelope_to_data + ".\r\n");
+  CHECK(
+      c.take().ends_with("354 End data with <CR><LF>.<CR><LF>\r\n451 4.3.0 Error: could not "
+                         "store the message, try again later\r\n"));
+  bool logged = false;
+  for (const auto& l : c.events.log)
+    logged = logged || l.find("1 of 1 mailboxes have no outcome: not stored") != std::string::npos;
+  CHECK(logged);
+  CHECK(c.session.idle());
+}
+
 TEST_CASE("a client that goes away during a commit aborts the delivery after commit()") {
   test_connection c;
   c.sink.mode = memory_sink::commit_mode::later;
@@ -544,7 +558,7 @@ TEST_CASE("aliases count against the recipient limit: ten mailboxes per allowed 
   auto lines = test::reply_lines(c.take());
   REQUIRE(lines.size() == 7);
   CHECK(lines[1] == "250 2.1.5 Ok");
-  CHECK(lines[2] == "250 2.1.5 Ok");  // 40 resolved, 20 distinct mailboxes
+  CHECK(lines[2] == "250 2.1.5 Ok");                          // 40 resolved, 20 distinct mailboxes
   CHECK(lines[3] == "452 4.5.3 Error: too many recipients");  // 60 > 50
   CHECK(lines[4] == "452 4.5.3 Error: too many recipients");  // the budget is spent
   REQUIRE(c.sink.messages.size() == 1);
