@@ -141,6 +141,7 @@ class milter_delivery final : public owned_envelope, public delivery, public del
   void read_body(std::size_t offset);
   void body_read(std::string_view bytes);
   void pass_on();
+  void discard_all();
   void next_out();
   void fail_all(store_result result, std::string_view reply);
   void file_progress();
@@ -1151,12 +1152,7 @@ void milter_delivery::milter_done(filter_action action, std::string_view reply) 
     log_line(s_.options(), log_level::info, fmt::format("id={} {}: {}", queue_id, s_.name, notes));
   switch (action) {
     case filter_action::proceed: return pass_on();
-    case filter_action::discard: {
-      std::vector<store_outcome> out(mailboxes_);
-      delivery_listener* l = std::exchange(listener_, nullptr);
-      release();
-      return l->committed(out);
-    }
+    case filter_action::discard: return discard_all();
     case filter_action::reject:
       return fail_all(
           store_result::permanent_fail,
@@ -1165,13 +1161,23 @@ void milter_delivery::milter_done(filter_action action, std::string_view reply) 
   }
 }
 
+// The message is thrown away (SMFIR_DISCARD, or every recipient deleted):
+// the client is told it was delivered; nothing is stored.
+void milter_delivery::discard_all() {
+  delivery_listener* l = std::exchange(listener_, nullptr);
+  if (!l) return;
+  std::vector<store_outcome> out(mailboxes_);
+  release();
+  l->committed(out);
+}
+
 // The milter agreed: the next sink begins, with what it changed.
 void milter_delivery::pass_on() {
   if (recipients.empty()) {
     // Every recipient deleted: nothing to deliver, as Postfix drops it.
     log_line(s_.options(), log_level::info,
              fmt::format("id={} {}: no recipients left; message dropped", queue_id, s_.name));
-    return milter_done(filter_action::discard, {});
+    return discard_all();
   }
   envelope env = view();
   pass_ = pass::to_next;

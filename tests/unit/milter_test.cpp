@@ -250,3 +250,79 @@ TEST_CASE("milter client: end-of-message changes reach the next sink") {
   run_until(&fx.loop, [&] { return sm.seen.ends_with("Q"); });
   sm.close();
 }
+
+namespace {
+
+// One message through a milter that negotiates every action and answers the
+// end of the message with `eom`; the client's envelope has rcpts.
+struct one_message {
+  std::vector<store_outcome> got;
+  bool done = false;
+  std::vector<inboxd::test::memory_sink::message> stored;
+};
+
+one_message run_one(std::string eom, std::vector<std::string> rcpt_addresses = {"b@example.com"},
+                    bool smtputf8 = false, std::uint32_t content_timeout_ms = 2000,
+                    std::function<void(scripted_milter&)> at_eom = {}) {
+  one_message result;
+  fixture fx;
+  scripted_milter sm(&fx.loop);
+  sm.respond = [&](char cmd, std::string_view) -> std::string {
+    switch (cmd) {
+      case 'O': return packet('O', be32(6) + be32(0x1ff) + be32(0));
+      case 'E':
+        if (at_eom) at_eom(sm);
+        return eom;
+      case 'Q':
+      case 'A': return {};
+      default: return packet('c');
+    }
+  };
+  auto f = make_milter(&fx.loop, {.address = "127.0.0.1:" + std::to_string(sm.port),
+                                  .content_timeout_ms = content_timeout_ms,
+                                  .log = getenv("MLOG") ? stderr_logger() : logger{}});
+  filter_session* fs = f->open({.address = "192.0.2.1", .name = "client.example"});
+  verdicts v;
+  filter_state st{.queue_id = "Q3", .reverse_path = "a@example.com"};
+  for (auto stage : {filter_stage::connect, filter_stage::helo, filter_stage::mail,
+                     filter_stage::rcpt, filter_stage::data}) {
+    std::size_t want = v.got.size() + 1;
+    fs->ask(stage, st, v);
+    REQUIRE(run_until(&fx.loop, [&] { return v.got.size() == want; }));
+  }
+  inboxd::test::memory_sink next;
+  outcomes out;
+  std::vector<recipient> rcpts;
+  for (const std::string& a : rcpt_addresses)
+    rcpts.push_back({.address = a, .user = a.substr(0, a.find('@')), .domain = "example.com"});
+  envelope env{};
+  env.queue_id = "Q3";
+  env.reverse_path = "a@example.com";
+  env.recipients = rcpts;
+  env.smtputf8 = smtputf8;
+  delivery* d = fs->message(env, next, out);
+  REQUIRE(d != nullptr);
+  d->write("Received: ours\nSubject: s\n\nbody\n");
+  d->commit();
+  run_until(&fx.loop, [&] { return out.done; });
+  result.done = out.done;
+  result.got = out.got;
+  result.stored = next.messages;
+  if (!out.done) d->abort();
+  fs->close();
+  run_until(&fx.loop, [&] { return sm.seen.ends_with("Q"); });
+  sm.close();
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("milter client: a milter that deletes every recipient: discarded, the client told 250") {
+  one_message r =
+      run_one(packet('-', "<b@example.com>\0"s) + packet('-', "<c@example.com>\0"s) + packet('c'),
+              {"b@example.com", "c@example.com"});
+  REQUIRE(r.done);  // It hung: committed() never came.
+  REQUIRE(r.got.size() == 2);
+  for (const store_outcome& o : r.got) CHECK(o.result == store_result::stored);
+  CHECK(r.stored.empty());  // Nothing went to the next sink.
+}
