@@ -809,6 +809,16 @@ void milter_session::apply_change(const m::reply& r) {
       d.notes +=
           static_cast<unsigned char>(c) < 32 || static_cast<unsigned char>(c) > 126 ? '?' : c;
   };
+  const bool smtputf8 = d.view().smtputf8;
+  // An address that could not go into an envelope: the milter broke the
+  // protocol (its default action), and the log says what it sent.
+  auto bad_address = [&](std::string_view what) {
+    std::string shown;
+    for (char c : r.text.substr(0, 100))
+      shown += static_cast<unsigned char>(c) < 32 || static_cast<unsigned char>(c) > 126 ? '?' : c;
+    fail(fmt::format("id={}: {} with a malformed address ({} octets): <{}>", queue_id_, what,
+                     r.text.size(), shown));
+  };
   bool ok = true;
   switch (r.code) {
     case reply_code::addheader:
@@ -826,22 +836,31 @@ void milter_session::apply_change(const m::reply& r) {
       ok = d.headers.change(r.index, r.text, r.value, leadspc());
       note(r.value.empty() ? "delheader" : "chgheader", r.text);
       break;
-    case reply_code::chgfrom:
+    case reply_code::chgfrom: {
       if (!allowed(m::action::chgfrom)) break;
-      d.reverse_path = std::string(unbracket(r.text));
+      std::string_view a;
+      if (!m::envelope_address(r.text, smtputf8, true, a)) return bad_address("CHGFROM");
+      d.reverse_path = std::string(a);
       note("chgfrom", d.reverse_path);
       break;
+    }
     case reply_code::addrcpt:
-    case reply_code::addrcpt_par:
+    case reply_code::addrcpt_par: {
       if (!allowed(r.code == reply_code::addrcpt ? m::action::addrcpt : m::action::addrcpt_par))
         break;
+      std::string_view a;
+      if (!m::envelope_address(r.text, smtputf8, false, a))
+        return bad_address(r.code == reply_code::addrcpt ? "ADDRCPT" : "ADDRCPT_PAR");
       if (d.recipients.size() >= 1000) return fail("too many recipients added");
-      d.recipients.push_back(recipient_of(unbracket(r.text)));
+      d.recipients.push_back(recipient_of(a));
       d.recipients_changed = true;
-      note("addrcpt", unbracket(r.text));
+      note("addrcpt", a);
       break;
+    }
     case reply_code::delrcpt: {
       if (!allowed(m::action::delrcpt)) break;
+      // Only compared with the recipients: bounded, not judged.
+      if (r.text.size() > m::max_address + 2) return bad_address("DELRCPT");
       std::string_view a = unbracket(r.text);
       std::erase_if(d.recipients, [&](const recipient& x) {
         return x.address.size() == a.size() &&

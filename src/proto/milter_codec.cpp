@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "proto/utf8.hpp"
+
 namespace inboxd::proto::milter {
 
 namespace {
@@ -193,6 +195,22 @@ bool decoder::parse() noexcept {
     default: return fail("unknown reply");
   }
   reply_ = r;
+  return true;
+}
+
+bool envelope_address(std::string_view text, bool utf8, bool empty_ok,
+                      std::string_view& address) noexcept {
+  if (text.size() >= 2 && text.front() == '<' && text.back() == '>')
+    text = text.substr(1, text.size() - 2);
+  if (text.size() > max_address || (text.empty() && !empty_ok)) return false;
+  bool ascii = true;
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c == 0x7f || c == '<' || c == '>') return false;
+    if (c >= 0x80) ascii = false;
+  }
+  if (!ascii && (!utf8 || !is_utf8_text(text))) return false;
+  address = text;
   return true;
 }
 

@@ -150,6 +150,18 @@ class decoder {
   std::string_view error_;
 };
 
+// An address a milter gives for the envelope (CHGFROM, ADDRCPT,
+// ADDRCPT_PAR): it goes into the next hop's MAIL FROM:/RCPT TO:, a
+// Return-Path: and an mbox From_ line, so only a sane one is taken. One
+// surrounding <> is stripped; then at most max_address octets (RFC 5321
+// 4.5.3.1.3: a path is 256 with its brackets), none a control, space, DEL,
+// '<' or '>'; ASCII, or well-formed UTF-8 when utf8 (the message is
+// SMTPUTF8). empty_ok: "<>" (the null sender) is taken as empty. Returns
+// false for anything else; address is then left alone.
+constexpr std::size_t max_address = 254;
+[[nodiscard]] bool envelope_address(std::string_view text, bool utf8, bool empty_ok,
+                                    std::string_view& address) noexcept;
+
 // The name of a reply code for the log ("reject", "addheader"), or "?".
 [[nodiscard]] std::string_view name(reply_code code) noexcept;
 

@@ -43,6 +43,7 @@ struct scripted_milter {
   bool connected = false;
   int port = 0;
   std::string in, seen;
+  bool eof = false;
   std::function<std::string(char, std::string_view)> respond;
 
   explicit scripted_milter(uv_loop_t* l) : loop(l) {
@@ -77,6 +78,7 @@ struct scripted_milter {
   }
   static void read_cb(uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
     auto* self = static_cast<scripted_milter*>(s->data);
+    if (n < 0) self->eof = true;  // The client closed (after a failure: no QUIT).
     if (n <= 0) return;
     self->in.append(b->base, static_cast<std::size_t>(n));
     while (self->in.size() >= 4) {
@@ -310,7 +312,7 @@ one_message run_one(std::string eom, std::vector<std::string> rcpt_addresses = {
   result.stored = next.messages;
   if (!out.done) d->abort();
   fs->close();
-  run_until(&fx.loop, [&] { return sm.seen.ends_with("Q"); });
+  run_until(&fx.loop, [&] { return sm.seen.ends_with("Q") || sm.eof; });
   sm.close();
   return result;
 }
@@ -325,4 +327,37 @@ TEST_CASE("milter client: a milter that deletes every recipient: discarded, the 
   REQUIRE(r.got.size() == 2);
   for (const store_outcome& o : r.got) CHECK(o.result == store_result::stored);
   CHECK(r.stored.empty());  // Nothing went to the next sink.
+}
+
+TEST_CASE(
+    "milter client: an envelope address a milter gives must be sane, else its default action") {
+  auto refused = [](std::string eom, bool smtputf8 = false) {
+    one_message r = run_one(eom + packet('c'), {"b@example.com"}, smtputf8);
+    REQUIRE(r.done);
+    REQUIRE(r.got.size() == 1);
+    CHECK(r.got[0].result == store_result::temporary_fail);  // tempfail: the default action
+    CHECK(r.stored.empty());
+  };
+  // A line end would smuggle a command into the next hop's envelope.
+  refused(packet('e', "<a@example.com>\r\nRCPT TO:<x@example.com>\0"s));
+  refused(packet('e', "<a@example.com> SIZE=1\0"s));
+  refused(packet('+', "<c d@example.com>\0"s));
+  refused(packet('+', "<c<d@example.com>\0"s));
+  refused(packet('+', "<>\0"s));
+  refused(packet('2', "<c\x01@example.com>\0\0"s));
+  refused(packet('+', "<" + std::string(250, 'c') + "@example.com>\0"s));
+  refused(packet('+', "<c\xc3\xbc@example.com>\0"s));    // UTF-8 without SMTPUTF8
+  refused(packet('+', "<c\xc3@example.com>\0"s), true);  // not UTF-8
+  refused(packet('-', "<" + std::string(300, 'b') + "@example.com>\0"s));
+
+  one_message r =
+      run_one(packet('e', "<>\0"s) + packet('+', "c\xc3\xbc@example.com\0"s) + packet('c'),
+              {"b@example.com"}, true);
+  REQUIRE(r.done);
+  REQUIRE(r.got.size() == 1);
+  CHECK(r.got[0].result == store_result::stored);
+  REQUIRE(r.stored.size() == 1);
+  CHECK(r.stored[0].reverse_path.empty());  // The null sender.
+  CHECK(r.stored[0].recipients ==
+        std::vector<std::string>{"b@example.com", "c\xc3\xbc@example.com"});
 }
