@@ -42,6 +42,14 @@ using m::reply_code;
 
 constexpr std::string_view tempfail_reply = "451 4.7.1 Service unavailable - try again later";
 
+// The changes a milter may make to one message (SMFIR_ADDHEADER,
+// INSHEADER, CHGHEADER; ADDRCPT, ADDRCPT_PAR, DELRCPT); past them, or past
+// header_section::max_work, it is broken (its default action): each change
+// costs the loop up to a scan of the fields or the recipients, so the end
+// of a message stays bounded whatever a hostile milter sends.
+constexpr std::size_t max_header_changes = 1000;
+constexpr std::size_t max_recipient_changes = 1000;
+
 // The actions we allow and the steps we can skip (all of those in the
 // protocol that we implement; SMFIF_CHGBODY is not offered).
 constexpr std::uint32_t our_actions =
@@ -129,6 +137,7 @@ class milter_delivery final : public owned_envelope, public delivery, public del
   [[nodiscard]] bool aborted() const noexcept { return listener_ == nullptr; }
 
   m::header_section headers;
+  std::size_t header_changes = 0, recipient_changes = 0;  // made so far
   bool recipients_changed = false;
   std::string notes;  // what the milter changed, for the log
 
@@ -211,6 +220,7 @@ class milter_session final : public filter_session {
   void send_stage();
   void send_macros(command cmd, m::macro_stage stage, std::span<const m::macro> macros);
   void expect(wait w, std::uint32_t timeout_ms);
+  void restart_timer();
   void flush_out();
   void on_read(std::string_view bytes);
   void on_reply(const m::reply& r);
@@ -246,6 +256,7 @@ class milter_session final : public filter_session {
   m::decoder decoder_;
   state state_ = state::resolving;
   wait wait_ = wait::none;
+  std::uint32_t timeout_ms_ = 0;  // of the reply awaited
   std::uint32_t actions_ = 0, steps_ = 0;
   std::string symlists_[m::macro_stages];
   // The client, copied from open().
@@ -392,7 +403,14 @@ void milter_session::on_read(std::string_view bytes) {
 
 void milter_session::expect(wait w, std::uint32_t timeout_ms) {
   wait_ = w;
+  timeout_ms_ = timeout_ms;
   uv_timer_start(&timer_, timer_cb, timeout_ms, 0);
+}
+
+// The clock of the reply awaited starts again (SMFIR_PROGRESS, a change).
+// Not uv_timer_again: that does nothing to a timer started without repeat.
+void milter_session::restart_timer() {
+  uv_timer_start(&timer_, timer_cb, timeout_ms_, 0);
 }
 
 void milter_session::timer_cb(uv_timer_t* t) noexcept {
@@ -606,7 +624,7 @@ void milter_session::send_stage() {
 
 void milter_session::on_reply(const m::reply& r) {
   if (r.code == reply_code::progress) {  // Still working: the clock starts again.
-    if (wait_ != wait::none) uv_timer_again(&timer_);
+    if (wait_ != wait::none) restart_timer();
     return;
   }
   switch (wait_) {
@@ -819,6 +837,21 @@ void milter_session::apply_change(const m::reply& r) {
     fail(fmt::format("id={}: {} with a malformed address ({} octets): <{}>", queue_id_, what,
                      r.text.size(), shown));
   };
+  switch (r.code) {
+    case reply_code::addheader:
+    case reply_code::insheader:
+    case reply_code::chgheader:
+      if (++d.header_changes > max_header_changes)
+        return fail(fmt::format("more than {} header changes", max_header_changes));
+      break;
+    case reply_code::addrcpt:
+    case reply_code::addrcpt_par:
+    case reply_code::delrcpt:
+      if (++d.recipient_changes > max_recipient_changes)
+        return fail(fmt::format("more than {} recipient changes", max_recipient_changes));
+      break;
+    default: break;
+  }
   bool ok = true;
   switch (r.code) {
     case reply_code::addheader:
@@ -881,7 +914,9 @@ void milter_session::apply_change(const m::reply& r) {
     default: return fail(fmt::format("reply {} out of place", m::name(r.code)));
   }
   if (!ok) note("refused (too large)", r.text);
-  uv_timer_again(&timer_);
+  if (d.headers.work() > m::header_section::max_work)
+    return fail("header changes past the work bound");
+  restart_timer();
   if (d.notes.empty() || ok) return;
 }
 

@@ -378,6 +378,7 @@ bool header_section::insert(std::uint32_t index, std::string_view name, std::str
   if (field_name(f) != name || !room(f.size())) return false;
   bytes_ += f.size() + 1;
   std::size_t at = std::min<std::size_t>(index, fields_.size());
+  work_ += fields_.size() - at + 1;
   fields_.insert(fields_.begin() + static_cast<std::ptrdiff_t>(at), {std::move(f), false});
   return true;
 }
@@ -387,8 +388,10 @@ bool header_section::change(std::uint32_t index, std::string_view name, std::str
   if (index == 0) index = 1;  // Sendmail treats 0 as the first.
   std::uint32_t seen = 0;
   for (auto it = fields_.begin(); it != fields_.end(); ++it) {
+    ++work_;
     if (it->ours || !iequal(field_name(it->text), name) || ++seen < index) continue;
     if (value.empty()) {
+      work_ += static_cast<std::size_t>(fields_.end() - it);
       fields_.erase(it);
       return true;
     }
@@ -398,6 +401,7 @@ bool header_section::change(std::uint32_t index, std::string_view name, std::str
     it->text = std::move(f);
     return true;
   }
+  ++work_;
   return value.empty() || add(name, value, leadspc);
 }
 

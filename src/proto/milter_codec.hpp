@@ -207,6 +207,12 @@ class header_section {
   // The header section as written out, the empty line included.
   [[nodiscard]] std::string render() const;
   [[nodiscard]] std::size_t size() const noexcept { return bytes_; }
+  // What the changes cost so far: fields looked at and fields moved. A
+  // change costs up to the number of fields (a search, or the shift of an
+  // insert at the top), so a milter's many changes to a section of many
+  // small fields would be quadratic: the caller bounds this (max_work).
+  [[nodiscard]] std::size_t work() const noexcept { return work_; }
+  static constexpr std::size_t max_work = 8 * 1024 * 1024;
 
  private:
   struct field {
@@ -218,6 +224,7 @@ class header_section {
   std::vector<field> fields_;
   std::string line_;  // a line not complete yet
   std::size_t bytes_ = 0;
+  std::size_t work_ = 0;
   bool seen_ours_ = false;
   bool blank_ = false;  // an empty line ended the section
   bool done_ = false;
