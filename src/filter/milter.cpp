@@ -144,6 +144,7 @@ class milter_delivery final : public owned_envelope, public delivery, public del
  private:
   friend class milter_session;
   void append_body(std::string_view bytes);
+  void count_headers() noexcept;
   void flush();
   void start_file();
   void write_file();
@@ -163,10 +164,11 @@ class milter_delivery final : public owned_envelope, public delivery, public del
   delivery_listener* listener_;
   std::size_t mailboxes_;
   std::shared_ptr<memory_budget> budget_;
-  std::string mem_;          // the body while it fits, then what waits for the file
-  std::size_t counted_ = 0;  // what this holds in the budget
-  std::string writing_;      // the bytes a file write has in flight
-  std::string reading_;      // the buffer a file read fills
+  std::string mem_;                  // the body while it fits, then what waits for the file
+  std::size_t counted_ = 0;          // what this holds in the budget
+  std::size_t counted_headers_ = 0;  // of it, for the header section
+  std::string writing_;              // the bytes a file write has in flight
+  std::string reading_;              // the buffer a file read fills
   std::size_t body_size_ = 0;
   std::size_t file_size_ = 0;
   std::size_t read_at_ = 0;
@@ -914,6 +916,7 @@ void milter_session::apply_change(const m::reply& r) {
     default: return fail(fmt::format("reply {} out of place", m::name(r.code)));
   }
   if (!ok) note("refused (too large)", r.text);
+  d.count_headers();
   if (d.headers.work() > m::header_section::max_work)
     return fail("header changes past the work bound");
   restart_timer();
@@ -988,13 +991,25 @@ milter_delivery::milter_delivery(milter_session& s, const envelope& env, sink& n
 }
 
 milter_delivery::~milter_delivery() {
-  if (budget_) budget_->used -= counted_;
+  if (budget_) budget_->used -= counted_ + counted_headers_;
+}
+
+// The header section is held in memory (header_section::max_bytes as sent,
+// twice that with a milter's changes): it counts in the shared budget, so
+// that other messages' bodies go to files sooner, never this one's headers.
+void milter_delivery::count_headers() noexcept {
+  std::size_t now = headers.memory();
+  budget_->used -= counted_headers_;
+  budget_->used += now;
+  counted_headers_ = now;
 }
 
 bool milter_delivery::write(std::string_view bytes) {
   if (!headers.done()) {
     std::string body;
-    if (!headers.feed(bytes, body)) return true;
+    bool done = headers.feed(bytes, body);
+    count_headers();
+    if (!done) return true;
     append_body(body);
   }
   append_body(bytes);
@@ -1125,6 +1140,7 @@ void milter_delivery::commit() {
   committing_ = true;
   std::string body;
   headers.finish(body);
+  count_headers();
   append_body(body);
   if (spool_error_ != 0) return fail_all(store_result::temporary_fail, {});
   if (use_file_) {

@@ -212,6 +212,12 @@ class header_section {
   // insert at the top), so a milter's many changes to a section of many
   // small fields would be quadratic: the caller bounds this (max_work).
   [[nodiscard]] std::size_t work() const noexcept { return work_; }
+  // The memory it holds, about: the fields' text and their entries (a
+  // section of many small fields costs more than its octets), for the
+  // caller's memory budget.
+  [[nodiscard]] std::size_t memory() const noexcept {
+    return bytes_ + line_.size() + fields_.capacity() * sizeof(field);
+  }
   static constexpr std::size_t max_work = 8 * 1024 * 1024;
 
  private:

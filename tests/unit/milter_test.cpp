@@ -268,7 +268,8 @@ struct one_message {
 one_message run_one(std::string eom, std::vector<std::string> rcpt_addresses = {"b@example.com"},
                     bool smtputf8 = false, std::uint32_t content_timeout_ms = 2000,
                     std::function<void(scripted_milter&)> at_eom = {},
-                    const std::string& extra_headers = {}) {
+                    const std::string& extra_headers = {},
+                    std::shared_ptr<memory_budget> memory = {}) {
   one_message result;
   fixture fx;
   scripted_milter sm(&fx.loop);
@@ -287,6 +288,7 @@ one_message run_one(std::string eom, std::vector<std::string> rcpt_addresses = {
   };
   auto f = make_milter(&fx.loop, {.address = "127.0.0.1:" + std::to_string(sm.port),
                                   .content_timeout_ms = content_timeout_ms,
+                                  .memory = memory,
                                   .log = getenv("MLOG") ? stderr_logger() : logger{}});
   filter_session* fs = f->open({.address = "192.0.2.1", .name = "client.example"});
   verdicts v;
@@ -417,4 +419,18 @@ TEST_CASE("milter client: SMFIR_PROGRESS starts the content timeout again") {
   CHECK(r.got[0].result == store_result::stored);
   CHECK(tk.fired == 5);
   CHECK(r.stored.size() == 1);
+}
+
+TEST_CASE("milter client: the header section it holds counts in the memory budget") {
+  auto budget = std::make_shared<memory_budget>();
+  std::string many;
+  for (int k = 0; k < 10000; ++k) many += "X-F: f\n";  // 70,000 octets in 10,000 fields
+  std::size_t held = 0;
+  one_message r = run_one(
+      packet('c'), {"b@example.com"}, false, 2000, [&](scripted_milter&) { held = budget->used; },
+      many, budget);
+  REQUIRE(r.done);
+  CHECK(r.got[0].result == store_result::stored);
+  CHECK(held >= many.size() + 10000 * sizeof(std::string));
+  CHECK(budget->used == 0);  // All given back.
 }
