@@ -42,6 +42,14 @@ using m::reply_code;
 
 constexpr std::string_view tempfail_reply = "451 4.7.1 Service unavailable - try again later";
 
+// The changes a milter may make to one message (SMFIR_ADDHEADER,
+// INSHEADER, CHGHEADER; ADDRCPT, ADDRCPT_PAR, DELRCPT); past them, or past
+// header_section::max_work, it is broken (its default action): each change
+// costs the loop up to a scan of the fields or the recipients, so the end
+// of a message stays bounded whatever a hostile milter sends.
+constexpr std::size_t max_header_changes = 1000;
+constexpr std::size_t max_recipient_changes = 1000;
+
 // The actions we allow and the steps we can skip (all of those in the
 // protocol that we implement; SMFIF_CHGBODY is not offered).
 constexpr std::uint32_t our_actions =
@@ -129,18 +137,21 @@ class milter_delivery final : public owned_envelope, public delivery, public del
   [[nodiscard]] bool aborted() const noexcept { return listener_ == nullptr; }
 
   m::header_section headers;
+  std::size_t header_changes = 0, recipient_changes = 0;  // made so far
   bool recipients_changed = false;
   std::string notes;  // what the milter changed, for the log
 
  private:
   friend class milter_session;
   void append_body(std::string_view bytes);
+  void count_headers() noexcept;
   void flush();
   void start_file();
   void write_file();
   void read_body(std::size_t offset);
   void body_read(std::string_view bytes);
   void pass_on();
+  void discard_all();
   void next_out();
   void fail_all(store_result result, std::string_view reply);
   void file_progress();
@@ -153,10 +164,11 @@ class milter_delivery final : public owned_envelope, public delivery, public del
   delivery_listener* listener_;
   std::size_t mailboxes_;
   std::shared_ptr<memory_budget> budget_;
-  std::string mem_;          // the body while it fits, then what waits for the file
-  std::size_t counted_ = 0;  // what this holds in the budget
-  std::string writing_;      // the bytes a file write has in flight
-  std::string reading_;      // the buffer a file read fills
+  std::string mem_;                  // the body while it fits, then what waits for the file
+  std::size_t counted_ = 0;          // what this holds in the budget
+  std::size_t counted_headers_ = 0;  // of it, for the header section
+  std::string writing_;              // the bytes a file write has in flight
+  std::string reading_;              // the buffer a file read fills
   std::size_t body_size_ = 0;
   std::size_t file_size_ = 0;
   std::size_t read_at_ = 0;
@@ -210,6 +222,7 @@ class milter_session final : public filter_session {
   void send_stage();
   void send_macros(command cmd, m::macro_stage stage, std::span<const m::macro> macros);
   void expect(wait w, std::uint32_t timeout_ms);
+  void restart_timer();
   void flush_out();
   void on_read(std::string_view bytes);
   void on_reply(const m::reply& r);
@@ -245,6 +258,7 @@ class milter_session final : public filter_session {
   m::decoder decoder_;
   state state_ = state::resolving;
   wait wait_ = wait::none;
+  std::uint32_t timeout_ms_ = 0;  // of the reply awaited
   std::uint32_t actions_ = 0, steps_ = 0;
   std::string symlists_[m::macro_stages];
   // The client, copied from open().
@@ -391,7 +405,14 @@ void milter_session::on_read(std::string_view bytes) {
 
 void milter_session::expect(wait w, std::uint32_t timeout_ms) {
   wait_ = w;
+  timeout_ms_ = timeout_ms;
   uv_timer_start(&timer_, timer_cb, timeout_ms, 0);
+}
+
+// The clock of the reply awaited starts again (SMFIR_PROGRESS, a change).
+// Not uv_timer_again: that does nothing to a timer started without repeat.
+void milter_session::restart_timer() {
+  uv_timer_start(&timer_, timer_cb, timeout_ms_, 0);
 }
 
 void milter_session::timer_cb(uv_timer_t* t) noexcept {
@@ -605,7 +626,7 @@ void milter_session::send_stage() {
 
 void milter_session::on_reply(const m::reply& r) {
   if (r.code == reply_code::progress) {  // Still working: the clock starts again.
-    if (wait_ != wait::none) uv_timer_again(&timer_);
+    if (wait_ != wait::none) restart_timer();
     return;
   }
   switch (wait_) {
@@ -808,6 +829,31 @@ void milter_session::apply_change(const m::reply& r) {
       d.notes +=
           static_cast<unsigned char>(c) < 32 || static_cast<unsigned char>(c) > 126 ? '?' : c;
   };
+  const bool smtputf8 = d.view().smtputf8;
+  // An address that could not go into an envelope: the milter broke the
+  // protocol (its default action), and the log says what it sent.
+  auto bad_address = [&](std::string_view what) {
+    std::string shown;
+    for (char c : r.text.substr(0, 100))
+      shown += static_cast<unsigned char>(c) < 32 || static_cast<unsigned char>(c) > 126 ? '?' : c;
+    fail(fmt::format("id={}: {} with a malformed address ({} octets): <{}>", queue_id_, what,
+                     r.text.size(), shown));
+  };
+  switch (r.code) {
+    case reply_code::addheader:
+    case reply_code::insheader:
+    case reply_code::chgheader:
+      if (++d.header_changes > max_header_changes)
+        return fail(fmt::format("more than {} header changes", max_header_changes));
+      break;
+    case reply_code::addrcpt:
+    case reply_code::addrcpt_par:
+    case reply_code::delrcpt:
+      if (++d.recipient_changes > max_recipient_changes)
+        return fail(fmt::format("more than {} recipient changes", max_recipient_changes));
+      break;
+    default: break;
+  }
   bool ok = true;
   switch (r.code) {
     case reply_code::addheader:
@@ -825,22 +871,31 @@ void milter_session::apply_change(const m::reply& r) {
       ok = d.headers.change(r.index, r.text, r.value, leadspc());
       note(r.value.empty() ? "delheader" : "chgheader", r.text);
       break;
-    case reply_code::chgfrom:
+    case reply_code::chgfrom: {
       if (!allowed(m::action::chgfrom)) break;
-      d.reverse_path = std::string(unbracket(r.text));
+      std::string_view a;
+      if (!m::envelope_address(r.text, smtputf8, true, a)) return bad_address("CHGFROM");
+      d.reverse_path = std::string(a);
       note("chgfrom", d.reverse_path);
       break;
+    }
     case reply_code::addrcpt:
-    case reply_code::addrcpt_par:
+    case reply_code::addrcpt_par: {
       if (!allowed(r.code == reply_code::addrcpt ? m::action::addrcpt : m::action::addrcpt_par))
         break;
+      std::string_view a;
+      if (!m::envelope_address(r.text, smtputf8, false, a))
+        return bad_address(r.code == reply_code::addrcpt ? "ADDRCPT" : "ADDRCPT_PAR");
       if (d.recipients.size() >= 1000) return fail("too many recipients added");
-      d.recipients.push_back(recipient_of(unbracket(r.text)));
+      d.recipients.push_back(recipient_of(a));
       d.recipients_changed = true;
-      note("addrcpt", unbracket(r.text));
+      note("addrcpt", a);
       break;
+    }
     case reply_code::delrcpt: {
       if (!allowed(m::action::delrcpt)) break;
+      // Only compared with the recipients: bounded, not judged.
+      if (r.text.size() > m::max_address + 2) return bad_address("DELRCPT");
       std::string_view a = unbracket(r.text);
       std::erase_if(d.recipients, [&](const recipient& x) {
         return x.address.size() == a.size() &&
@@ -861,7 +916,10 @@ void milter_session::apply_change(const m::reply& r) {
     default: return fail(fmt::format("reply {} out of place", m::name(r.code)));
   }
   if (!ok) note("refused (too large)", r.text);
-  uv_timer_again(&timer_);
+  d.count_headers();
+  if (d.headers.work() > m::header_section::max_work)
+    return fail("header changes past the work bound");
+  restart_timer();
   if (d.notes.empty() || ok) return;
 }
 
@@ -933,13 +991,25 @@ milter_delivery::milter_delivery(milter_session& s, const envelope& env, sink& n
 }
 
 milter_delivery::~milter_delivery() {
-  if (budget_) budget_->used -= counted_;
+  if (budget_) budget_->used -= counted_ + counted_headers_;
+}
+
+// The header section is held in memory (header_section::max_bytes as sent,
+// twice that with a milter's changes): it counts in the shared budget, so
+// that other messages' bodies go to files sooner, never this one's headers.
+void milter_delivery::count_headers() noexcept {
+  std::size_t now = headers.memory();
+  budget_->used -= counted_headers_;
+  budget_->used += now;
+  counted_headers_ = now;
 }
 
 bool milter_delivery::write(std::string_view bytes) {
   if (!headers.done()) {
     std::string body;
-    if (!headers.feed(bytes, body)) return true;
+    bool done = headers.feed(bytes, body);
+    count_headers();
+    if (!done) return true;
     append_body(body);
   }
   append_body(bytes);
@@ -1070,6 +1140,7 @@ void milter_delivery::commit() {
   committing_ = true;
   std::string body;
   headers.finish(body);
+  count_headers();
   append_body(body);
   if (spool_error_ != 0) return fail_all(store_result::temporary_fail, {});
   if (use_file_) {
@@ -1151,12 +1222,7 @@ void milter_delivery::milter_done(filter_action action, std::string_view reply) 
     log_line(s_.options(), log_level::info, fmt::format("id={} {}: {}", queue_id, s_.name, notes));
   switch (action) {
     case filter_action::proceed: return pass_on();
-    case filter_action::discard: {
-      std::vector<store_outcome> out(mailboxes_);
-      delivery_listener* l = std::exchange(listener_, nullptr);
-      release();
-      return l->committed(out);
-    }
+    case filter_action::discard: return discard_all();
     case filter_action::reject:
       return fail_all(
           store_result::permanent_fail,
@@ -1165,13 +1231,23 @@ void milter_delivery::milter_done(filter_action action, std::string_view reply) 
   }
 }
 
+// The message is thrown away (SMFIR_DISCARD, or every recipient deleted):
+// the client is told it was delivered; nothing is stored.
+void milter_delivery::discard_all() {
+  delivery_listener* l = std::exchange(listener_, nullptr);
+  if (!l) return;
+  std::vector<store_outcome> out(mailboxes_);
+  release();
+  l->committed(out);
+}
+
 // The milter agreed: the next sink begins, with what it changed.
 void milter_delivery::pass_on() {
   if (recipients.empty()) {
     // Every recipient deleted: nothing to deliver, as Postfix drops it.
     log_line(s_.options(), log_level::info,
              fmt::format("id={} {}: no recipients left; message dropped", queue_id, s_.name));
-    return milter_done(filter_action::discard, {});
+    return discard_all();
   }
   envelope env = view();
   pass_ = pass::to_next;

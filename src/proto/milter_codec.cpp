@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "proto/utf8.hpp"
+
 namespace inboxd::proto::milter {
 
 namespace {
@@ -196,6 +198,22 @@ bool decoder::parse() noexcept {
   return true;
 }
 
+bool envelope_address(std::string_view text, bool utf8, bool empty_ok,
+                      std::string_view& address) noexcept {
+  if (text.size() >= 2 && text.front() == '<' && text.back() == '>')
+    text = text.substr(1, text.size() - 2);
+  if (text.size() > max_address || (text.empty() && !empty_ok)) return false;
+  bool ascii = true;
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c == 0x7f || c == '<' || c == '>') return false;
+    if (c >= 0x80) ascii = false;
+  }
+  if (!ascii && (!utf8 || !is_utf8_text(text))) return false;
+  address = text;
+  return true;
+}
+
 std::string_view name(reply_code code) noexcept {
   using enum reply_code;
   switch (code) {
@@ -360,6 +378,7 @@ bool header_section::insert(std::uint32_t index, std::string_view name, std::str
   if (field_name(f) != name || !room(f.size())) return false;
   bytes_ += f.size() + 1;
   std::size_t at = std::min<std::size_t>(index, fields_.size());
+  work_ += fields_.size() - at + 1;
   fields_.insert(fields_.begin() + static_cast<std::ptrdiff_t>(at), {std::move(f), false});
   return true;
 }
@@ -369,8 +388,10 @@ bool header_section::change(std::uint32_t index, std::string_view name, std::str
   if (index == 0) index = 1;  // Sendmail treats 0 as the first.
   std::uint32_t seen = 0;
   for (auto it = fields_.begin(); it != fields_.end(); ++it) {
+    ++work_;
     if (it->ours || !iequal(field_name(it->text), name) || ++seen < index) continue;
     if (value.empty()) {
+      work_ += static_cast<std::size_t>(fields_.end() - it);
       fields_.erase(it);
       return true;
     }
@@ -380,6 +401,7 @@ bool header_section::change(std::uint32_t index, std::string_view name, std::str
     it->text = std::move(f);
     return true;
   }
+  ++work_;
   return value.empty() || add(name, value, leadspc);
 }
 

@@ -150,6 +150,18 @@ class decoder {
   std::string_view error_;
 };
 
+// An address a milter gives for the envelope (CHGFROM, ADDRCPT,
+// ADDRCPT_PAR): it goes into the next hop's MAIL FROM:/RCPT TO:, a
+// Return-Path: and an mbox From_ line, so only a sane one is taken. One
+// surrounding <> is stripped; then at most max_address octets (RFC 5321
+// 4.5.3.1.3: a path is 256 with its brackets), none a control, space, DEL,
+// '<' or '>'; ASCII, or well-formed UTF-8 when utf8 (the message is
+// SMTPUTF8). empty_ok: "<>" (the null sender) is taken as empty. Returns
+// false for anything else; address is then left alone.
+constexpr std::size_t max_address = 254;
+[[nodiscard]] bool envelope_address(std::string_view text, bool utf8, bool empty_ok,
+                                    std::string_view& address) noexcept;
+
 // The name of a reply code for the log ("reject", "addheader"), or "?".
 [[nodiscard]] std::string_view name(reply_code code) noexcept;
 
@@ -195,6 +207,18 @@ class header_section {
   // The header section as written out, the empty line included.
   [[nodiscard]] std::string render() const;
   [[nodiscard]] std::size_t size() const noexcept { return bytes_; }
+  // What the changes cost so far: fields looked at and fields moved. A
+  // change costs up to the number of fields (a search, or the shift of an
+  // insert at the top), so a milter's many changes to a section of many
+  // small fields would be quadratic: the caller bounds this (max_work).
+  [[nodiscard]] std::size_t work() const noexcept { return work_; }
+  // The memory it holds, about: the fields' text and their entries (a
+  // section of many small fields costs more than its octets), for the
+  // caller's memory budget.
+  [[nodiscard]] std::size_t memory() const noexcept {
+    return bytes_ + line_.size() + fields_.capacity() * sizeof(field);
+  }
+  static constexpr std::size_t max_work = 8 * 1024 * 1024;
 
  private:
   struct field {
@@ -206,6 +230,7 @@ class header_section {
   std::vector<field> fields_;
   std::string line_;  // a line not complete yet
   std::size_t bytes_ = 0;
+  std::size_t work_ = 0;
   bool seen_ours_ = false;
   bool blank_ = false;  // an empty line ended the section
   bool done_ = false;

@@ -209,3 +209,28 @@ TEST_CASE("milter headers: add, insert and change with Postfix's index semantics
   CHECK(h.add("X-Fold", "a\nb\n\nc", false));  // Unfolded lines are folded again.
   CHECK(h.render().find("X-Fold: a\n\tb\n\tc\n") != std::string::npos);
 }
+
+TEST_CASE("milter codec: envelope addresses from a milter") {
+  auto take = [](std::string_view text, bool utf8 = false, bool empty_ok = false) {
+    std::string_view a = "unchanged";
+    bool ok = envelope_address(text, utf8, empty_ok, a);
+    return ok ? "ok " + std::string(a) : "refused " + std::string(a);
+  };
+  CHECK(take("<a@example.com>") == "ok a@example.com");
+  CHECK(take("a@example.com") == "ok a@example.com");
+  CHECK(take("<>", false, true) == "ok ");
+  CHECK(take("<>") == "refused unchanged");
+  CHECK(take("") == "refused unchanged");
+  CHECK(take("<a@example.com>\r\nRCPT TO:<b@example.com>") == "refused unchanged");
+  CHECK(take("a\n@example.com") == "refused unchanged");
+  CHECK(take("a b@example.com") == "refused unchanged");
+  CHECK(take("<<a@example.com>>") == "refused unchanged");
+  CHECK(take("a\x7f@example.com") == "refused unchanged");
+  CHECK(take("\xc3\xbc@example.com") == "refused unchanged");
+  CHECK(take("\xc3\xbc@example.com", true) == "ok \xc3\xbc@example.com");
+  CHECK(take("\xc3@example.com", true) == "refused unchanged");
+  CHECK(take("\xc2\x85@example.com", true) == "refused unchanged");  // C1 control
+  std::string longest = std::string(max_address - 12, 'a') + "@example.com";
+  CHECK(take("<" + longest + ">") == "ok " + longest);
+  CHECK(take("<a" + longest + ">") == "refused unchanged");
+}

@@ -43,6 +43,7 @@ struct scripted_milter {
   bool connected = false;
   int port = 0;
   std::string in, seen;
+  bool eof = false;
   std::function<std::string(char, std::string_view)> respond;
 
   explicit scripted_milter(uv_loop_t* l) : loop(l) {
@@ -77,6 +78,7 @@ struct scripted_milter {
   }
   static void read_cb(uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
     auto* self = static_cast<scripted_milter*>(s->data);
+    if (n < 0) self->eof = true;  // The client closed (after a failure: no QUIT).
     if (n <= 0) return;
     self->in.append(b->base, static_cast<std::size_t>(n));
     while (self->in.size() >= 4) {
@@ -88,17 +90,19 @@ struct scripted_milter {
       self->in.erase(0, 4 + len);
       if (cmd == 'D') continue;
       self->seen += cmd;
-      std::string out = self->respond(cmd, data);
-      if (out.empty()) continue;
-      auto* req = new uv_write_t;
-      auto* keep = new std::string(std::move(out));
-      req->data = keep;
-      uv_buf_t wb = uv_buf_init(keep->data(), static_cast<unsigned>(keep->size()));
-      uv_write(req, s, &wb, 1, [](uv_write_t* r, int) {
-        delete static_cast<std::string*>(r->data);
-        delete r;
-      });
+      self->send(self->respond(cmd, data));
     }
+  }
+  void send(std::string out) {
+    if (out.empty() || !connected) return;
+    auto* req = new uv_write_t;
+    auto* keep = new std::string(std::move(out));
+    req->data = keep;
+    uv_buf_t wb = uv_buf_init(keep->data(), static_cast<unsigned>(keep->size()));
+    uv_write(req, reinterpret_cast<uv_stream_t*>(&conn), &wb, 1, [](uv_write_t* r, int) {
+      delete static_cast<std::string*>(r->data);
+      delete r;
+    });
   }
 };
 
@@ -249,4 +253,184 @@ TEST_CASE("milter client: end-of-message changes reach the next sink") {
   fs->close();
   run_until(&fx.loop, [&] { return sm.seen.ends_with("Q"); });
   sm.close();
+}
+
+namespace {
+
+// One message through a milter that negotiates every action and answers the
+// end of the message with `eom`; the client's envelope has rcpts.
+struct one_message {
+  std::vector<store_outcome> got;
+  bool done = false;
+  std::vector<inboxd::test::memory_sink::message> stored;
+};
+
+one_message run_one(std::string eom, std::vector<std::string> rcpt_addresses = {"b@example.com"},
+                    bool smtputf8 = false, std::uint32_t content_timeout_ms = 2000,
+                    std::function<void(scripted_milter&)> at_eom = {},
+                    const std::string& extra_headers = {},
+                    std::shared_ptr<memory_budget> memory = {}) {
+  one_message result;
+  fixture fx;
+  scripted_milter sm(&fx.loop);
+  sm.respond = [&](char cmd, std::string_view) -> std::string {
+    switch (cmd) {
+      // NR_HDR: a section of many fields goes without a round trip each.
+      case 'O': return packet('O', be32(6) + be32(0x1ff) + be32(m::step::nr_hdr));
+      case 'L': return {};
+      case 'E':
+        if (at_eom) at_eom(sm);
+        return eom;
+      case 'Q':
+      case 'A': return {};
+      default: return packet('c');
+    }
+  };
+  auto f = make_milter(&fx.loop, {.address = "127.0.0.1:" + std::to_string(sm.port),
+                                  .content_timeout_ms = content_timeout_ms,
+                                  .memory = memory,
+                                  .log = getenv("MLOG") ? stderr_logger() : logger{}});
+  filter_session* fs = f->open({.address = "192.0.2.1", .name = "client.example"});
+  verdicts v;
+  filter_state st{.queue_id = "Q3", .reverse_path = "a@example.com"};
+  for (auto stage : {filter_stage::connect, filter_stage::helo, filter_stage::mail,
+                     filter_stage::rcpt, filter_stage::data}) {
+    std::size_t want = v.got.size() + 1;
+    fs->ask(stage, st, v);
+    REQUIRE(run_until(&fx.loop, [&] { return v.got.size() == want; }));
+  }
+  inboxd::test::memory_sink next;
+  outcomes out;
+  std::vector<recipient> rcpts;
+  for (const std::string& a : rcpt_addresses)
+    rcpts.push_back({.address = a, .user = a.substr(0, a.find('@')), .domain = "example.com"});
+  envelope env{};
+  env.queue_id = "Q3";
+  env.reverse_path = "a@example.com";
+  env.recipients = rcpts;
+  env.smtputf8 = smtputf8;
+  delivery* d = fs->message(env, next, out);
+  REQUIRE(d != nullptr);
+  d->write("Received: ours\nSubject: s\n" + extra_headers + "\nbody\n");
+  d->commit();
+  run_until(&fx.loop, [&] { return out.done; });
+  result.done = out.done;
+  result.got = out.got;
+  result.stored = next.messages;
+  if (!out.done) d->abort();
+  fs->close();
+  run_until(&fx.loop, [&] { return sm.seen.ends_with("Q") || sm.eof; });
+  sm.close();
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("milter client: a milter that deletes every recipient: discarded, the client told 250") {
+  one_message r =
+      run_one(packet('-', "<b@example.com>\0"s) + packet('-', "<c@example.com>\0"s) + packet('c'),
+              {"b@example.com", "c@example.com"});
+  REQUIRE(r.done);  // It hung: committed() never came.
+  REQUIRE(r.got.size() == 2);
+  for (const store_outcome& o : r.got) CHECK(o.result == store_result::stored);
+  CHECK(r.stored.empty());  // Nothing went to the next sink.
+}
+
+TEST_CASE(
+    "milter client: an envelope address a milter gives must be sane, else its default action") {
+  auto refused = [](std::string eom, bool smtputf8 = false) {
+    one_message r = run_one(eom + packet('c'), {"b@example.com"}, smtputf8);
+    REQUIRE(r.done);
+    REQUIRE(r.got.size() == 1);
+    CHECK(r.got[0].result == store_result::temporary_fail);  // tempfail: the default action
+    CHECK(r.stored.empty());
+  };
+  // A line end would smuggle a command into the next hop's envelope.
+  refused(packet('e', "<a@example.com>\r\nRCPT TO:<x@example.com>\0"s));
+  refused(packet('e', "<a@example.com> SIZE=1\0"s));
+  refused(packet('+', "<c d@example.com>\0"s));
+  refused(packet('+', "<c<d@example.com>\0"s));
+  refused(packet('+', "<>\0"s));
+  refused(packet('2', "<c\x01@example.com>\0\0"s));
+  refused(packet('+', "<" + std::string(250, 'c') + "@example.com>\0"s));
+  refused(packet('+', "<c\xc3\xbc@example.com>\0"s));    // UTF-8 without SMTPUTF8
+  refused(packet('+', "<c\xc3@example.com>\0"s), true);  // not UTF-8
+  refused(packet('-', "<" + std::string(300, 'b') + "@example.com>\0"s));
+
+  one_message r =
+      run_one(packet('e', "<>\0"s) + packet('+', "c\xc3\xbc@example.com\0"s) + packet('c'),
+              {"b@example.com"}, true);
+  REQUIRE(r.done);
+  REQUIRE(r.got.size() == 1);
+  CHECK(r.got[0].result == store_result::stored);
+  REQUIRE(r.stored.size() == 1);
+  CHECK(r.stored[0].reverse_path.empty());  // The null sender.
+  CHECK(r.stored[0].recipients ==
+        std::vector<std::string>{"b@example.com", "c\xc3\xbc@example.com"});
+}
+
+TEST_CASE("milter client: changes past the caps fail the milter (its default action)") {
+  auto run = [](char code, const std::string& one, std::size_t n, const std::string& headers = {}) {
+    std::string eom;
+    for (std::size_t k = 0; k < n; ++k) eom += packet(code, one);
+    one_message r = run_one(eom + packet('c'), {"b@example.com"}, false, 2000, {}, headers);
+    REQUIRE(r.done);
+    REQUIRE(r.got.size() == 1);
+    return r.got[0].result;
+  };
+  CHECK(run('h', "X-A\0a\0"s, 1000) == store_result::stored);
+  CHECK(run('h', "X-A\0a\0"s, 1001) == store_result::temporary_fail);
+  CHECK(run('i', be32(0) + "X-A\0a\0"s, 1001) == store_result::temporary_fail);
+  CHECK(run('+', "<c@example.com>\0"s, 1001) == store_result::temporary_fail);
+  CHECK(run('-', "<c@example.com>\0"s, 1000) == store_result::stored);
+  CHECK(run('-', "<c@example.com>\0"s, 1001) == store_result::temporary_fail);
+  // Deletes of an absent field each scan every field: 900 over 10,000
+  // fields is past the work bound.
+  std::string many;
+  for (int k = 0; k < 10000; ++k) many += "X-F: f\n";
+  CHECK(run('m', be32(1) + "X-None\0\0"s, 900, many) == store_result::temporary_fail);
+  CHECK(run('m', be32(1) + "X-None\0\0"s, 100, many) == store_result::stored);
+}
+
+TEST_CASE("milter client: SMFIR_PROGRESS starts the content timeout again") {
+  struct ticker {
+    uv_timer_t t{};
+    scripted_milter* sm = nullptr;
+    int fired = 0;
+  } tk;
+  auto at_eom = [&](scripted_milter& sm) {
+    tk.sm = &sm;
+    uv_timer_init(sm.loop, &tk.t);
+    tk.t.data = &tk;
+    uv_timer_start(
+        &tk.t,
+        [](uv_timer_t* t) {
+          auto* k = static_cast<ticker*>(t->data);
+          if (++k->fired < 5) return k->sm->send(packet('p'));
+          k->sm->send(packet('c'));
+          uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+        },
+        150, 150);
+  };
+  // 750 ms of work, a progress every 150 ms, a timeout of 400 ms.
+  one_message r = run_one({}, {"b@example.com"}, false, 400, at_eom);
+  REQUIRE(r.done);
+  REQUIRE(r.got.size() == 1);
+  CHECK(r.got[0].result == store_result::stored);
+  CHECK(tk.fired == 5);
+  CHECK(r.stored.size() == 1);
+}
+
+TEST_CASE("milter client: the header section it holds counts in the memory budget") {
+  auto budget = std::make_shared<memory_budget>();
+  std::string many;
+  for (int k = 0; k < 10000; ++k) many += "X-F: f\n";  // 70,000 octets in 10,000 fields
+  std::size_t held = 0;
+  one_message r = run_one(
+      packet('c'), {"b@example.com"}, false, 2000, [&](scripted_milter&) { held = budget->used; },
+      many, budget);
+  REQUIRE(r.done);
+  CHECK(r.got[0].result == store_result::stored);
+  CHECK(held >= many.size() + 10000 * sizeof(std::string));
+  CHECK(budget->used == 0);  // All given back.
 }
