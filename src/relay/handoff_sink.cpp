@@ -415,9 +415,9 @@ hop* handoff_sink::take() {
     if (h->client.usable()) return h;
     h->close();  // Still in RSET, or gone bad: not worth waiting for.
   }
-  auto* h = new hop(loop_, config_);
-  h->connect();
-  return h;
+  // Not connected yet: begin() links it to its delivery first, so that a
+  // connect that fails at once has someone to tell.
+  return new hop(loop_, config_);
 }
 
 void handoff_sink::give_back(hop* h) {
@@ -445,7 +445,10 @@ delivery* handoff_sink::begin(const envelope& env, delivery_listener& listener) 
   auto* d = new handoff_delivery(*this, env, listener);
   hop* h = take();
   h->user = d;
-  if (h->client.usable()) d->start(h);
+  if (h->client.usable())
+    d->start(h);
+  else
+    h->connect();  // A connect that fails at once tells d through lost().
   return d;
 }
 

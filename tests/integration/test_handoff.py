@@ -37,12 +37,14 @@ class Hop:
 
     ext: the EHLO keywords; rcpt(addr) gives a RCPT's reply; end gives the
     reply after the data ("drop" closes, "garbage" answers nonsense); tls: an
-    ssl.SSLContext for STARTTLS; auth: the (user, password) AUTH PLAIN wants."""
+    ssl.SSLContext for STARTTLS; auth: the (user, password) AUTH PLAIN wants;
+    greet_delay, rcpt_delay: seconds before the greeting, before each RCPT's reply."""
 
     def __init__(self, ext=("PIPELINING", "8BITMIME"), rcpt=None, end="250 2.0.0 Ok: taken",
-                 tls=None, auth=None, slow=0):
+                 tls=None, auth=None, slow=0, greet_delay=0, rcpt_delay=0):
         self.ext, self.rcpt, self.end, self.tls, self.auth = ext, rcpt, end, tls, auth
         self.slow = slow  # seconds the hop waits after 354 before it reads the data
+        self.greet_delay, self.rcpt_delay = greet_delay, rcpt_delay
         self.connections = 0
         self.messages = []  # (sender, rcpts, data, verb)
         self.commands = []
@@ -85,6 +87,7 @@ class Hop:
         def say(line):
             f.write(line.encode() + b"\r\n")
             f.flush()
+        time.sleep(self.greet_delay)
         say("220 hop.test ESMTP")
         mail, rcpts = None, []
         while True:
@@ -119,6 +122,7 @@ class Hop:
                 say("250 2.1.0 ok")
             elif verb == "RCPT":
                 addr = re.search(r"<([^>]*)>", cmd).group(1)
+                time.sleep(self.rcpt_delay)
                 reply = self.rcpt(addr) if self.rcpt else "250 2.1.5 ok"
                 if reply.startswith("2"):
                     rcpts.append(addr)
@@ -348,6 +352,18 @@ class HostileHopTest(HandoffTestCase):
         code, _ = self.send(["u1@inboxd.test"])
         self.assertEqual(code, 451)
         self.server.wait_log(r"cannot connect to the next hop")
+
+    def test_a_connect_that_fails_at_once_is_451(self):
+        # 255.255.255.255: connect() fails with ENETUNREACH before returning.
+        self.server = self.start_server("--smtp-to", "255.255.255.255:25",
+                                        "--handoff-command-timeout", "2", sink="smtp",
+                                        maildir=False)
+        start = time.monotonic()
+        code, text = self.send(["u1@inboxd.test"])
+        self.assertEqual(code, 451, text)
+        self.assertLess(time.monotonic() - start, 5)
+        self.server.wait_log(r"cannot connect to the next hop")
+        self.assertTrue(self.server.alive())
 
     def test_lmtp_hop_and_lmtp_client_per_recipient(self):
         hop = self.hop(rcpt=lambda a: "550 5.1.1 unknown" if a.startswith("u2") else "250 ok")
