@@ -139,6 +139,9 @@ class handoff_delivery final : public delivery {
   void commit() override;
   void abort() noexcept override;
 
+  // begin() gives it its hop before anything can happen on it: an abort()
+  // before the message started must still unlink and close it.
+  void attach(hop* h) noexcept { hop_ = h; }
   // The hop is ready for this message (at once, or once it has greeted).
   void start(hop* h);
   // The hop has the outcomes (state done), or failed (state failed).
@@ -444,7 +447,8 @@ void handoff_sink::forget(hop* h) noexcept {
 delivery* handoff_sink::begin(const envelope& env, delivery_listener& listener) {
   auto* d = new handoff_delivery(*this, env, listener);
   hop* h = take();
-  h->user = d;
+  h->user = d;  // Both ways at once: see abort().
+  d->attach(h);
   if (h->client.usable())
     d->start(h);
   else
@@ -493,6 +497,8 @@ void handoff_delivery::commit() {
 }
 
 void handoff_delivery::abort() noexcept {
+  // Started or not (still connecting or greeting), the hop must not call
+  // this delivery any more: it is closed, and drops the transaction if any.
   if (hop* h = std::exchange(hop_, nullptr)) {
     h->user = nullptr;
     h->close();

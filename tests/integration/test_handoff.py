@@ -353,6 +353,24 @@ class HostileHopTest(HandoffTestCase):
         self.assertEqual(code, 451)
         self.server.wait_log(r"cannot connect to the next hop")
 
+    def test_client_gone_while_the_hop_greets(self):
+        # The delivery is aborted before its new connection has greeted: the
+        # hop must not call it later (a use-after-free).
+        hop = self.hop(greet_delay=1)
+        self.relay_to(hop.port, "--handoff-max-idle", "0")
+        c = self.ehlo()
+        self.assertReply(c.cmd("MAIL FROM:<s@example.net>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<u1@inboxd.test>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(BODY[:20])
+        time.sleep(0.2)
+        c.close()
+        time.sleep(1.5)  # the hop greets meanwhile
+        self.assertTrue(self.server.alive(), self.server.log())
+        self.assertEqual(self.send(["u1@inboxd.test"]), (250, ""))
+        self.assertEqual(len(hop.messages), 1)
+        self.assertEqual(self.server.stop(), 0, self.server.log())
+
     def test_a_connect_that_fails_at_once_is_451(self):
         # 255.255.255.255: connect() fails with ENETUNREACH before returning.
         self.server = self.start_server("--smtp-to", "255.255.255.255:25",
