@@ -144,6 +144,11 @@ class smtp_client {
   std::string& output() noexcept { return out_; }
   // Body bytes held until the hop is ready for them (for backpressure).
   [[nodiscard]] std::size_t held() const noexcept { return held_.size(); }
+  // In state body, a reply from the hop is outstanding (a BDAT chunk's, or
+  // the body is complete and waits for those): the driver times the wait.
+  [[nodiscard]] bool awaiting_reply() const noexcept {
+    return state_ == state::body && (chunks_ > 0 || finished_);
+  }
   // Per RCPT, in start()'s order; complete in state done (and failed).
   [[nodiscard]] std::span<const rcpt_outcome> outcomes() const noexcept { return outcomes_; }
   // The outcome of mailbox i of the envelope start() was given.

@@ -264,7 +264,11 @@ void hop::on_plain(std::string_view bytes) {
 void hop::changed() {
   flush();
   react();
-  if (!closing_) arm_timer();
+  if (closing_) return;
+  arm_timer();
+  // A refusal drops the body bytes the client held (a refused RCPT, DATA or
+  // BDAT): a session paused for them may go on (drained() decides).
+  if (user) user->drained();
 }
 
 // What the client's state asks of the I/O side.
@@ -340,7 +344,10 @@ void hop::arm_timer() {
   std::chrono::milliseconds t{0};
   switch (client.current()) {
     case state::body:
-      if (in_flight_ > 0) t = o.data_timeout;
+      if (in_flight_ > 0)
+        t = o.data_timeout;
+      else if (client.awaiting_reply())
+        t = o.command_timeout;
       break;
     case state::ready:
     case state::done:
@@ -561,7 +568,7 @@ void handoff_delivery::account() noexcept {
 
 void handoff_delivery::drained() noexcept {
   account();
-  if (!paused_ || in_write_ || holding() > high_water / 2) return;
+  if (!paused_ || in_write_ || committing_ || holding() > high_water / 2) return;
   paused_ = false;
   listener_->writable();
 }

@@ -383,6 +383,19 @@ class HostileHopTest(HandoffTestCase):
         self.server.wait_log(r"cannot connect to the next hop")
         self.assertTrue(self.server.alive())
 
+    def test_a_refused_rcpt_resumes_a_paused_session(self):
+        # The body passes the high-water mark while the RCPT reply is late;
+        # the refusal drops what was held, and the session must go on at once
+        # (not wait for the hop to time out).
+        hop = self.hop(rcpt_delay=1, rcpt=lambda a: "550 5.1.1 no such user here")
+        self.relay_to(hop.port, command_timeout="20")
+        start = time.monotonic()
+        code, text = self.send(["u1@inboxd.test"], BODY + (b"q" * 998 + b"\r\n") * 2100)
+        self.assertEqual((code, text), (550, "5.1.1 no such user here"))
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual(hop.messages, [])
+        self.assertNotIn("DATA", hop.commands)
+
     def test_lmtp_hop_and_lmtp_client_per_recipient(self):
         hop = self.hop(rcpt=lambda a: "550 5.1.1 unknown" if a.startswith("u2") else "250 ok")
         self.relay_to(hop.port, "--listen-lmtp", "127.0.0.1:0", kind="lmtp")

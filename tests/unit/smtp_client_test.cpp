@@ -392,3 +392,27 @@ TEST_CASE("a chunk refused after LAST was sent: done at LAST's reply") {
   CHECK(c.outcomes()[0].result == store_result::temporary_fail);
   CHECK(c.outcomes()[0].reply == "451 4.3.0 chunk lost");
 }
+
+TEST_CASE(
+    "a BDAT chunk's reply outstanding is a wait the driver times; a refusal drops what is held") {
+  smtp_client c = ready_client("250-hop\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+  sent(c);
+  rcpts r{"a@x"};
+  REQUIRE(c.start(env_of(r), false));
+  c.body(std::string(300000, 'a'));  // held until the envelope's replies
+  CHECK(c.held() > 0);
+  CHECK_FALSE(c.awaiting_reply());
+  REQUIRE(feed(c, "250 ok\r\n250 ok\r\n"));
+  CHECK(c.held() == 0);
+  CHECK(c.awaiting_reply());  // a chunk went: its reply is due
+  REQUIRE(feed(c, "250 ok\r\n"));
+  CHECK_FALSE(c.awaiting_reply());
+  smtp_client d = ready_client("250-hop\r\n250 PIPELINING\r\n");
+  REQUIRE(d.start(env_of(r), false));
+  d.body(std::string(300000, 'a'));
+  CHECK(d.held() == 300000);
+  REQUIRE(feed(d, "250 ok\r\n550 5.1.1 no\r\n"));
+  CHECK(d.held() == 0);  // dropped: the driver tells a paused session
+  CHECK(d.current() == state::body);
+  CHECK_FALSE(d.awaiting_reply());
+}
