@@ -79,7 +79,9 @@ struct smtp_client_options {
   bool lmtp = false;  // LHLO and a reply per recipient after the data (RFC 2033)
   std::string helo = "localhost";
   enum class tls : std::uint8_t { none, may, require } starttls = tls::none;
-  std::string auth_user = {};  // with a password: AUTH PLAIN (RFC 4954) after EHLO
+  // With a password: AUTH PLAIN (RFC 4954) after EHLO, only inside TLS (as
+  // Postfix's smtp_sasl_security_options = noplaintext).
+  std::string auth_user = {};
   std::string auth_password = {};
 };
 
@@ -180,6 +182,7 @@ class smtp_client {
   reply_parser parser_;
   hop_extensions ext_;
   bool helo_again_ = false;  // EHLO after STARTTLS
+  bool tls_ = false;         // tls_started(): the connection is encrypted
   std::vector<std::string> ehlo_lines_;
   std::string out_;
   std::string held_;  // encoded body bytes not yet in out_

@@ -492,6 +492,21 @@ class TlsAuthTest(HandoffTestCase):
         self.assertEqual(self.send(["u1@inboxd.test"])[0], 451)
         self.assertEqual(hop.messages, [])
 
+    def test_no_auth_in_cleartext(self):
+        # The hop offers AUTH but no STARTTLS: the password is not sent.
+        for tls in ("may", "none"):
+            hop = self.hop(ext=("PIPELINING", "AUTH PLAIN"), auth=("relayuser", "s3cret"))
+            self.server = self.start_server("--smtp-to", f"127.0.0.1:{hop.port}",
+                                            "--smtp-tls", tls, "--smtp-auth-file", self.auth_file,
+                                            "--handoff-command-timeout", "5", sink="smtp",
+                                            maildir=False)
+            code, _ = self.send(["u1@inboxd.test"])
+            self.assertEqual(code, 451)
+            self.assertEqual(hop.messages, [])
+            self.assertFalse(any(c.startswith("AUTH") for c in hop.commands), hop.commands)
+            self.assertTrue(self.server.wait_log(r"AUTH needs TLS"), self.server.log())
+            self.server.stop()
+
     def test_bad_auth_is_a_temporary_failure(self):
         hop = self.hop(ext=("PIPELINING", "STARTTLS", "AUTH PLAIN"), tls=self.ctx,
                        auth=("relayuser", "other"))
