@@ -188,6 +188,7 @@ void smtp_client::on_helo(const smtp_reply& r) {
 void smtp_client::tls_started() {
   if (state_ != state::handshake) return;
   helo_again_ = true;
+  tls_ = true;
   // RFC 3207 4.2: forget what the hop said before TLS and ask again.
   send(fmt::format(FMT_STRING("{} {}"), options_.lmtp ? "LHLO" : "EHLO", options_.helo));
   state_ = state::helo;
@@ -207,6 +208,11 @@ void smtp_client::after_helo() {
   // As Postfix's smtp_sasl_auth_enable: a hop that offers no AUTH gets the
   // mail without it.
   if (!options_.auth_user.empty() && ext_.auth_plain) {
+    // The password never goes in cleartext (Postfix's noplaintext).
+    if (!tls_)
+      return give_up(
+          "451 4.7.0 AUTH needs TLS: the next hop offers AUTH PLAIN without TLS, and the password "
+          "is not sent in cleartext");
     std::string token;
     token += '\0';
     token += options_.auth_user;

@@ -79,7 +79,9 @@ struct smtp_client_options {
   bool lmtp = false;  // LHLO and a reply per recipient after the data (RFC 2033)
   std::string helo = "localhost";
   enum class tls : std::uint8_t { none, may, require } starttls = tls::none;
-  std::string auth_user = {};  // with a password: AUTH PLAIN (RFC 4954) after EHLO
+  // With a password: AUTH PLAIN (RFC 4954) after EHLO, only inside TLS (as
+  // Postfix's smtp_sasl_security_options = noplaintext).
+  std::string auth_user = {};
   std::string auth_password = {};
 };
 
@@ -144,6 +146,11 @@ class smtp_client {
   std::string& output() noexcept { return out_; }
   // Body bytes held until the hop is ready for them (for backpressure).
   [[nodiscard]] std::size_t held() const noexcept { return held_.size(); }
+  // In state body, a reply from the hop is outstanding (a BDAT chunk's, or
+  // the body is complete and waits for those): the driver times the wait.
+  [[nodiscard]] bool awaiting_reply() const noexcept {
+    return state_ == state::body && (chunks_ > 0 || finished_);
+  }
   // Per RCPT, in start()'s order; complete in state done (and failed).
   [[nodiscard]] std::span<const rcpt_outcome> outcomes() const noexcept { return outcomes_; }
   // The outcome of mailbox i of the envelope start() was given.
@@ -175,6 +182,7 @@ class smtp_client {
   reply_parser parser_;
   hop_extensions ext_;
   bool helo_again_ = false;  // EHLO after STARTTLS
+  bool tls_ = false;         // tls_started(): the connection is encrypted
   std::vector<std::string> ehlo_lines_;
   std::string out_;
   std::string held_;  // encoded body bytes not yet in out_

@@ -139,6 +139,9 @@ class handoff_delivery final : public delivery {
   void commit() override;
   void abort() noexcept override;
 
+  // begin() gives it its hop before anything can happen on it: an abort()
+  // before the message started must still unlink and close it.
+  void attach(hop* h) noexcept { hop_ = h; }
   // The hop is ready for this message (at once, or once it has greeted).
   void start(hop* h);
   // The hop has the outcomes (state done), or failed (state failed).
@@ -261,7 +264,11 @@ void hop::on_plain(std::string_view bytes) {
 void hop::changed() {
   flush();
   react();
-  if (!closing_) arm_timer();
+  if (closing_) return;
+  arm_timer();
+  // A refusal drops the body bytes the client held (a refused RCPT, DATA or
+  // BDAT): a session paused for them may go on (drained() decides).
+  if (user) user->drained();
 }
 
 // What the client's state asks of the I/O side.
@@ -337,7 +344,10 @@ void hop::arm_timer() {
   std::chrono::milliseconds t{0};
   switch (client.current()) {
     case state::body:
-      if (in_flight_ > 0) t = o.data_timeout;
+      if (in_flight_ > 0)
+        t = o.data_timeout;
+      else if (client.awaiting_reply())
+        t = o.command_timeout;
       break;
     case state::ready:
     case state::done:
@@ -415,9 +425,9 @@ hop* handoff_sink::take() {
     if (h->client.usable()) return h;
     h->close();  // Still in RSET, or gone bad: not worth waiting for.
   }
-  auto* h = new hop(loop_, config_);
-  h->connect();
-  return h;
+  // Not connected yet: begin() links it to its delivery first, so that a
+  // connect that fails at once has someone to tell.
+  return new hop(loop_, config_);
 }
 
 void handoff_sink::give_back(hop* h) {
@@ -444,8 +454,12 @@ void handoff_sink::forget(hop* h) noexcept {
 delivery* handoff_sink::begin(const envelope& env, delivery_listener& listener) {
   auto* d = new handoff_delivery(*this, env, listener);
   hop* h = take();
-  h->user = d;
-  if (h->client.usable()) d->start(h);
+  h->user = d;  // Both ways at once: see abort().
+  d->attach(h);
+  if (h->client.usable())
+    d->start(h);
+  else
+    h->connect();  // A connect that fails at once tells d through lost().
   return d;
 }
 
@@ -490,6 +504,8 @@ void handoff_delivery::commit() {
 }
 
 void handoff_delivery::abort() noexcept {
+  // Started or not (still connecting or greeting), the hop must not call
+  // this delivery any more: it is closed, and drops the transaction if any.
   if (hop* h = std::exchange(hop_, nullptr)) {
     h->user = nullptr;
     h->close();
@@ -552,7 +568,7 @@ void handoff_delivery::account() noexcept {
 
 void handoff_delivery::drained() noexcept {
   account();
-  if (!paused_ || in_write_ || holding() > high_water / 2) return;
+  if (!paused_ || in_write_ || committing_ || holding() > high_water / 2) return;
   paused_ = false;
   listener_->writable();
 }

@@ -37,12 +37,14 @@ class Hop:
 
     ext: the EHLO keywords; rcpt(addr) gives a RCPT's reply; end gives the
     reply after the data ("drop" closes, "garbage" answers nonsense); tls: an
-    ssl.SSLContext for STARTTLS; auth: the (user, password) AUTH PLAIN wants."""
+    ssl.SSLContext for STARTTLS; auth: the (user, password) AUTH PLAIN wants;
+    greet_delay, rcpt_delay: seconds before the greeting, before each RCPT's reply."""
 
     def __init__(self, ext=("PIPELINING", "8BITMIME"), rcpt=None, end="250 2.0.0 Ok: taken",
-                 tls=None, auth=None, slow=0):
+                 tls=None, auth=None, slow=0, greet_delay=0, rcpt_delay=0):
         self.ext, self.rcpt, self.end, self.tls, self.auth = ext, rcpt, end, tls, auth
         self.slow = slow  # seconds the hop waits after 354 before it reads the data
+        self.greet_delay, self.rcpt_delay = greet_delay, rcpt_delay
         self.connections = 0
         self.messages = []  # (sender, rcpts, data, verb)
         self.commands = []
@@ -85,6 +87,7 @@ class Hop:
         def say(line):
             f.write(line.encode() + b"\r\n")
             f.flush()
+        time.sleep(self.greet_delay)
         say("220 hop.test ESMTP")
         mail, rcpts = None, []
         while True:
@@ -119,6 +122,7 @@ class Hop:
                 say("250 2.1.0 ok")
             elif verb == "RCPT":
                 addr = re.search(r"<([^>]*)>", cmd).group(1)
+                time.sleep(self.rcpt_delay)
                 reply = self.rcpt(addr) if self.rcpt else "250 2.1.5 ok"
                 if reply.startswith("2"):
                     rcpts.append(addr)
@@ -349,6 +353,49 @@ class HostileHopTest(HandoffTestCase):
         self.assertEqual(code, 451)
         self.server.wait_log(r"cannot connect to the next hop")
 
+    def test_client_gone_while_the_hop_greets(self):
+        # The delivery is aborted before its new connection has greeted: the
+        # hop must not call it later (a use-after-free).
+        hop = self.hop(greet_delay=1)
+        self.relay_to(hop.port, "--handoff-max-idle", "0")
+        c = self.ehlo()
+        self.assertReply(c.cmd("MAIL FROM:<s@example.net>"), "250")
+        self.assertReply(c.cmd("RCPT TO:<u1@inboxd.test>"), "250")
+        self.assertReply(c.cmd("DATA"), "354")
+        c.send(BODY[:20])
+        time.sleep(0.2)
+        c.close()
+        time.sleep(1.5)  # the hop greets meanwhile
+        self.assertTrue(self.server.alive(), self.server.log())
+        self.assertEqual(self.send(["u1@inboxd.test"]), (250, ""))
+        self.assertEqual(len(hop.messages), 1)
+        self.assertEqual(self.server.stop(), 0, self.server.log())
+
+    def test_a_connect_that_fails_at_once_is_451(self):
+        # 255.255.255.255: connect() fails with ENETUNREACH before returning.
+        self.server = self.start_server("--smtp-to", "255.255.255.255:25",
+                                        "--handoff-command-timeout", "2", sink="smtp",
+                                        maildir=False)
+        start = time.monotonic()
+        code, text = self.send(["u1@inboxd.test"])
+        self.assertEqual(code, 451, text)
+        self.assertLess(time.monotonic() - start, 5)
+        self.server.wait_log(r"cannot connect to the next hop")
+        self.assertTrue(self.server.alive())
+
+    def test_a_refused_rcpt_resumes_a_paused_session(self):
+        # The body passes the high-water mark while the RCPT reply is late;
+        # the refusal drops what was held, and the session must go on at once
+        # (not wait for the hop to time out).
+        hop = self.hop(rcpt_delay=1, rcpt=lambda a: "550 5.1.1 no such user here")
+        self.relay_to(hop.port, command_timeout="20")
+        start = time.monotonic()
+        code, text = self.send(["u1@inboxd.test"], BODY + (b"q" * 998 + b"\r\n") * 2100)
+        self.assertEqual((code, text), (550, "5.1.1 no such user here"))
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual(hop.messages, [])
+        self.assertNotIn("DATA", hop.commands)
+
     def test_lmtp_hop_and_lmtp_client_per_recipient(self):
         hop = self.hop(rcpt=lambda a: "550 5.1.1 unknown" if a.startswith("u2") else "250 ok")
         self.relay_to(hop.port, "--listen-lmtp", "127.0.0.1:0", kind="lmtp")
@@ -444,6 +491,21 @@ class TlsAuthTest(HandoffTestCase):
         self.tls_relay(hop, self.cert)
         self.assertEqual(self.send(["u1@inboxd.test"])[0], 451)
         self.assertEqual(hop.messages, [])
+
+    def test_no_auth_in_cleartext(self):
+        # The hop offers AUTH but no STARTTLS: the password is not sent.
+        for tls in ("may", "none"):
+            hop = self.hop(ext=("PIPELINING", "AUTH PLAIN"), auth=("relayuser", "s3cret"))
+            self.server = self.start_server("--smtp-to", f"127.0.0.1:{hop.port}",
+                                            "--smtp-tls", tls, "--smtp-auth-file", self.auth_file,
+                                            "--handoff-command-timeout", "5", sink="smtp",
+                                            maildir=False)
+            code, _ = self.send(["u1@inboxd.test"])
+            self.assertEqual(code, 451)
+            self.assertEqual(hop.messages, [])
+            self.assertFalse(any(c.startswith("AUTH") for c in hop.commands), hop.commands)
+            self.assertTrue(self.server.wait_log(r"AUTH needs TLS"), self.server.log())
+            self.server.stop()
 
     def test_bad_auth_is_a_temporary_failure(self):
         hop = self.hop(ext=("PIPELINING", "STARTTLS", "AUTH PLAIN"), tls=self.ctx,

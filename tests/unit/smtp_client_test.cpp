@@ -313,16 +313,25 @@ TEST_CASE("STARTTLS required but not offered, or bytes after its 220, fail") {
   CHECK_FALSE(feed(inj, "220 go\r\n250 injected\r\n"));
 }
 
-TEST_CASE("AUTH PLAIN after EHLO where offered") {
-  smtp_client c({.auth_user = "u", .auth_password = "p"});
-  REQUIRE(feed(c, "220 hop\r\n"));
+// A client that has done STARTTLS and is asked for the EHLO reply after it.
+smtp_client after_tls(smtp_client_options o) {
+  o.starttls = smtp_client_options::tls::may;
+  smtp_client c(std::move(o));
+  REQUIRE(feed(c, "220 hop\r\n250-hop\r\n250 STARTTLS\r\n"));
+  REQUIRE(feed(c, "220 go ahead\r\n"));
+  c.tls_started();
   sent(c);
+  return c;
+}
+
+TEST_CASE("AUTH PLAIN after EHLO where offered, inside TLS") {
+  smtp_client c = after_tls({.auth_user = "u", .auth_password = "p"});
   REQUIRE(feed(c, "250-hop\r\n250 AUTH PLAIN\r\n"));
   CHECK(sent(c) == "AUTH PLAIN AHUAcA==\r\n");
   REQUIRE(feed(c, "235 2.7.0 ok\r\n"));
   CHECK(c.current() == state::ready);
-  smtp_client bad({.auth_user = "u", .auth_password = "p"});
-  REQUIRE(feed(bad, "220 hop\r\n250-hop\r\n250 AUTH PLAIN\r\n"));
+  smtp_client bad = after_tls({.auth_user = "u", .auth_password = "p"});
+  REQUIRE(feed(bad, "250-hop\r\n250 AUTH PLAIN\r\n"));
   CHECK_FALSE(feed(bad, "535 5.7.8 bad\r\n"));
   CHECK(bad.error() == "535 5.7.8 bad");
 }
@@ -391,4 +400,50 @@ TEST_CASE("a chunk refused after LAST was sent: done at LAST's reply") {
   CHECK(c.current() == state::done);
   CHECK(c.outcomes()[0].result == store_result::temporary_fail);
   CHECK(c.outcomes()[0].reply == "451 4.3.0 chunk lost");
+}
+
+TEST_CASE(
+    "a BDAT chunk's reply outstanding is a wait the driver times; a refusal drops what is held") {
+  smtp_client c = ready_client("250-hop\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+  sent(c);
+  rcpts r{"a@x"};
+  REQUIRE(c.start(env_of(r), false));
+  c.body(std::string(300000, 'a'));  // held until the envelope's replies
+  CHECK(c.held() > 0);
+  CHECK_FALSE(c.awaiting_reply());
+  REQUIRE(feed(c, "250 ok\r\n250 ok\r\n"));
+  CHECK(c.held() == 0);
+  CHECK(c.awaiting_reply());  // a chunk went: its reply is due
+  REQUIRE(feed(c, "250 ok\r\n"));
+  CHECK_FALSE(c.awaiting_reply());
+  smtp_client d = ready_client("250-hop\r\n250 PIPELINING\r\n");
+  REQUIRE(d.start(env_of(r), false));
+  d.body(std::string(300000, 'a'));
+  CHECK(d.held() == 300000);
+  REQUIRE(feed(d, "250 ok\r\n550 5.1.1 no\r\n"));
+  CHECK(d.held() == 0);  // dropped: the driver tells a paused session
+  CHECK(d.current() == state::body);
+  CHECK_FALSE(d.awaiting_reply());
+}
+
+TEST_CASE("no AUTH PLAIN in cleartext: the session fails, the password is not sent") {
+  for (auto mode : {smtp_client_options::tls::none, smtp_client_options::tls::may}) {
+    smtp_client c({.starttls = mode, .auth_user = "u", .auth_password = "p"});
+    REQUIRE(feed(c, "220 hop\r\n"));
+    CHECK(sent(c) == "EHLO localhost\r\n");
+    CHECK_FALSE(feed(c, "250-hop\r\n250 AUTH PLAIN\r\n"));
+    CHECK(c.error().starts_with("451 4.7.0 AUTH needs TLS"));
+    CHECK(sent(c).empty());
+  }
+  // STARTTLS refused under "may": still no AUTH in cleartext.
+  smtp_client r(
+      {.starttls = smtp_client_options::tls::may, .auth_user = "u", .auth_password = "p"});
+  REQUIRE(feed(r, "220 hop\r\n250-hop\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"));
+  CHECK(sent(r) == "EHLO localhost\r\nSTARTTLS\r\n");
+  CHECK_FALSE(feed(r, "454 4.7.0 not now\r\n"));
+  CHECK(sent(r).empty());
+  // A hop that offers no AUTH gets the mail without it, as before.
+  smtp_client n({.auth_user = "u", .auth_password = "p"});
+  REQUIRE(feed(n, "220 hop\r\n250 hop\r\n"));
+  CHECK(n.current() == state::ready);
 }
