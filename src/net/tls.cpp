@@ -37,6 +37,16 @@ int counted_ticket_parse(void* p_ticket, mbedtls_ssl_session* session, unsigned 
   return rc;
 }
 
+// TLS 1.2 at least (Debian's 2.28 would allow 1.0); 1.3 where the library
+// has it. For the server side and the hand-off's client side alike.
+void min_tls12(mbedtls_ssl_config* conf) {
+#if MBEDTLS_VERSION_MAJOR >= 3
+  mbedtls_ssl_conf_min_tls_version(conf, MBEDTLS_SSL_VERSION_TLS1_2);
+#else
+  mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+#endif
+}
+
 }  // namespace
 
 std::string tls_error_text(int code) {
@@ -113,12 +123,7 @@ int tls_credentials::load(const std::string& cert_file, const std::string& key_f
     return rc;
   }
   mbedtls_ssl_conf_rng(&conf_, mbedtls_ctr_drbg_random, &drbg_);
-  // TLS 1.2 at least (Debian's 2.28 would allow 1.0); 1.3 where the library has it.
-#if MBEDTLS_VERSION_MAJOR >= 3
-  mbedtls_ssl_conf_min_tls_version(&conf_, MBEDTLS_SSL_VERSION_TLS1_2);
-#else
-  mbedtls_ssl_conf_min_version(&conf_, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
-#endif
+  min_tls12(&conf_);
   // Mail clients present no certificate to an MX.
   mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_NONE);
   // Session tickets (RFC 5077) let a returning client skip the full
@@ -162,11 +167,7 @@ int tls_credentials::load_client(const std::string& ca_file, bool verify, std::s
     return rc;
   }
   mbedtls_ssl_conf_rng(&conf_, mbedtls_ctr_drbg_random, &drbg_);
-#if MBEDTLS_VERSION_MAJOR >= 3
-  mbedtls_ssl_conf_min_tls_version(&conf_, MBEDTLS_SSL_VERSION_TLS1_2);
-#else
-  mbedtls_ssl_conf_min_version(&conf_, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
-#endif
+  min_tls12(&conf_);
   mbedtls_ssl_conf_ca_chain(&conf_, &chain_, nullptr);
   mbedtls_ssl_conf_authmode(&conf_, verify ? MBEDTLS_SSL_VERIFY_REQUIRED : MBEDTLS_SSL_VERIFY_NONE);
   return 0;

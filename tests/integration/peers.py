@@ -278,7 +278,7 @@ def start_postgrey(case, delay):
     cmd += [f"--user={pw.pw_name}", f"--group={_group_of(pw)}"]
     with open(f"{d}/log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    case.addCleanup(_stop, proc)
+    case.addCleanup(stop_process, proc)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -304,7 +304,8 @@ def _group_of(pw):
     return grp.getgrgid(pw.pw_gid).gr_name
 
 
-def _stop(proc):
+def stop_process(proc):
+    """SIGTERM, then SIGKILL after 10 s; bounded either way."""
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 
 import harness
+import peers
 from harness import HELO, InboxdTestCase, client_tls_context
 
 METRICS_RE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
@@ -310,15 +311,7 @@ class MetricsCase(InboxdTestCase):
                                  f"--web.listen-address=127.0.0.1:{port}"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work)
 
-        def stop():
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        self.addCleanup(stop)
+        self.addCleanup(peers.stop_process, proc)
         query = urllib.parse.quote('inboxd_messages_total{status="accepted"}')
         url = f"http://127.0.0.1:{port}/api/v1/query?query={query}"
         value, deadline = None, time.monotonic() + 60
