@@ -48,6 +48,7 @@ struct session_config {
 class tls_credentials;
 class filter;
 class authenticator;
+class maildrop_source;
 struct memory_budget;
 
 struct server_config {
@@ -70,8 +71,19 @@ struct server_config {
     bool implicit_tls = false;
     bool lmtp = false;
     bool proxy = false;
+    bool pop3 = false;  // POP3 (with implicit_tls: POP3S) instead of SMTP or LMTP
   };
   std::vector<listener_config> listeners;
+  // POP3 (RFC 1939) over the mail the sinks stored: listen_pop3 offers STLS
+  // (RFC 2595) when tls is set; listen_pop3s is implicit TLS (port 995 in
+  // production, RFC 8314). Each needs auth (the users file, the same as
+  // SMTP AUTH's) and maildrops.
+  std::vector<std::string> listen_pop3;
+  std::vector<std::string> listen_pop3s;
+  // Where an authenticated POP3 user's mail is (open_maildir_drops).
+  std::shared_ptr<const maildrop_source> maildrops;
+  // RFC 1939 3: a POP3 session idle this long is closed (at least 10 minutes).
+  std::chrono::milliseconds pop3_timeout{600'000};
   // Who may send a PROXY header: networks as "ADDR/BITS" (or one address).
   // A connection to a PROXY listener from anywhere else is closed and
   // logged. A unix-socket PROXY listener trusts its peers (the socket's mode

@@ -27,6 +27,7 @@ proto::settings_ptr make_settings(const server_config& cfg, std::shared_ptr<sink
   s->auth = cfg.auth;
   s->filters = cfg.filters;
   s->tls = cfg.tls;
+  s->maildrops = cfg.maildrops;
   return s;
 }
 

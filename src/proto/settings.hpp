@@ -12,6 +12,7 @@
 #include "inboxd/auth.hpp"
 #include "inboxd/config.hpp"
 #include "inboxd/filter.hpp"
+#include "inboxd/maildrop.hpp"
 #include "inboxd/metrics.hpp"
 #include "inboxd/policy.hpp"
 #include "inboxd/sink.hpp"
@@ -25,6 +26,7 @@ struct settings {
   std::shared_ptr<const authenticator> auth;       // null: no AUTH
   std::shared_ptr<const tls_credentials> tls;      // null: no STARTTLS
   std::vector<std::shared_ptr<filter>> filters;    // asked in order (filter.hpp)
+  std::shared_ptr<const maildrop_source> maildrops;  // POP3's; null: no POP3
   // The server's counters, which outlive every snapshot (a reload keeps
   // them); null: nothing is counted (tests that run a bare session).
   server_metrics* metrics = nullptr;
