@@ -4,7 +4,7 @@
 // recipient and fdatasynced. Then a copy is staged in the tmp/ of every
 // other recipient's Maildir (a hard link, or a fsynced copy of the bytes
 // when that Maildir is on another file system). Only when every copy is
-// staged is each one linked as new/<unique>,S=<size>; the pool job then
+// staged is each one linked as new/<unique>,S=<size>,W=<POP3 size>; the pool job then
 // ends, and the sync stage (pooled_delivery.hpp) runs the fsync of each new/,
 // one for every delivery that linked into it meanwhile; if any step fails,
 // every copy already made is taken back and every recipient fails alike, so
@@ -188,7 +188,7 @@ class maildir_delivery final : public pooled_delivery {
   // fsync of its new/ (tagged with its Maildir); after_sync() takes back
   // the copies whose fsync failed. May throw bad_alloc.
   void publish_each() {
-    final_name_ = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    final_name_ = fmt::format(FMT_STRING("/new/{},S={},W={}"), name_, size_, size_ + bare_lfs_);
     published_.clear();
     published_.reserve(dirs_.paths.size());
     auto publish_one = [&](std::size_t i) {
@@ -219,6 +219,23 @@ class maildir_delivery final : public pooled_delivery {
     if (error_) return;
     if (int e = store::write_all(fd_, batch)) error_ = e;
     size_ += batch.size();
+    count_bare_lfs(batch);
+  }
+
+  // The W= of the name is the size as POP3 sends it (Dovecot's convention):
+  // every LF not preceded by CR becomes CRLF, so the maildrop lists our own
+  // messages without reading them. The last byte carries a CR across chunks.
+  void count_bare_lfs(std::string_view bytes) noexcept {
+    const char* p = bytes.data();
+    const char* end = p + bytes.size();
+    while (p < end) {
+      const auto* lf = static_cast<const char*>(std::memchr(p, '\n', end - p));
+      if (!lf) break;
+      char before = lf == bytes.data() ? last_byte_ : lf[-1];
+      if (before != '\r') ++bare_lfs_;
+      p = lf + 1;
+    }
+    if (!bytes.empty()) last_byte_ = bytes.back();
   }
 
   // Stages Maildir i's copy (i > 0) in its tmp/: a hard link to the first
@@ -262,7 +279,7 @@ class maildir_delivery final : public pooled_delivery {
     }
     // Every copy is staged: publish each. link() rather than rename(): it
     // never replaces a message already in new/ under the same name.
-    final_name_ = fmt::format(FMT_STRING("/new/{},S={}"), name_, size_);
+    final_name_ = fmt::format(FMT_STRING("/new/{},S={},W={}"), name_, size_, size_ + bare_lfs_);
     published_.clear();
     published_.reserve(n);
     int e = 0;
@@ -454,12 +471,14 @@ class maildir_delivery final : public pooled_delivery {
   std::string tmp_path_;        // the first Maildir's tmp/<unique>, once open
   int fd_ = -1;
   std::size_t size_ = 0;
+  std::size_t bare_lfs_ = 0;            // LFs not preceded by CR, for W=
+  char last_byte_ = 0;                  // the staged bytes' last, across chunks
   std::size_t failed_ = 0;              // the Maildir (index in dirs_.paths) that failed
   bool independent_ = false;            // envelope.independent_outcomes (LMTP)
   std::size_t stage_index_ = 0;         // the Maildir whose tmp/ holds the staged file
   std::vector<int> box_errors_;         // LMTP: each Maildir's errno, or 0
   std::vector<std::size_t> published_;  // Maildirs (indexes) linked into new/
-  std::string final_name_;              // "/new/<unique>,S=<size>"
+  std::string final_name_;              // "/new/<unique>,S=<size>,W=<POP3 size>"
   bool syncfs_;
   bool synced_data_ = true;  // syncfs: false while the data's syncfs is awaited
   std::uint64_t since_;      // the fs syncer's failures() before the first write

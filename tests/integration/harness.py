@@ -519,7 +519,7 @@ class InboxdTestCase(unittest.TestCase):
     # ---- Maildir ----
     def stored(self, maildir=None):
         """Messages in new/ (sorted by name) of `maildir` (default: the server's),
-        after checking the Maildir invariants: names end in ',S=<file size>',
+        after checking the Maildir invariants: names end in ',S=<file size>,W=<POP3 size>',
         nothing left in tmp/, nothing in cur/."""
         maildir = maildir or self.server.maildir
         new = read_files(os.path.join(maildir, "new"))
@@ -530,8 +530,10 @@ class InboxdTestCase(unittest.TestCase):
         return [new[k] for k in sorted(new)]
 
     def assertMaildirName(self, name, data):
-        """time.unique.host (no '/' or ':'), then ',S=<file size>'."""
-        self.assertRegex(name, rf"^\d+\.[^./:]+\.[^/:]+,S={len(data)}$", "bad Maildir file name")
+        """time.unique.host (no '/' or ':'), then ',S=<file size>,W=<size with CRLF line ends>'."""
+        raw = data if isinstance(data, bytes) else data.encode("latin-1")
+        wire = len(raw) + raw.count(b"\n") - raw.count(b"\r\n")
+        self.assertRegex(name, rf"^\d+\.[^./:]+\.[^/:]+,S={len(raw)},W={wire}$", "bad Maildir file name")
 
     def assertStored(self, data, sender, body, rcpt=None, queue_id=None, proto="ESMTP"):
         """`data` is Return-Path + Received + `body` (wire body with CRLF->LF)."""
