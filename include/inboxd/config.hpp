@@ -76,8 +76,9 @@ struct server_config {
   std::vector<listener_config> listeners;
   // POP3 (RFC 1939) over the mail the sinks stored: listen_pop3 offers STLS
   // (RFC 2595) when tls is set; listen_pop3s is implicit TLS (port 995 in
-  // production, RFC 8314). Each needs auth (the users file, the same as
-  // SMTP AUTH's) and maildrops.
+  // production, RFC 8314). Not built yet (issue 14): start() and
+  // reconfigure() refuse a config with a POP3 listener. Each will need auth (the users file, the
+  // same as SMTP AUTH's) and maildrops.
   std::vector<std::string> listen_pop3;
   std::vector<std::string> listen_pop3s;
   // Where an authenticated POP3 user's mail is (open_maildir_drops).

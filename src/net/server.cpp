@@ -68,6 +68,15 @@ bool check_config(const server_config& cfg, bool implicit_tls, std::string& erro
     error = "an implicit-TLS listener needs TLS credentials";
     return false;
   }
+  // The POP3 server (issue 14) is not built yet: a config that asks for a
+  // POP3 listener is refused, never silently served without one.
+  const bool pop3 =
+      !cfg.listen_pop3.empty() || !cfg.listen_pop3s.empty() ||
+      std::any_of(cfg.listeners.begin(), cfg.listeners.end(), [](const auto& l) { return l.pop3; });
+  if (pop3) {
+    error = "POP3 listeners are not available in this version of inboxd";
+    return false;
+  }
   if (cfg.ipv6_prefix_length > 128) {
     error = "the IPv6 prefix length of the per-address limits is at most 128";
     return false;

@@ -423,6 +423,19 @@ TEST_CASE("start and reconfigure refuse an IPv6 prefix longer than 128 bits") {
   CHECK(h.run([] {}) == 0);
 }
 
+TEST_CASE("start refuses a POP3 listener: the POP3 server is not built yet") {
+  auto sink = std::make_shared<inboxd::null_sink>();
+  inboxd::server_config cfg = test_config();
+  cfg.listen_pop3 = {"127.0.0.1:0"};
+  loop_harness h;
+  log_lines log;
+  std::string error;
+  CHECK_FALSE(h.start(cfg, sink, log.logger(), error));
+  CHECK(error.find("POP3") != std::string::npos);
+  CHECK(h.server().bound_addresses().empty());
+  CHECK(h.run([] {}) == 0);
+}
+
 TEST_CASE("a sink that throws gets 451, and the next message on the connection 250") {
   for (auto where :
        {flaky_sink::where::begin, flaky_sink::where::write, flaky_sink::where::commit}) {
