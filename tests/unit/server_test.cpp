@@ -399,19 +399,22 @@ TEST_CASE("reconfigure without credentials is fine with no implicit-TLS listener
   CHECK(closed == 0);
 }
 
+// start() refuses cfg with a reason that names what, and binds nothing.
+void check_start_refused(const inboxd::server_config& cfg, std::string_view what) {
+  loop_harness h;
+  log_lines log;
+  std::string error;
+  CHECK_FALSE(h.start(cfg, std::make_shared<inboxd::null_sink>(), log.logger(), error));
+  CHECK(error.find(what) != std::string::npos);
+  CHECK(h.server().bound_addresses().empty());
+  CHECK(h.run([] {}) == 0);
+}
+
 TEST_CASE("start and reconfigure refuse an IPv6 prefix longer than 128 bits") {
   auto sink = std::make_shared<inboxd::null_sink>();
   inboxd::server_config cfg = test_config();
   cfg.ipv6_prefix_length = 129;
-  {
-    loop_harness h;
-    log_lines log;
-    std::string error;
-    CHECK_FALSE(h.start(cfg, sink, log.logger(), error));
-    CHECK(error.find("prefix") != std::string::npos);
-    CHECK(h.server().bound_addresses().empty());
-    CHECK(h.run([] {}) == 0);
-  }
+  check_start_refused(cfg, "prefix");
   loop_harness h;
   log_lines log;
   std::string error;
@@ -424,16 +427,9 @@ TEST_CASE("start and reconfigure refuse an IPv6 prefix longer than 128 bits") {
 }
 
 TEST_CASE("start refuses a POP3 listener: the POP3 server is not built yet") {
-  auto sink = std::make_shared<inboxd::null_sink>();
   inboxd::server_config cfg = test_config();
   cfg.listen_pop3 = {"127.0.0.1:0"};
-  loop_harness h;
-  log_lines log;
-  std::string error;
-  CHECK_FALSE(h.start(cfg, sink, log.logger(), error));
-  CHECK(error.find("POP3") != std::string::npos);
-  CHECK(h.server().bound_addresses().empty());
-  CHECK(h.run([] {}) == 0);
+  check_start_refused(cfg, "POP3");
 }
 
 TEST_CASE("a sink that throws gets 451, and the next message on the connection 250") {
